@@ -1,0 +1,138 @@
+"""Options, report header and shared fixtures of the conformance suite.
+
+    pytest conformance [--golden-dir DIR] [--impl module:function] [--backend cpu|cuda|rocm|tpu]
+
+The engine (golden store, comparison, failure messages) lives in the package and knows
+nothing of pytest; this file only wires it in.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ensemble_conformance import environment
+from ensemble_conformance.cases import CASES
+from ensemble_conformance.runner import load_impl
+from ensemble_conformance.store import GoldenError, GoldenStore
+from ensemble_conformance.variants import CoreFunction
+
+REPO = Path(__file__).resolve().parent.parent
+BACKENDS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ensemble-conformance")
+    group.addoption("--golden-dir", default=str(REPO / "golden"),
+                    help="directory of golden .npz files and manifest.json (default: golden/)")
+    group.addoption("--impl", default=None, metavar="MODULE:FUNCTION",
+                    help="check this implementation of vmap_over_ensemble(seed, x, num_models, features) "
+                         "instead of the package's (also path/to/file.py:function)")
+    group.addoption("--backend", default=None, choices=sorted(BACKENDS),
+                    help="the backend jax must run on; the run stops at once if it does not")
+
+
+def _regen_hint(config: pytest.Config) -> str:
+    golden = Path(config.getoption("--golden-dir")).resolve()
+    extra = "" if golden == (REPO / "golden") else f" --golden-dir {shlex.quote(str(golden))}"
+    return f"nox -s regen --{extra}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    wanted = config.getoption("--backend")
+    if wanted is not None:
+        import jax
+
+        try:
+            actual = jax.default_backend()
+        except RuntimeError as err:  # JAX_PLATFORMS names a platform that cannot start
+            raise pytest.UsageError(
+                f"--backend {wanted}: jax could not start that backend ({err}). "
+                "Check the machine has the device and the matching jax extra is installed."
+            ) from err
+        if actual != BACKENDS[wanted]:
+            raise pytest.UsageError(
+                f"--backend {wanted} was asked for, but jax runs on {actual!r} "
+                f"(devices: {jax.devices()}). Refusing to fall back: install jax for {wanted} "
+                f"and set JAX_PLATFORMS={'cuda' if wanted == 'gpu' else wanted}."
+            )
+    spec = config.getoption("--impl")
+    if spec:
+        try:
+            config.stash[_IMPL] = load_impl(spec)
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from err
+    config.stash[_STORE] = GoldenStore(config.getoption("--golden-dir"), regen_hint=_regen_hint(config))
+
+
+_IMPL = pytest.StashKey[CoreFunction]()
+_STORE = pytest.StashKey[GoldenStore]()
+_ENV = pytest.StashKey[dict[str, Any]]()
+
+
+def env_now(config: pytest.Config) -> dict[str, Any]:
+    if _ENV not in config.stash:
+        config.stash[_ENV] = environment.fingerprint()
+    return config.stash[_ENV]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    store = config.stash[_STORE]
+    env = env_now(config)
+    lines = [
+        f"ensemble-conformance: {len(CASES)} cases, goldens in {store.directory}",
+        f"  now:    {environment.versions_line(env)}",
+        f"          backend {env['backend']} ({env['device_kind']}, {env['device_count']} device(s)), "
+        f"threefry_partitionable={env['jax_threefry_partitionable']}, prng={env['jax_default_prng_impl']}, "
+        f"x64={env['jax_enable_x64']}, matmul_precision={env['jax_default_matmul_precision']}, "
+        f"XLA_FLAGS={env['XLA_FLAGS']!r}",
+    ]
+    try:
+        envs = store.manifest().get("environments", {})
+    except GoldenError as err:
+        lines.append(f"  golden: unreadable manifest ({err})")
+    else:
+        for env_id, golden_env in sorted(envs.items()):
+            lines.append(f"  golden: {environment.versions_line(golden_env)} on {golden_env.get('backend')} "
+                         f"({env_id})")
+            lines.extend(f"    differs: {d}" for d in environment.differences(env, golden_env))
+    spec = config.getoption("--impl")
+    lines.append(f"  implementation: {spec or 'ensemble_conformance.vmap_over_ensemble (the package)'}")
+    if spec:
+        lines.append("    its parameters are not observable: ensemble cases compare its outputs only")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return
+    store = config.stash[_STORE]
+    try:
+        unused = store.unused(case.id for case in CASES)
+    except GoldenError as err:
+        terminalreporter.write_line(f"ensemble-conformance: cannot list unused goldens: {err}", red=True)
+        return
+    if unused:
+        terminalreporter.section("unused golden files", sep="-", yellow=True)
+        for case_id in unused:
+            terminalreporter.write_line(f"{store.path_for(case_id)}: no case uses it")
+        terminalreporter.write_line(f"delete them with: {store.regen_hint} --prune")
+
+
+@pytest.fixture(scope="session")
+def golden_store(pytestconfig: pytest.Config) -> GoldenStore:
+    return pytestconfig.stash[_STORE]
+
+
+@pytest.fixture(scope="session")
+def impl(pytestconfig: pytest.Config) -> CoreFunction | None:
+    return pytestconfig.stash.get(_IMPL, None)
+
+
+@pytest.fixture(scope="session")
+def env(pytestconfig: pytest.Config) -> dict[str, Any]:
+    return env_now(pytestconfig)
+

@@ -1,0 +1,40 @@
+"""Every case, run now, against its golden: parameters tightly, outputs within the
+tolerance table's bound for this backend and dtype."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ensemble_conformance.cases import CASES, Case
+from ensemble_conformance.check import check_case, failure_message
+from ensemble_conformance.runner import compute
+from ensemble_conformance.store import GoldenError, GoldenStore
+from ensemble_conformance.variants import CoreFunction
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def test_matches_golden(case: Case, golden_store: GoldenStore, impl: CoreFunction | None,
+                        env: dict[str, Any]) -> None:
+    try:
+        golden = golden_store.load(case)
+    except GoldenError as err:
+        problem = f"ensemble-conformance: {err}"
+    else:
+        problem = None
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+    computed = compute(case, golden.inputs, impl)
+    outcome = check_case(case, golden, computed, env["backend"])
+    if not outcome.ok:
+        pytest.fail(
+            failure_message(
+                outcome,
+                golden_path=str(golden_store.path_for(case.id)),
+                env_now=env,
+                env_golden=golden_store.environment_of(case.id),
+                regen_command=None if impl is not None else golden_store.regen_command([case.id]),
+            ),
+            pytrace=False,
+        )

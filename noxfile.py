@@ -1,0 +1,79 @@
+"""Sessions of ensemble-conformance.
+
+    nox                      # = nox -s conformance: the suite on the reference pins, CPU
+    nox -s tests             # the project's own tests of its harness
+    nox -s regen -- [IDS | --all] [--force] [--prune]
+    nox -s lint              # ruff and mypy
+
+Sessions use uv to build their environments when uv is installed (pip otherwise).
+Arguments after `--` go to pytest (conformance, tests) or to the regeneration command.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _load_pins():  # type: ignore[no-untyped-def]
+    """Read the reference pins from the package without importing jax."""
+    path = ROOT / "src" / "ensemble_conformance" / "pins.py"
+    spec = importlib.util.spec_from_file_location("_ensemble_conformance_pins", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PINS = _load_pins()
+REFERENCE = PINS.REFERENCE
+
+nox.options.default_venv_backend = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
+nox.options.sessions = ["conformance"]
+nox.options.reuse_existing_virtualenvs = True
+
+# The backend is chosen outside the process and asserted inside it (--backend).
+CPU_ENV = {"JAX_PLATFORMS": "cpu"}
+
+
+def _install_reference(session: nox.Session, *extras: str) -> None:
+    """The package with the reference jax/jaxlib/flax pins and the given extras."""
+    target = f".[{','.join(extras)}]" if extras else "."
+    session.install(target, *REFERENCE.requirements())
+
+
+@nox.session(python=REFERENCE.python)
+def conformance(session: nox.Session) -> None:
+    """Run the conformance suite on the reference pins, on CPU, against golden/."""
+    _install_reference(session, "test")
+    session.run("pytest", "conformance", "--backend", "cpu", "-n", "auto", *session.posargs, env=CPU_ENV)
+
+
+@nox.session(python=REFERENCE.python)
+def tests(session: nox.Session) -> None:
+    """Run the project's own tests of its harness (tests/) on the reference pins."""
+    _install_reference(session, "test")
+    session.run("pytest", "tests", *session.posargs, env=CPU_ENV)
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def regen(session: nox.Session) -> None:
+    """Rewrite golden files on the reference pins: failing ones, named ones, or --all."""
+    _install_reference(session)
+    session.run("python", "-m", "ensemble_conformance.regen", *session.posargs, env=CPU_ENV)
+
+
+@nox.session(python=REFERENCE.python)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy over the package."""
+    _install_reference(session, "lint", "test")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")

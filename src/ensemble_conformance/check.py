@@ -1,0 +1,98 @@
+"""Judge one case: compare what a run computed with its golden, and explain a failure
+to the person who has to fix it. Free of pytest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ensemble_conformance import environment
+from ensemble_conformance.cases import Case
+from ensemble_conformance.compare import ArrayReport, compare
+from ensemble_conformance.store import GoldenRecord
+from ensemble_conformance.tolerances import UNIT_ROUNDOFF, lookup
+from ensemble_conformance.variants import VARIANTS, Computed
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    case: Case
+    backend: str
+    reports: list[ArrayReport]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.reports)
+
+    @property
+    def failures(self) -> list[ArrayReport]:
+        return [r for r in self.reports if not r.ok]
+
+
+def forward_allowance(case: Case, golden: GoldenRecord, backend: str) -> np.ndarray:
+    """Per output element, the largest |actual - golden| the tolerance table allows."""
+    tol = lookup(backend, case.dtype)
+    magnitude = VARIANTS[case.variant].magnitude(golden.inputs, golden.params)
+    return tol.forward_k * UNIT_ROUNDOFF[case.dtype] * magnitude.reshape(golden.output.shape)
+
+
+def check_case(case: Case, golden: GoldenRecord, computed: Computed, backend: str) -> CaseOutcome:
+    """Compare parameters tightly and the output within the forward tolerance."""
+    tol = lookup(backend, case.dtype)
+    axes = VARIANTS[case.variant].output_axes
+    view = (case.num_models, case.features)
+    reports = [
+        compare("output", golden.output, computed.output, rule=tol.forward_rule(case.dtype),
+                allowed_abs=forward_allowance(case, golden, backend), view_shape=view, axes=axes)
+    ]
+    notes = []
+    if computed.params is None:
+        notes.append("parameters: not observable for an external implementation; only the output was compared")
+    else:
+        for name in sorted(set(golden.params) | set(computed.params)):
+            if name not in computed.params or name not in golden.params:
+                where = "golden only" if name not in computed.params else "computed only"
+                reports.append(ArrayReport(f"param {name}", tol.param_rule(), (), problem=f"present in {where}"))
+                continue
+            reports.append(compare(f"param {name}", golden.params[name], computed.params[name],
+                                   rule=tol.param_rule(), max_ulps=tol.param_ulps))
+    return CaseOutcome(case, backend, reports, notes)
+
+
+def failure_message(
+    outcome: CaseOutcome,
+    *,
+    golden_path: str,
+    env_now: dict[str, Any],
+    env_golden: dict[str, Any],
+    regen_command: str | None,
+) -> str:
+    """Several lines: what differs, by how much, in which environment, and what to run."""
+    case = outcome.case
+    lines = [
+        f"ensemble-conformance: case {case.id} does not match its golden {golden_path}",
+        f"  variant: {case.variant} ({VARIANTS[case.variant].doc})",
+        f"  backend: {env_now.get('backend')} ({env_now.get('device_kind')}) now; golden made on "
+        f"{env_golden.get('backend', '?')} ({env_golden.get('device_kind', '?')})",
+        f"  versions now:    {environment.versions_line(env_now)}",
+        f"  versions golden: {environment.versions_line(env_golden)}",
+    ]
+    diffs = environment.differences(env_now, env_golden)
+    if diffs:
+        lines.append("  differs from the golden's environment:")
+        lines.extend(f"    {d}" for d in diffs)
+    for report in outcome.failures:
+        lines.append("  " + report.describe().replace("\n", "\n  "))
+    lines.extend(f"  {note}" for note in outcome.notes)
+    if regen_command is None:
+        lines.append("  The golden was made by the package's reference implementation on the reference pins; "
+                     "the implementation under test disagrees with it.")
+    else:
+        lines.append(
+            "  If this change is intended (a new release you accept), regenerate on the reference pins:\n"
+            f"    {regen_command}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""The core function, exactly as specified, and the stacked-ensemble builder it uses.
+
+``vmap_over_ensemble(seed, x, num_models, features)``:
+  1. N = int(num_models), F = int(features), seed = int(seed);
+  2. build N ``nnx.Linear(D_in, F)`` at once: ``nnx.split_rngs(splits=N)`` over
+     ``nnx.vmap(in_axes=(0,), out_axes=0)`` over the constructor;
+  3. run them on the one shared x with ``nnx.vmap(in_axes=(0, None))``;
+  4. return the (N, F) outputs flattened to (N * F,).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ensemble_conformance import validation
+
+
+def build_ensemble(
+    seed: int,
+    d_in: int,
+    num_models: int,
+    features: int,
+    *,
+    param_dtype: Any = jnp.float32,
+    dtype: Any = None,
+    bias_init: Any = None,
+) -> nnx.Linear:
+    """N stacked ``nnx.Linear(d_in, features)``: every Param has a leading axis N.
+
+    Each lane draws its own keys from ``nnx.split_rngs``; inside a lane ``Linear``
+    draws the kernel key first and the bias key second.
+    """
+    extra: dict[str, Any] = {} if bias_init is None else {"bias_init": bias_init}
+
+    @nnx.split_rngs(splits=num_models)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_model(rngs: nnx.Rngs) -> nnx.Linear:
+        return nnx.Linear(d_in, features, rngs=rngs, param_dtype=param_dtype, dtype=dtype, **extra)
+
+    return make_model(nnx.Rngs(seed))
+
+
+@nnx.vmap(in_axes=(0, None))
+def forward_shared_input(model: nnx.Module, x: jax.Array) -> jax.Array:
+    """Every member (axis 0 of each Param) applied to the same x."""
+    return model(x)  # type: ignore[operator, no-any-return]
+
+
+def vmap_over_ensemble(seed: Any, x: Any, num_models: Any, features: Any) -> jax.Array:
+    """N forward passes of N independently initialised Linear layers on one x, flattened.
+
+    Args:
+      seed: real number, cast with int() (3.9 means 3); must fit a signed 64-bit int.
+      x: non-empty 1-D floating array (D_in,), the one sample every member sees.
+      num_models: real number, cast with int(); N >= 1.
+      features: real number, cast with int(); F >= 1.
+
+    Returns:
+      A 1-D array of shape (N * F,): member 0's F outputs, then member 1's, and so on.
+
+    Raises:
+      ValueError: an argument is out of range; the message names it.
+    """
+    seed_int = validation.seed(seed)
+    n = validation.count(num_models, "num_models")
+    f = validation.count(features, "features")
+    x = validation.vector(x)
+    ensemble = build_ensemble(seed_int, x.shape[-1], n, f)
+    out = forward_shared_input(ensemble, x)
+    return out.reshape(-1)

@@ -1,0 +1,74 @@
+"""The environment fingerprint: everything that can change a stored value.
+
+Recorded with the goldens, printed in the report header and compared in failures.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+ENV_VARS = ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_THREEFRY_PARTITIONABLE", "JAX_DEFAULT_PRNG_IMPL",
+            "JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION")
+
+# The keys whose difference between now and a golden is worth showing in a failure.
+VERSION_KEYS = ("python", "jax", "jaxlib", "flax", "numpy")
+SETTING_KEYS = ("backend", "device_kind", "jax_threefry_partitionable", "jax_default_prng_impl",
+                "jax_enable_x64", "jax_default_matmul_precision", "XLA_FLAGS")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _config(name: str) -> Any:
+    import jax
+
+    value = getattr(jax.config, name, None)
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def fingerprint() -> dict[str, Any]:
+    """The running environment as a flat JSON-able dict. Initialises jax's backend."""
+    import jax
+
+    device = jax.devices()[0]
+    return {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "numpy": _version("numpy"),
+        "ml_dtypes": _version("ml_dtypes"),
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "jax_threefry_partitionable": _config("jax_threefry_partitionable"),
+        "jax_default_prng_impl": _config("jax_default_prng_impl"),
+        "jax_enable_x64": _config("jax_enable_x64"),
+        "jax_default_matmul_precision": _config("jax_default_matmul_precision"),
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "env": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
+    }
+
+
+def versions_line(env: dict[str, Any]) -> str:
+    return " ".join(f"{k} {env.get(k, '?')}" for k in VERSION_KEYS)
+
+
+def differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
+    """Human lines for each version or setting that differs, in a fixed order."""
+    lines = []
+    for key in VERSION_KEYS + SETTING_KEYS:
+        if now.get(key) != then.get(key):
+            lines.append(f"{key}: now {now.get(key)!r}, golden {then.get(key)!r}")
+    return lines

@@ -1,0 +1,126 @@
+"""Regenerate golden files on the reference pins.
+
+    python -m ensemble_conformance.regen              # missing, damaged or failing cases
+    python -m ensemble_conformance.regen ID [ID ...]  # these cases, whatever their state
+    python -m ensemble_conformance.regen --all        # every case
+    python -m ensemble_conformance.regen --list       # print the case ids
+
+Prints, per case, what changed. Refuses to run when the environment differs from the
+reference pins (versions, backend, PRNG and precision settings) unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ensemble_conformance import environment
+from ensemble_conformance.cases import CASES, select
+from ensemble_conformance.check import check_case
+from ensemble_conformance.pins import REFERENCE, REFERENCE_SETTINGS
+from ensemble_conformance.runner import compute, make_inputs
+from ensemble_conformance.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore
+
+
+def reference_mismatches(env: dict[str, Any]) -> list[str]:
+    """Why this environment is not the reference one; empty when it is."""
+    wanted: dict[str, Any] = {"jax": REFERENCE.jax, "jaxlib": REFERENCE.jaxlib, "flax": REFERENCE.flax}
+    wanted.update(REFERENCE_SETTINGS)
+    problems = [f"{k}: {env.get(k)!r}, the reference is {v!r}" for k, v in wanted.items() if env.get(k) != v]
+    python_minor = ".".join(str(env.get("python", "")).split(".")[:2])
+    if python_minor != REFERENCE.python:
+        problems.append(f"python: {env.get('python')!r}, the reference is {REFERENCE.python}")
+    return problems
+
+
+def _summary(outcome_reports: Sequence[Any]) -> str:
+    parts = []
+    for r in outcome_reports:
+        if r.problem:
+            parts.append(f"{r.name} {r.problem}")
+        elif r.max_ulp > 0:
+            parts.append(f"{r.name} {r.n_bad}/{r.size} out of tolerance, max abs {r.max_abs:.3g}, "
+                         f"max {r.max_ulp:.0f} ULP")
+    return "; ".join(parts) if parts else "bit-identical"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ensemble_conformance.regen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ids", nargs="*", help="case ids to rewrite (default: missing, damaged or failing)")
+    parser.add_argument("--all", action="store_true", help="rewrite every case")
+    parser.add_argument("--golden-dir", default="golden", help="golden directory (default: golden)")
+    parser.add_argument("--force", action="store_true", help="run even off the reference pins")
+    parser.add_argument("--prune", action="store_true", help="delete golden files that no case uses")
+    parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+    parser.add_argument("--list", action="store_true", help="print every case id and exit")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        print("\n".join(case.id for case in CASES))
+        return 0
+    if args.all and args.ids:
+        parser.error("give case ids or --all, not both")
+    try:
+        cases = select(args.ids) if args.ids else list(CASES)
+    except ValueError as err:
+        parser.error(str(err))
+
+    env = environment.fingerprint()
+    mismatches = reference_mismatches(env)
+    if mismatches:
+        print("This environment is not the reference one the goldens are made on:", file=sys.stderr)
+        for line in mismatches:
+            print(f"  {line}", file=sys.stderr)
+        if not args.force:
+            print("Refusing to regenerate. Run `nox -s regen` (it installs the reference pins), "
+                  "or pass --force to write goldens from this environment anyway.", file=sys.stderr)
+            return 2
+        print("--force given: writing goldens from this environment.", file=sys.stderr)
+
+    store = GoldenStore(args.golden_dir)
+    rewrite_all = args.all or bool(args.ids)
+    counts = {"new": 0, "rewritten": 0, "unchanged": 0, "kept": 0}
+    for case in cases:
+        golden: GoldenRecord | None = None
+        state = "new"
+        try:
+            golden = store.load(case)
+        except GoldenMissingError:
+            pass
+        except GoldenError as err:
+            state = f"replacing damaged file ({str(err).splitlines()[0]})"
+        inputs = golden.inputs if golden is not None else make_inputs(case)
+        computed = compute(case, inputs)
+        assert computed.params is not None
+        record = GoldenRecord(case, inputs, computed.output, computed.params)
+        if golden is not None:
+            outcome = check_case(case, golden, computed, env["backend"])
+            if outcome.ok and not rewrite_all:
+                counts["kept"] += 1
+                continue
+            state = ("failing, rewritten: " if not outcome.ok else "") + _summary(outcome.reports)
+        if args.dry_run:
+            print(f"{case.id}: would write ({state})")
+            continue
+        changed = store.write(record, env)
+        key = "new" if golden is None else ("rewritten" if changed else "unchanged")
+        counts[key] += 1
+        print(f"{case.id}: {state if changed or golden is None else 'unchanged'}")
+
+    unused = store.unused(c.id for c in CASES)
+    for case_id in unused:
+        if args.prune and not args.dry_run:
+            store.remove(case_id)
+            print(f"{case_id}: removed (no case uses it)")
+        else:
+            print(f"{case_id}: no case uses this golden (pass --prune to delete it)")
+    print(f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
+          f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

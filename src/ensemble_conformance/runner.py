@@ -1,0 +1,60 @@
+"""Run a case: make its inputs, call the implementation, collect output and parameters."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ensemble_conformance.cases import Case
+from ensemble_conformance.variants import VARIANTS, Arrays, Computed, CoreFunction, run_ensemble_with
+
+
+def make_inputs(case: Case) -> Arrays:
+    """Fresh inputs for a case, seeded from its id (used only when making a golden;
+    checks always use the inputs stored in the golden file)."""
+    seed = int.from_bytes(hashlib.sha256(case.id.encode()).digest()[:8], "little")
+    return VARIANTS[case.variant].make_inputs(case, np.random.default_rng(seed))
+
+
+def compute(case: Case, inputs: Arrays, impl: CoreFunction | None = None) -> Computed:
+    """Run the case. ``impl`` replaces the core function for the variants that use it;
+    an external implementation's parameters cannot be observed, so they are None."""
+    variant = VARIANTS[case.variant]
+    if impl is not None and variant.accepts_core_impl:
+        return Computed(output=run_ensemble_with(impl, case, inputs), params=None)
+    return variant.run(case, inputs)
+
+
+def load_impl(spec: str) -> CoreFunction:
+    """``module:function`` or ``path/to/file.py:function`` -> the function.
+
+    Raises ValueError with what went wrong and the accepted forms.
+    """
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise ValueError(f"--impl must look like 'package.module:function' or 'path/file.py:function', got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        if not path.is_file():
+            raise ValueError(f"--impl {spec!r}: no file {path}")
+        name = f"_ensemble_conformance_impl_{path.stem}"
+        loader = importlib.util.spec_from_file_location(name, path)
+        if loader is None or loader.loader is None:
+            raise ValueError(f"--impl {spec!r}: cannot import {path}")
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[name] = module
+        loader.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(f"--impl {spec!r}: cannot import module {target!r} ({err})") from err
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ValueError(f"--impl {spec!r}: module {target!r} has no callable {attr!r}")
+    return function  # type: ignore[no-any-return]
