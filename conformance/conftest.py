@@ -26,13 +26,24 @@ BACKENDS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tp
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ensemble-conformance")
-    group.addoption("--golden-dir", default=str(REPO / "golden"),
-                    help="directory of golden .npz files and manifest.json (default: golden/)")
-    group.addoption("--impl", default=None, metavar="MODULE:FUNCTION",
-                    help="check this implementation of vmap_over_ensemble(seed, x, num_models, features) "
-                         "instead of the package's (also path/to/file.py:function)")
-    group.addoption("--backend", default=None, choices=sorted(BACKENDS),
-                    help="the backend jax must run on; the run stops at once if it does not")
+    group.addoption(
+        "--golden-dir",
+        default=str(REPO / "golden"),
+        help="directory of golden .npz files and manifest.json (default: golden/)",
+    )
+    group.addoption(
+        "--impl",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="check this implementation of vmap_over_ensemble(seed, x, num_models, features) "
+        "instead of the package's (also path/to/file.py:function)",
+    )
+    group.addoption(
+        "--backend",
+        default=None,
+        choices=sorted(BACKENDS),
+        help="the backend jax must run on; the run stops at once if it does not",
+    )
 
 
 def _regen_hint(config: pytest.Config) -> str:
@@ -48,7 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
         try:
             actual = jax.default_backend()
-        except RuntimeError as err:  # JAX_PLATFORMS names a platform that cannot start
+        except Exception as err:  # JAX_PLATFORMS names a platform that cannot start (RuntimeError,
+            # or AssertionError on jax 0.12 when no plugin provides it)
             raise pytest.UsageError(
                 f"--backend {wanted}: jax could not start that backend ({err}). "
                 "Check the machine has the device and the matching jax extra is installed."
@@ -96,8 +108,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"  golden: unreadable manifest ({err})")
     else:
         for env_id, golden_env in sorted(envs.items()):
-            lines.append(f"  golden: {environment.versions_line(golden_env)} on {golden_env.get('backend')} "
-                         f"({env_id})")
+            lines.append(f"  golden: {environment.versions_line(golden_env)} on {golden_env.get('backend')} ({env_id})")
             lines.extend(f"    differs: {d}" for d in environment.differences(env, golden_env))
     spec = config.getoption("--impl")
     lines.append(f"  implementation: {spec or 'ensemble_conformance.vmap_over_ensemble (the package)'}")
@@ -135,4 +146,3 @@ def impl(pytestconfig: pytest.Config) -> CoreFunction | None:
 @pytest.fixture(scope="session")
 def env(pytestconfig: pytest.Config) -> dict[str, Any]:
     return env_now(pytestconfig)
-

@@ -15,8 +15,7 @@ from ensemble_conformance.variants import CoreFunction
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
-def test_matches_golden(case: Case, golden_store: GoldenStore, impl: CoreFunction | None,
-                        env: dict[str, Any]) -> None:
+def test_matches_golden(case: Case, golden_store: GoldenStore, impl: CoreFunction | None, env: dict[str, Any]) -> None:
     try:
         golden = golden_store.load(case)
     except GoldenError as err:

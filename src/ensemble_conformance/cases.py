@@ -45,8 +45,9 @@ class Case:
         return f"{self.variant}-s{seed}-n{self.num_models}-d{self.d_in}{hidden}-f{self.features}"
 
 
-def _grid(variant: str, seeds: Iterable[float], ns: Iterable[int], ds: Iterable[int],
-          fs: Iterable[int], hidden: int = 0) -> list[Case]:
+def _grid(
+    variant: str, seeds: Iterable[float], ns: Iterable[int], ds: Iterable[int], fs: Iterable[int], hidden: int = 0
+) -> list[Case]:
     return [Case(variant, s, n, d, f, hidden) for s, n, d, f in itertools.product(seeds, ns, ds, fs)]
 
 
@@ -70,11 +71,12 @@ def select(ids: Iterable[str]) -> list[Case]:
     wanted = list(ids)
     unknown = [i for i in wanted if i not in CASES_BY_ID]
     if unknown:
-        hints = [f"{u} (did you mean {', '.join(difflib.get_close_matches(u, CASES_BY_ID, 2)) or 'nothing close'}?)"
-                 for u in unknown]
+        hints = [
+            f"{u} (did you mean {', '.join(difflib.get_close_matches(u, CASES_BY_ID, 2)) or 'nothing close'}?)"
+            for u in unknown
+        ]
         raise ValueError(
-            f"unknown case id(s): {'; '.join(hints)}. "
-            "List every id with `python -m ensemble_conformance.regen --list`."
+            f"unknown case id(s): {'; '.join(hints)}. List every id with `python -m ensemble_conformance.regen --list`."
         )
     chosen = set(wanted)
     return [c for c in CASES if c.id in chosen]

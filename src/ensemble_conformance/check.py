@@ -45,8 +45,15 @@ def check_case(case: Case, golden: GoldenRecord, computed: Computed, backend: st
     axes = VARIANTS[case.variant].output_axes
     view = (case.num_models, case.features)
     reports = [
-        compare("output", golden.output, computed.output, rule=tol.forward_rule(case.dtype),
-                allowed_abs=forward_allowance(case, golden, backend), view_shape=view, axes=axes)
+        compare(
+            "output",
+            golden.output,
+            computed.output,
+            rule=tol.forward_rule(case.dtype),
+            allowed_abs=forward_allowance(case, golden, backend),
+            view_shape=view,
+            axes=axes,
+        )
     ]
     notes = []
     if computed.params is None:
@@ -57,8 +64,15 @@ def check_case(case: Case, golden: GoldenRecord, computed: Computed, backend: st
                 where = "golden only" if name not in computed.params else "computed only"
                 reports.append(ArrayReport(f"param {name}", tol.param_rule(), (), problem=f"present in {where}"))
                 continue
-            reports.append(compare(f"param {name}", golden.params[name], computed.params[name],
-                                   rule=tol.param_rule(), max_ulps=tol.param_ulps))
+            reports.append(
+                compare(
+                    f"param {name}",
+                    golden.params[name],
+                    computed.params[name],
+                    rule=tol.param_rule(),
+                    max_ulps=tol.param_ulps,
+                )
+            )
     return CaseOutcome(case, backend, reports, notes)
 
 
@@ -88,8 +102,10 @@ def failure_message(
         lines.append("  " + report.describe().replace("\n", "\n  "))
     lines.extend(f"  {note}" for note in outcome.notes)
     if regen_command is None:
-        lines.append("  The golden was made by the package's reference implementation on the reference pins; "
-                     "the implementation under test disagrees with it.")
+        lines.append(
+            "  The golden was made by the package's reference implementation on the reference pins; "
+            "the implementation under test disagrees with it."
+        )
     else:
         lines.append(
             "  If this change is intended (a new release you accept), regenerate on the reference pins:\n"

@@ -13,28 +13,29 @@ _INT_FOR_SIZE = {2: np.int16, 4: np.int32, 8: np.int64}
 
 
 def _ordinals(a: np.ndarray) -> np.ndarray:
-    """Map floats to integers whose order and spacing follow the floats' (one per ULP).
+    """Map floats to int64s whose order and spacing follow the floats' (one per ULP).
 
-    -0.0 and +0.0 map to the same integer. Result is int64 for 16/32-bit floats and
-    float64 for float64 (exact up to 2**53 ULPs, enough to report a distance).
+    -0.0 and +0.0 map to the same integer. No overflow: a negative bit pattern b maps to
+    INT_MIN - b, which lies in [INT_MIN + 1, 0].
     """
-    bits = a.view(_INT_FOR_SIZE[a.dtype.itemsize])
-    if a.dtype.itemsize == 8:
-        wide = bits.astype(np.float64)
-        return np.where(bits < 0, -(2.0**63) - wide, wide)
-    wide64 = bits.astype(np.int64)
-    lowest = -(2 ** (8 * a.dtype.itemsize - 1))
-    return np.where(wide64 < 0, lowest - wide64, wide64)
+    bits = a.view(_INT_FOR_SIZE[a.dtype.itemsize]).astype(np.int64)
+    lowest = np.int64(-(2 ** (8 * a.dtype.itemsize - 1)))
+    return np.where(bits < 0, lowest - bits, bits)
 
 
 def ulp_distance(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """How many representable values of the dtype lie between the two, per element.
 
-    NaN against NaN counts as 0; NaN against a number as infinity.
+    Exact below 2**53 ULPs (float64 result). NaN against NaN counts as 0; NaN against a
+    number as infinity.
     """
     if expected.dtype != actual.dtype:
         raise ValueError(f"ulp_distance needs one dtype, got {expected.dtype} and {actual.dtype}")
-    dist = np.abs(_ordinals(expected).astype(np.float64) - _ordinals(actual).astype(np.float64))
+    a, b = _ordinals(expected), _ordinals(actual)
+    # Split into 32-bit halves so the subtraction cannot overflow int64.
+    high = ((a >> 32) - (b >> 32)).astype(np.float64)
+    low = ((a & 0xFFFFFFFF) - (b & 0xFFFFFFFF)).astype(np.float64)
+    dist = np.abs(high * 2.0**32 + low)
     e_nan, a_nan = np.isnan(expected.astype(np.float64)), np.isnan(actual.astype(np.float64))
     dist = np.where(e_nan | a_nan, np.inf, dist)
     return np.where(e_nan & a_nan, 0.0, dist)
@@ -43,8 +44,9 @@ def ulp_distance(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Worst:
     index: tuple[int, ...]
-    expected: float
-    actual: float
+    expected: str  # printed in the array's own dtype (shortest round-trip repr)
+    actual: str
+    abs_diff: float
     allowed: str
     ulps: float
 
@@ -82,8 +84,8 @@ class ArrayReport:
             f"max ULP distance {self.max_ulp:.0f}"
         )
         rows = [
-            f"    at {_label(w.index, self.axes)}: golden {w.expected!r}, got {w.actual!r}, "
-            f"|d| {abs(w.actual - w.expected):.3g} = {w.ulps:.0f} ULP (allowed {w.allowed})"
+            f"    at {_label(w.index, self.axes)}: golden {w.expected}, got {w.actual}, "
+            f"|d| {w.abs_diff:.3g} = {w.ulps:.0f} ULP (allowed {w.allowed})"
             for w in self.worst
         ]
         return "\n".join([head, *rows]) if rows else head
@@ -91,7 +93,7 @@ class ArrayReport:
 
 def _label(index: tuple[int, ...], axes: tuple[str, ...]) -> str:
     if len(axes) == len(index):
-        return "(" + ", ".join(f"{a} {i}" for a, i in zip(axes, index)) + ")"
+        return "(" + ", ".join(f"{a} {i}" for a, i in zip(axes, index, strict=True)) + ")"
     return str(index)
 
 
@@ -138,8 +140,16 @@ def compare(
         for i in flat_bad[np.argsort(-excess, kind="stable")[:WORST_SHOWN]]:
             index = tuple(int(j) for j in np.unravel_index(int(i), shown_shape))
             limit = f"{max_ulps} ULP" if allowed_abs is None else f"{float(allowed.reshape(-1)[i]):.3g}"
-            worst.append(Worst(index, float(e64.reshape(-1)[i]), float(a64.reshape(-1)[i]),
-                               limit, float(ulps.reshape(-1)[i])))
+            worst.append(
+                Worst(
+                    index,
+                    str(expected.reshape(-1)[i]),
+                    str(actual.reshape(-1)[i]),
+                    float(diff.reshape(-1)[i]),
+                    limit,
+                    float(ulps.reshape(-1)[i]),
+                )
+            )
     return ArrayReport(
         name,
         rule,

@@ -11,13 +11,26 @@ import sys
 from importlib import metadata
 from typing import Any
 
-ENV_VARS = ("XLA_FLAGS", "JAX_PLATFORMS", "JAX_THREEFRY_PARTITIONABLE", "JAX_DEFAULT_PRNG_IMPL",
-            "JAX_ENABLE_X64", "JAX_DEFAULT_MATMUL_PRECISION")
+ENV_VARS = (
+    "XLA_FLAGS",
+    "JAX_PLATFORMS",
+    "JAX_THREEFRY_PARTITIONABLE",
+    "JAX_DEFAULT_PRNG_IMPL",
+    "JAX_ENABLE_X64",
+    "JAX_DEFAULT_MATMUL_PRECISION",
+)
 
 # The keys whose difference between now and a golden is worth showing in a failure.
 VERSION_KEYS = ("python", "jax", "jaxlib", "flax", "numpy")
-SETTING_KEYS = ("backend", "device_kind", "jax_threefry_partitionable", "jax_default_prng_impl",
-                "jax_enable_x64", "jax_default_matmul_precision", "XLA_FLAGS")
+SETTING_KEYS = (
+    "backend",
+    "device_kind",
+    "jax_threefry_partitionable",
+    "jax_default_prng_impl",
+    "jax_enable_x64",
+    "jax_default_matmul_precision",
+    "XLA_FLAGS",
+)
 
 
 def _version(dist: str) -> str:

@@ -41,14 +41,18 @@ def _summary(outcome_reports: Sequence[Any]) -> str:
         if r.problem:
             parts.append(f"{r.name} {r.problem}")
         elif r.max_ulp > 0:
-            parts.append(f"{r.name} {r.n_bad}/{r.size} out of tolerance, max abs {r.max_abs:.3g}, "
-                         f"max {r.max_ulp:.0f} ULP")
+            parts.append(
+                f"{r.name} {r.n_bad}/{r.size} out of tolerance, max abs {r.max_abs:.3g}, max {r.max_ulp:.0f} ULP"
+            )
     return "; ".join(parts) if parts else "bit-identical"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble_conformance.regen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ensemble_conformance.regen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("ids", nargs="*", help="case ids to rewrite (default: missing, damaged or failing)")
     parser.add_argument("--all", action="store_true", help="rewrite every case")
     parser.add_argument("--golden-dir", default="golden", help="golden directory (default: golden)")
@@ -75,8 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in mismatches:
             print(f"  {line}", file=sys.stderr)
         if not args.force:
-            print("Refusing to regenerate. Run `nox -s regen` (it installs the reference pins), "
-                  "or pass --force to write goldens from this environment anyway.", file=sys.stderr)
+            print(
+                "Refusing to regenerate. Run `nox -s regen` (it installs the reference pins), "
+                "or pass --force to write goldens from this environment anyway.",
+                file=sys.stderr,
+            )
             return 2
         print("--force given: writing goldens from this environment.", file=sys.stderr)
 
@@ -117,8 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{case_id}: removed (no case uses it)")
         else:
             print(f"{case_id}: no case uses this golden (pass --prune to delete it)")
-    print(f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
-          f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)")
+    print(
+        f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
+        f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)"
+    )
     return 0
 
 

@@ -112,8 +112,7 @@ def encode_npz(record: GoldenRecord) -> bytes:
     dtypes: dict[str, str] = {}
     for key, value in record.arrays().items():
         members[key], dtypes[key] = _encode(np.ascontiguousarray(value))
-    meta = {"format_version": FORMAT_VERSION, "case_id": record.case.id, "case": asdict(record.case),
-            "dtypes": dtypes}
+    meta = {"format_version": FORMAT_VERSION, "case_id": record.case.id, "case": asdict(record.case), "dtypes": dtypes}
     members[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -140,8 +139,7 @@ def decode_npz(path: Path, case: Case) -> GoldenRecord:
         raise GoldenIntegrityError(f"{path}: holds case {meta.get('case_id')!r}, expected {case.id!r}")
     if meta.get("case") != asdict(case):
         raise GoldenIntegrityError(
-            f"{path}: made for case {meta.get('case')}, but the grid now defines {asdict(case)}; "
-            "regenerate it"
+            f"{path}: made for case {meta.get('case')}, but the grid now defines {asdict(case)}; regenerate it"
         )
     arrays = {key: _decode(value, dtypes[key]) for key, value in raw.items()}
     return GoldenRecord(
@@ -181,8 +179,12 @@ class GoldenStore:
         return self._manifest
 
     def _read_manifest(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {"format_version": FORMAT_VERSION, "reference_pins": REFERENCE.as_dict(),
-                                 "environments": {}, "cases": {}}
+        empty: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "reference_pins": REFERENCE.as_dict(),
+            "environments": {},
+            "cases": {},
+        }
         if not self.manifest_path.exists():
             return empty
         try:
@@ -192,9 +194,10 @@ class GoldenStore:
                 f"{self.manifest_path} is not valid JSON ({err}); restore it from version control"
             ) from err
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            found = data.get("format_version") if isinstance(data, dict) else None
             raise GoldenIntegrityError(
-                f"{self.manifest_path}: format_version {data.get('format_version') if isinstance(data, dict) else None!r}"
-                f" is not {FORMAT_VERSION}; regenerate the goldens with `{self.regen_command(['--all'])}`"
+                f"{self.manifest_path}: format_version {found!r} is not {FORMAT_VERSION}; "
+                f"regenerate the goldens with `{self.regen_command(['--all'])}`"
             )
         return data
 
@@ -237,8 +240,13 @@ class GoldenStore:
         path = self.path_for(record.case.id)
         manifest = self.manifest()
         env_id = environment_id(env)
-        entry = {"file": path.name, "sha256": digest, "variant": record.case.variant,
-                 "tolerance_class": record.case.dtype, "environment": env_id}
+        entry = {
+            "file": path.name,
+            "sha256": digest,
+            "variant": record.case.variant,
+            "tolerance_class": record.case.dtype,
+            "environment": env_id,
+        }
         unchanged = path.exists() and sha256_of(path) == digest
         if not unchanged:
             with atomic_writer(path) as f:

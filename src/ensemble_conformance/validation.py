@@ -23,8 +23,7 @@ def _as_finite_float(name: str, value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(
-            f"{name} must be a real number (int, float or a 0-d array), "
-            f"got {type(value).__name__} {value!r}"
+            f"{name} must be a real number (int, float or a 0-d array), got {type(value).__name__} {value!r}"
         ) from None
     if not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {number!r}")
@@ -33,8 +32,10 @@ def _as_finite_float(name: str, value: Any) -> float:
 
 def seed(value: Any, name: str = "seed") -> int:
     """The seed as jax will use it: cast with int(), so 3.9 means 3."""
-    number = _as_finite_float(name, value)
-    as_int = int(number)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        as_int = int(value)  # exact: no detour through float, which rounds 2**63 - 1 up
+    else:
+        as_int = int(_as_finite_float(name, value))
     if not SEED_MIN <= as_int <= SEED_MAX:
         raise ValueError(
             f"{name} must lie in [-2**63, 2**63 - 1] (a signed 64-bit integer, what "
@@ -55,17 +56,14 @@ def count(value: Any, name: str) -> int:
 def vector(value: Any, name: str = "x") -> Any:
     """A non-empty 1-D floating array (numpy or jax), with finite values when concrete."""
     if not isinstance(value, (np.ndarray, jax.Array)):
-        raise ValueError(
-            f"{name} must be a 1-D floating numpy or jax array, got {type(value).__name__}"
-        )
+        raise ValueError(f"{name} must be a 1-D floating numpy or jax array, got {type(value).__name__}")
     if value.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one sample of shape (D_in,)), got shape {value.shape}")
     if value.shape[0] == 0:
         raise ValueError(f"{name} must not be empty: D_in must be at least 1, got shape {value.shape}")
     if not jnp.issubdtype(value.dtype, jnp.floating):
         raise ValueError(
-            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
-            f"got {value.dtype}"
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {value.dtype}"
         )
     if not isinstance(value, jax.core.Tracer) and not bool(np.all(np.isfinite(np.asarray(value, np.float64)))):
         bad = int(np.sum(~np.isfinite(np.asarray(value, np.float64))))

@@ -62,6 +62,7 @@ def _host(a: Any) -> np.ndarray:
 
 def _linear_params(layer: nnx.Linear, prefix: str = "") -> Arrays:
     # variable[...] reads the value on every flax release from 0.9.0 on.
+    assert layer.bias is not None, "every variant's Linear layers have a bias"
     return {f"{prefix}kernel": _host(layer.kernel[...]), f"{prefix}bias": _host(layer.bias[...])}
 
 
@@ -71,7 +72,8 @@ def _abs64(a: np.ndarray) -> np.ndarray:
 
 def _dense_magnitude(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """|x| @ |kernel| + |bias| in float64, batched over leading axes of kernel."""
-    return np.einsum("...d,...df->...f", _abs64(x), _abs64(kernel)) + _abs64(bias)
+    total: np.ndarray = np.einsum("...d,...df->...f", _abs64(x), _abs64(kernel)) + _abs64(bias)
+    return total
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
@@ -131,7 +133,7 @@ def _batch_inputs(case: Case, rng: np.random.Generator) -> Arrays:
 
 @nnx.vmap(in_axes=(None, 0))
 def _forward_batched_input(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return model(x)  # type: ignore[operator, no-any-return]
+    return model(x)  # type: ignore[no-any-return]
 
 
 def _shared_run(case: Case, inputs: Arrays) -> Computed:
@@ -149,7 +151,7 @@ def _shared_magnitude(inputs: Arrays, params: Arrays) -> np.ndarray:
 
 @nnx.vmap(in_axes=(0, 0))
 def _forward_per_input(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return model(x)  # type: ignore[operator, no-any-return]
+    return model(x)  # type: ignore[no-any-return]
 
 
 def _per_input_run(case: Case, inputs: Arrays) -> Computed:
@@ -174,7 +176,7 @@ class MLP(nnx.Module):
         self.layer2 = nnx.Linear(hidden, features, bias_init=BIAS_INIT, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.layer2(jax.nn.relu(self.layer1(x)))  # type: ignore[no-any-return]
+        return self.layer2(jax.nn.relu(self.layer1(x)))
 
 
 def build_mlp_ensemble(seed: int, d_in: int, hidden: int, num_models: int, features: int) -> MLP:
@@ -183,7 +185,7 @@ def build_mlp_ensemble(seed: int, d_in: int, hidden: int, num_models: int, featu
     def make_model(rngs: nnx.Rngs) -> MLP:
         return MLP(d_in, hidden, features, rngs=rngs)
 
-    return make_model(nnx.Rngs(seed))  # type: ignore[no-any-return]
+    return make_model(nnx.Rngs(seed))
 
 
 def _mlp_run(case: Case, inputs: Arrays) -> Computed:
@@ -196,7 +198,8 @@ def _mlp_run(case: Case, inputs: Arrays) -> Computed:
 def _mlp_magnitude(inputs: Arrays, params: Arrays) -> np.ndarray:
     # relu is 1-Lipschitz and |relu(a)| <= |a|, so the hidden magnitude bounds what layer 2 sums.
     hidden = _dense_magnitude(inputs["x"], params["layer1.kernel"], params["layer1.bias"])
-    return np.einsum("nh,nhf->nf", hidden, _abs64(params["layer2.kernel"])) + _abs64(params["layer2.bias"])
+    total: np.ndarray = np.einsum("nh,nhf->nf", hidden, _abs64(params["layer2.kernel"])) + _abs64(params["layer2.bias"])
+    return total
 
 
 VARIANTS: Mapping[str, Variant] = {

@@ -1,0 +1,90 @@
+"""The regeneration command: what it writes, what it refuses, what it reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ensemble_conformance import environment, regen
+from ensemble_conformance.cases import CASES_BY_ID
+from ensemble_conformance.store import GoldenStore, sha256_of
+
+IDS = ["ensemble-s0-n2-d7-f5", "mlp_ensemble-s0-n1-d7-h16-f5"]
+REPO_GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = regen.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_writes_named_cases_and_a_rerun_rewrites_the_same_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = _run(capsys, "--golden-dir", str(tmp_path), *IDS)
+    assert code == 0
+    assert all(f"{i}: new" in out for i in IDS)
+    hashes = {i: sha256_of(tmp_path / f"{i}.npz") for i in IDS}
+    code, out = _run(capsys, "--golden-dir", str(tmp_path), *IDS)
+    assert all(f"{i}: unchanged" in out for i in IDS)
+    assert hashes == {i: sha256_of(tmp_path / f"{i}.npz") for i in IDS}
+    # The committed goldens were made the same way: identical bytes.
+    assert hashes == {i: sha256_of(REPO_GOLDEN / f"{i}.npz") for i in IDS}
+
+
+def test_default_run_replaces_a_damaged_file_and_keeps_good_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(regen, "CASES", tuple(CASES_BY_ID[i] for i in IDS))  # a two-case grid
+    _run(capsys, "--golden-dir", str(tmp_path), *IDS)
+    damaged = tmp_path / f"{IDS[0]}.npz"
+    good_hash = sha256_of(damaged)
+    damaged.write_bytes(b"garbage")
+    code, out = _run(capsys, "--golden-dir", str(tmp_path), "--dry-run")
+    assert code == 0
+    assert f"{IDS[0]}: would write (replacing damaged file" in out
+    assert IDS[1] not in out  # within tolerance: kept
+    assert "1 kept" in out
+    assert damaged.read_bytes() == b"garbage"  # dry run
+    code, out = _run(capsys, "--golden-dir", str(tmp_path))
+    assert sha256_of(damaged) == good_hash
+
+
+def test_refuses_off_the_reference_pins_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = environment.fingerprint()
+
+    def older() -> dict[str, Any]:
+        return {**real, "jax": "0.4.38", "jax_threefry_partitionable": False}
+
+    monkeypatch.setattr(environment, "fingerprint", older)
+    code, out = _run(capsys, "--golden-dir", str(tmp_path), IDS[0])
+    assert code == 2
+    assert "jax: '0.4.38'" in out and "jax_threefry_partitionable: False" in out and "Refusing" in out
+    assert not any(tmp_path.iterdir())
+    code, out = _run(capsys, "--golden-dir", str(tmp_path), "--force", IDS[0])
+    assert code == 0 and (tmp_path / f"{IDS[0]}.npz").exists()
+    assert GoldenStore(tmp_path).environment_of(IDS[0])["jax"] == "0.4.38"
+
+
+def test_prune_removes_goldens_no_case_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run(capsys, "--golden-dir", str(tmp_path), IDS[0])
+    (tmp_path / "ensemble-retired.npz").write_bytes(b"old")
+    _, out = _run(capsys, "--golden-dir", str(tmp_path), IDS[0])
+    assert "ensemble-retired: no case uses this golden" in out
+    assert (tmp_path / "ensemble-retired.npz").exists()
+    _run(capsys, "--golden-dir", str(tmp_path), "--prune", IDS[0])
+    assert not (tmp_path / "ensemble-retired.npz").exists()
+    assert (tmp_path / f"{IDS[0]}.npz").exists()
+
+
+def test_unknown_id_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        regen.main(["ensemble-nope"])
+    assert exit_info.value.code == 2
+    assert "unknown case id" in capsys.readouterr().err
+    assert CASES_BY_ID  # the grid is what the ids are checked against

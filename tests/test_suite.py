@@ -1,0 +1,84 @@
+"""The conformance suite run as users run it (a fresh interpreter, pytest-xdist): it passes
+on the reference pins and fails on every pitfall of the seed, on bad goldens and on the
+wrong backend."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ensemble_conformance.cases import CASES
+from tests.conftest import GOLDEN, REPO, SuiteRun
+from tests.mutants import SEED_PITFALLS
+
+Suite = Callable[..., SuiteRun]
+SEED0_CORE = [c for c in CASES if c.variant == "ensemble" and c.seed == 0.0]
+SEED0_FILTER = "ensemble-s0- and not mlp_"
+
+
+def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
+    run = suite("-n", "2", "--backend", "cpu")
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.ids_with("passed") == {c.id for c in CASES}
+    assert "ensemble-conformance: 146 cases" in run.output
+    assert "unused golden files" not in run.output
+
+
+@pytest.mark.parametrize("mutant", SEED_PITFALLS)
+def test_suite_fails_on_each_pitfall_of_the_seed(suite: Suite, mutant: str) -> None:
+    run = suite("-n", "2", "-k", SEED0_FILTER, "--impl", f"tests/mutants.py:{mutant}")
+    assert run.returncode == 1, run.output[-3000:]
+    assert set(run.outcomes) == {c.id for c in SEED0_CORE}
+    multi_member = {c.id for c in SEED0_CORE if c.num_models > 1}
+    assert multi_member <= run.ids_with("failed")
+    assert "the implementation under test disagrees with it" in run.output or "Error" in run.output
+
+
+def test_the_package_function_passed_through_impl_passes(suite: Suite) -> None:
+    run = suite("-k", "ensemble-s0-n8 and not mlp_", "--impl", "ensemble_conformance:vmap_over_ensemble")
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.ids_with("passed") == {c.id for c in SEED0_CORE if c.num_models == 8}
+    assert "its parameters are not observable" in run.output
+
+
+def test_wrong_backend_stops_the_run_before_any_case(suite: Suite) -> None:
+    run = suite("--backend", "tpu")
+    assert run.returncode == 4, run.output[-3000:]
+    assert "--backend tpu was asked for, but jax runs on 'cpu'" in run.output
+    assert "Refusing to fall back" in run.output
+    assert run.outcomes == {}
+
+
+def test_a_backend_that_cannot_start_fails_loudly(suite: Suite) -> None:
+    run = suite("--backend", "cuda", env={"JAX_PLATFORMS": "cuda"})
+    assert run.returncode != 0
+    assert "--backend cuda: jax could not start that backend" in run.output
+    assert run.outcomes == {}
+
+
+def test_missing_tampered_and_unused_goldens_are_reported(suite: Suite, tmp_path: Path) -> None:
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    ok, missing, tampered = (c.id for c in SEED0_CORE[:3])
+    shutil.copy(GOLDEN / "manifest.json", golden)
+    for case_id in (ok, tampered):
+        shutil.copy(GOLDEN / f"{case_id}.npz", golden)
+    data = bytearray((golden / f"{tampered}.npz").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (golden / f"{tampered}.npz").write_bytes(bytes(data))
+    (golden / "ensemble-retired.npz").write_bytes(b"old")
+    run = suite("--golden-dir", str(golden), "-k", f"{ok} or {missing} or {tampered}")
+    assert run.returncode == 1
+    assert run.outcomes == {ok: "passed", missing: "failed", tampered: "failed"}
+    assert f"no golden file {golden / missing}.npz" in run.output
+    assert f"nox -s regen -- --golden-dir {golden} {missing}" in run.output
+    assert f"{golden / tampered}.npz has sha256" in run.output
+    assert f"{golden / 'ensemble-retired'}.npz: no case uses it" in run.output
+
+
+def test_project_layout_is_what_the_design_asks_for() -> None:
+    for path in ("noxfile.py", "pyproject.toml", "src/ensemble_conformance", "conformance", "golden", "tests"):
+        assert (REPO / path).exists(), path
