@@ -32,7 +32,10 @@ class Tolerance:
     reason: str
 
     def forward_rule(self, dtype: str) -> str:
-        return f"|d| <= {self.forward_k:g} * u * M (u = {UNIT_ROUNDOFF[dtype]:.3g} for {dtype})"
+        return (
+            f"|d| <= {self.forward_k:g} * u * M; u = {UNIT_ROUNDOFF[dtype]:.3g} ({dtype}), "
+            "M = sum of |x*w| and |b| into the element"
+        )
 
     def param_rule(self) -> str:
         return f"within {self.param_ulps} ULP"
