@@ -13,7 +13,7 @@ from ensemble_conformance.cases import Case
 from ensemble_conformance.compare import ArrayReport, compare
 from ensemble_conformance.store import GoldenRecord
 from ensemble_conformance.tolerances import UNIT_ROUNDOFF, lookup
-from ensemble_conformance.variants import VARIANTS, Computed
+from ensemble_conformance.variants import VARIANTS, Computed, magnitude
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class CaseOutcome:
 def forward_allowance(case: Case, golden: GoldenRecord, backend: str) -> np.ndarray:
     """Per output element, the largest |actual - golden| the tolerance table allows."""
     tol = lookup(backend, case.dtype)
-    magnitude = VARIANTS[case.variant].magnitude(golden.inputs, golden.params)
-    return tol.forward_k * UNIT_ROUNDOFF[case.dtype] * magnitude.reshape(golden.output.shape)
+    scale = magnitude(case, golden.inputs, golden.params)
+    return tol.forward_k * UNIT_ROUNDOFF[case.dtype] * scale.reshape(golden.output.shape)
 
 
 def check_case(case: Case, golden: GoldenRecord, computed: Computed, backend: str) -> CaseOutcome:

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 
 from ensemble_conformance.cases import Case
+from ensemble_conformance.core import vmap_over_ensemble
 from ensemble_conformance.variants import VARIANTS, Arrays, Computed, CoreFunction, run_ensemble_with
 
 
@@ -22,12 +24,17 @@ def make_inputs(case: Case) -> Arrays:
 
 
 def compute(case: Case, inputs: Arrays, impl: CoreFunction | None = None) -> Computed:
-    """Run the case. ``impl`` replaces the core function for the variants that use it;
-    an external implementation's parameters cannot be observed, so they are None."""
+    """Run the case. The core function's cases call ``vmap_over_ensemble`` itself, or
+    ``impl`` in its place; an external implementation's parameters cannot be observed,
+    so they are None."""
     variant = VARIANTS[case.variant]
-    if impl is not None and variant.accepts_core_impl:
-        return Computed(output=run_ensemble_with(impl, case, inputs), params=None)
-    return variant.run(case, inputs)
+    if not variant.accepts_core_impl:
+        return variant.run(case, inputs)
+    output = run_ensemble_with(impl or vmap_over_ensemble, case, inputs)
+    if impl is not None:
+        return Computed(output=output, params=None)
+    model = variant.build(case, nnx.Rngs(case.seed_int))
+    return Computed(output=output, params=variant.params_of(model))
 
 
 def load_impl(spec: str) -> CoreFunction:

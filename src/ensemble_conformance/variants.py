@@ -1,9 +1,12 @@
 """The vmap patterns the cases exercise, as a table of small functions.
 
-Each variant says how to make a case's inputs, how to run it (returning the output and
-the parameters of every member), and how to bound its float rounding: ``magnitude``
-gives, per output element, the sum of the absolute values of every product and bias
-that flows into it (|W|^T |x| + |b|, layer by layer). The tolerance table scales by it.
+Each variant says how to make a case's inputs, how to build its model from an
+``nnx.Rngs`` and run the vmapped forward, how to read every member's parameters, how to
+recompute those parameters from the seed without flax (derivation.py), and a float64
+reference forward. With ``absolute=True`` the reference gives, per output element, the
+sum of the absolute values of every product and bias that flows into it
+(|W|^T |x| + |b|, layer by layer): the scale ``M`` of its rounding error, which the
+tolerance table and the forward error bound multiply.
 
 Variants:
   ensemble       the core function: N Linear members, one shared x, in_axes=(0, None).
@@ -28,13 +31,14 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from ensemble_conformance import derivation
 from ensemble_conformance.cases import Case
-from ensemble_conformance.core import build_ensemble, forward_shared_input, vmap_over_ensemble
+from ensemble_conformance.core import forward_shared_input
 
 Arrays = dict[str, np.ndarray]
 CoreFunction = Callable[[Any, Any, Any, Any], Any]
 
-BIAS_INIT = jax.nn.initializers.normal(stddev=0.5)
+BIAS_INIT = derivation.BIAS_INIT
 
 
 @dataclass(frozen=True)
@@ -50,34 +54,75 @@ class Variant:
     name: str
     doc: str
     make_inputs: Callable[[Case, np.random.Generator], Arrays]
-    run: Callable[[Case, Arrays], Computed]
-    magnitude: Callable[[Arrays, Arrays], np.ndarray]
-    output_axes: tuple[str, ...]
+    build: Callable[[Case, nnx.Rngs], nnx.Module]
+    forward: Callable[[nnx.Module, Arrays], jax.Array]
+    params_of: Callable[[nnx.Module], Arrays]
+    derive: Callable[[Case], Arrays]
+    reference: Callable[[Arrays, Arrays, bool], np.ndarray]
+    output_axes: tuple[str, ...] = ("member", "feature")
+    member_input: Callable[[Arrays, int], np.ndarray] | None = None  # None: no member axis
+    rng_draws: int = 1  # keys the build takes from the default stream: one split for an ensemble
     accepts_core_impl: bool = False
 
+    def output_shape(self, case: Case) -> tuple[int, ...]:
+        n, f = case.num_models, case.features
+        return (n * f,) if self.accepts_core_impl or self.name == "ensemble_bf16" else (n, f)
 
-def _host(a: Any) -> np.ndarray:
+    def terms(self, case: Case) -> int:
+        """The most roundings on a path into one output element: the n of gamma_n.
+
+        A Linear rounds D_in products and sums plus one bias add; one more for the
+        output's rounding to a narrower dtype.
+        """
+        hidden = case.hidden + 1 if case.hidden else 0
+        return case.d_in + 1 + hidden + 1
+
+    def run(self, case: Case, inputs: Arrays) -> Computed:
+        model = self.build(case, nnx.Rngs(case.seed_int))
+        return Computed(output=host(self.forward(model, inputs)), params=self.params_of(model))
+
+
+def host(a: Any) -> np.ndarray:
     return np.asarray(jax.device_get(a))
 
 
 def _linear_params(layer: nnx.Linear, prefix: str = "") -> Arrays:
     # variable[...] reads the value on every flax release from 0.9.0 on.
     assert layer.bias is not None, "every variant's Linear layers have a bias"
-    return {f"{prefix}kernel": _host(layer.kernel[...]), f"{prefix}bias": _host(layer.bias[...])}
+    return {f"{prefix}kernel": host(layer.kernel[...]), f"{prefix}bias": host(layer.bias[...])}
 
 
-def _abs64(a: np.ndarray) -> np.ndarray:
-    return np.abs(np.asarray(a, dtype=np.float64))
+def _f64(a: np.ndarray, absolute: bool) -> np.ndarray:
+    out = np.asarray(a, dtype=np.float64)
+    return np.abs(out) if absolute else out
 
 
-def _dense_magnitude(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """|x| @ |kernel| + |bias| in float64, batched over leading axes of kernel."""
-    total: np.ndarray = np.einsum("...d,...df->...f", _abs64(x), _abs64(kernel)) + _abs64(bias)
-    return total
+def _dense64(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, absolute: bool) -> np.ndarray:
+    """x @ kernel + bias in float64 (of absolute values when ``absolute``), batched over
+    the leading axes of kernel."""
+    total: np.ndarray = np.einsum("...d,...df->...f", _f64(x, absolute), _f64(kernel, absolute))
+    return total + _f64(bias, absolute)
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32).astype(dtype)
+
+
+def _stacked_linear(case: Case, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+    @nnx.split_rngs(splits=case.num_models)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_model(rngs: nnx.Rngs) -> nnx.Linear:
+        return nnx.Linear(case.d_in, case.features, rngs=rngs, **kwargs)
+
+    return make_model(rngs)
+
+
+def _shared_x(inputs: Arrays, member: int) -> np.ndarray:
+    return inputs["x"]
+
+
+def _own_x(inputs: Arrays, member: int) -> np.ndarray:
+    return inputs["xs"][member]
 
 
 # ensemble: the core function -------------------------------------------------------
@@ -87,20 +132,12 @@ def _ensemble_inputs(case: Case, rng: np.random.Generator) -> Arrays:
     return {"x": _normal(rng, (case.d_in,))}
 
 
-def run_ensemble_with(impl: CoreFunction, case: Case, inputs: Arrays) -> np.ndarray:
-    """The core function's output for a case, from any implementation of its signature."""
-    x = jnp.asarray(inputs["x"])
-    return _host(impl(case.seed, x, float(case.num_models), float(case.features)))
+def _ensemble_forward(model: nnx.Module, inputs: Arrays) -> jax.Array:
+    return forward_shared_input(model, jnp.asarray(inputs["x"])).reshape(-1)
 
 
-def _ensemble_run(case: Case, inputs: Arrays) -> Computed:
-    model = build_ensemble(case.seed_int, case.d_in, case.num_models, case.features)
-    output = run_ensemble_with(vmap_over_ensemble, case, inputs)
-    return Computed(output=output, params=_linear_params(model))
-
-
-def _ensemble_magnitude(inputs: Arrays, params: Arrays) -> np.ndarray:
-    return _dense_magnitude(inputs["x"], params["kernel"], params["bias"]).reshape(-1)
+def _ensemble_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndarray:
+    return _dense64(inputs["x"], params["kernel"], params["bias"], absolute).reshape(-1)
 
 
 # ensemble_bf16 ---------------------------------------------------------------------
@@ -108,20 +145,6 @@ def _ensemble_magnitude(inputs: Arrays, params: Arrays) -> np.ndarray:
 
 def _bf16_inputs(case: Case, rng: np.random.Generator) -> Arrays:
     return {"x": _normal(rng, (case.d_in,), ml_dtypes.bfloat16)}
-
-
-def _bf16_run(case: Case, inputs: Arrays) -> Computed:
-    model = build_ensemble(
-        case.seed_int,
-        case.d_in,
-        case.num_models,
-        case.features,
-        param_dtype=jnp.bfloat16,
-        dtype=jnp.bfloat16,
-        bias_init=BIAS_INIT,
-    )
-    out = forward_shared_input(model, jnp.asarray(inputs["x"]))
-    return Computed(output=_host(out.reshape(-1)), params=_linear_params(model))
 
 
 # shared_model: in_axes=(None, 0) ---------------------------------------------------
@@ -136,14 +159,8 @@ def _forward_batched_input(model: nnx.Module, x: jax.Array) -> jax.Array:
     return model(x)  # type: ignore[no-any-return]
 
 
-def _shared_run(case: Case, inputs: Arrays) -> Computed:
-    model = nnx.Linear(case.d_in, case.features, bias_init=BIAS_INIT, rngs=nnx.Rngs(case.seed_int))
-    out = _forward_batched_input(model, jnp.asarray(inputs["xs"]))
-    return Computed(output=_host(out), params=_linear_params(model))
-
-
-def _shared_magnitude(inputs: Arrays, params: Arrays) -> np.ndarray:
-    return _dense_magnitude(inputs["xs"], params["kernel"], params["bias"])
+def _shared_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndarray:
+    return _dense64(inputs["xs"], params["kernel"], params["bias"], absolute)
 
 
 # per_input: in_axes=(0, 0) ---------------------------------------------------------
@@ -154,15 +171,9 @@ def _forward_per_input(model: nnx.Module, x: jax.Array) -> jax.Array:
     return model(x)  # type: ignore[no-any-return]
 
 
-def _per_input_run(case: Case, inputs: Arrays) -> Computed:
-    model = build_ensemble(case.seed_int, case.d_in, case.num_models, case.features, bias_init=BIAS_INIT)
-    out = _forward_per_input(model, jnp.asarray(inputs["xs"]))
-    return Computed(output=_host(out), params=_linear_params(model))
-
-
-def _per_input_magnitude(inputs: Arrays, params: Arrays) -> np.ndarray:
-    xs = _abs64(inputs["xs"])[:, None, :]  # (N, 1, D): one row per member
-    return (_dense_magnitude(xs, params["kernel"], params["bias"][:, None, :]))[:, 0, :]
+def _per_input_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndarray:
+    xs = inputs["xs"][:, None, :]  # (N, 1, D): one row per member
+    return _dense64(xs, params["kernel"], params["bias"][:, None, :], absolute)[:, 0, :]
 
 
 # mlp_ensemble ----------------------------------------------------------------------
@@ -179,27 +190,33 @@ class MLP(nnx.Module):
         return self.layer2(jax.nn.relu(self.layer1(x)))
 
 
-def build_mlp_ensemble(seed: int, d_in: int, hidden: int, num_models: int, features: int) -> MLP:
-    @nnx.split_rngs(splits=num_models)
+def _build_mlp(case: Case, rngs: nnx.Rngs) -> nnx.Module:
+    @nnx.split_rngs(splits=case.num_models)
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def make_model(rngs: nnx.Rngs) -> MLP:
-        return MLP(d_in, hidden, features, rngs=rngs)
+        return MLP(case.d_in, case.hidden, case.features, rngs=rngs)
 
-    return make_model(nnx.Rngs(seed))
-
-
-def _mlp_run(case: Case, inputs: Arrays) -> Computed:
-    model = build_mlp_ensemble(case.seed_int, case.d_in, case.hidden, case.num_models, case.features)
-    out = forward_shared_input(model, jnp.asarray(inputs["x"]))
-    params = {**_linear_params(model.layer1, "layer1."), **_linear_params(model.layer2, "layer2.")}
-    return Computed(output=_host(out), params=params)
+    return make_model(rngs)
 
 
-def _mlp_magnitude(inputs: Arrays, params: Arrays) -> np.ndarray:
-    # relu is 1-Lipschitz and |relu(a)| <= |a|, so the hidden magnitude bounds what layer 2 sums.
-    hidden = _dense_magnitude(inputs["x"], params["layer1.kernel"], params["layer1.bias"])
-    total: np.ndarray = np.einsum("nh,nhf->nf", hidden, _abs64(params["layer2.kernel"])) + _abs64(params["layer2.bias"])
-    return total
+def _mlp_params(model: nnx.Module) -> Arrays:
+    assert isinstance(model, MLP)
+    return {**_linear_params(model.layer1, "layer1."), **_linear_params(model.layer2, "layer2.")}
+
+
+def _mlp_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndarray:
+    # For M: relu is 1-Lipschitz and |relu(a)| <= |a|, so the hidden magnitude bounds
+    # what layer 2 sums.
+    hidden = _dense64(inputs["x"], params["layer1.kernel"], params["layer1.bias"], absolute)
+    if not absolute:
+        hidden = np.maximum(hidden, 0.0)
+    total: np.ndarray = np.einsum("nh,nhf->nf", hidden, _f64(params["layer2.kernel"], absolute))
+    return total + _f64(params["layer2.bias"], absolute)
+
+
+def _linear_of(model: nnx.Module) -> Arrays:
+    assert isinstance(model, nnx.Linear)
+    return _linear_params(model)
 
 
 VARIANTS: Mapping[str, Variant] = {
@@ -208,43 +225,78 @@ VARIANTS: Mapping[str, Variant] = {
         Variant(
             "ensemble",
             "the core function: N members, one shared x, in_axes=(0, None)",
-            _ensemble_inputs,
-            _ensemble_run,
-            _ensemble_magnitude,
-            ("member", "feature"),
+            make_inputs=_ensemble_inputs,
+            build=lambda c, rngs: _stacked_linear(c, rngs),
+            forward=_ensemble_forward,
+            params_of=_linear_of,
+            derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.float32, False),
+            reference=_ensemble_reference,
+            member_input=_shared_x,
             accepts_core_impl=True,
         ),
         Variant(
             "ensemble_bf16",
             "the core pattern with bfloat16 parameters and computation",
-            _bf16_inputs,
-            _bf16_run,
-            _ensemble_magnitude,
-            ("member", "feature"),
+            make_inputs=_bf16_inputs,
+            build=lambda c, rngs: _stacked_linear(
+                c, rngs, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16, bias_init=BIAS_INIT
+            ),
+            forward=_ensemble_forward,
+            params_of=_linear_of,
+            derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.bfloat16, True),
+            reference=_ensemble_reference,
+            member_input=_shared_x,
         ),
         Variant(
             "shared_model",
             "one model on a batch of inputs, in_axes=(None, 0)",
-            _batch_inputs,
-            _shared_run,
-            _shared_magnitude,
-            ("sample", "feature"),
+            make_inputs=_batch_inputs,
+            build=lambda c, rngs: nnx.Linear(c.d_in, c.features, bias_init=BIAS_INIT, rngs=rngs),
+            forward=lambda m, inputs: _forward_batched_input(m, jnp.asarray(inputs["xs"])),
+            params_of=_linear_of,
+            derive=lambda c: dict(
+                zip(
+                    ("kernel", "bias"),
+                    derivation.dense(derivation.root_key(c.seed_int), 0, c.d_in, c.features, jnp.float32, True),
+                    strict=True,
+                )
+            ),
+            reference=_shared_reference,
+            output_axes=("sample", "feature"),
+            rng_draws=2,  # the kernel key, then the bias key
         ),
         Variant(
             "per_input",
             "member i applied to input i, in_axes=(0, 0)",
-            _batch_inputs,
-            _per_input_run,
-            _per_input_magnitude,
-            ("member", "feature"),
+            make_inputs=_batch_inputs,
+            build=lambda c, rngs: _stacked_linear(c, rngs, bias_init=BIAS_INIT),
+            forward=lambda m, inputs: _forward_per_input(m, jnp.asarray(inputs["xs"])),
+            params_of=_linear_of,
+            derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.float32, True),
+            reference=_per_input_reference,
+            member_input=_own_x,
         ),
         Variant(
             "mlp_ensemble",
             "N members of Linear -> relu -> Linear, one shared x, in_axes=(0, None)",
-            _ensemble_inputs,
-            _mlp_run,
-            _mlp_magnitude,
-            ("member", "feature"),
+            make_inputs=_ensemble_inputs,
+            build=_build_mlp,
+            forward=lambda m, inputs: forward_shared_input(m, jnp.asarray(inputs["x"])),
+            params_of=_mlp_params,
+            derive=lambda c: derivation.stacked_mlp(c.seed_int, c.num_models, c.d_in, c.hidden, c.features),
+            reference=_mlp_reference,
+            member_input=_shared_x,
         ),
     )
 }
+
+
+def magnitude(case: Case, inputs: Arrays, params: Arrays) -> np.ndarray:
+    """M per output element, shaped like the output: the scale of its rounding error."""
+    variant = VARIANTS[case.variant]
+    return variant.reference(inputs, params, True).reshape(variant.output_shape(case))
+
+
+def run_ensemble_with(impl: CoreFunction, case: Case, inputs: Arrays) -> np.ndarray:
+    """The core function's output for a case, from any implementation of its signature."""
+    return host(impl(case.seed, jnp.asarray(inputs["x"]), float(case.num_models), float(case.features)))
