@@ -47,7 +47,7 @@ def build_ensemble(
 @nnx.vmap(in_axes=(0, None))
 def forward_shared_input(model: nnx.Module, x: jax.Array) -> jax.Array:
     """Every member (axis 0 of each Param) applied to the same x."""
-    return model(x)  # type: ignore[no-any-return]
+    return model(x)
 
 
 def vmap_over_ensemble(seed: Any, x: Any, num_models: Any, features: Any) -> jax.Array:

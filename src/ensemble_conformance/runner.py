@@ -64,4 +64,4 @@ def load_impl(spec: str) -> CoreFunction:
     function = getattr(module, attr, None)
     if not callable(function):
         raise ValueError(f"--impl {spec!r}: module {target!r} has no callable {attr!r}")
-    return function  # type: ignore[no-any-return]
+    return function

@@ -156,7 +156,7 @@ def _batch_inputs(case: Case, rng: np.random.Generator) -> Arrays:
 
 @nnx.vmap(in_axes=(None, 0))
 def _forward_batched_input(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return model(x)  # type: ignore[no-any-return]
+    return model(x)
 
 
 def _shared_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndarray:
@@ -168,7 +168,7 @@ def _shared_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndar
 
 @nnx.vmap(in_axes=(0, 0))
 def _forward_per_input(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return model(x)  # type: ignore[no-any-return]
+    return model(x)
 
 
 def _per_input_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndarray:
