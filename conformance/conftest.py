@@ -53,6 +53,8 @@ def _regen_hint(config: pytest.Config) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "golden: compares a case with its golden file")
+    config.addinivalue_line("markers", "oracle: golden-free checks of a case")
     wanted = config.getoption("--backend")
     if wanted is not None:
         import jax
@@ -117,9 +119,43 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+# Drift causes of failed golden comparisons, gathered on the controlling process
+# (pytest-xdist ships each report's user_properties back to it).
+_DRIFT: dict[str, list[str]] = {}
+_RESTORE: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" or not report.failed:
+        return
+    props = dict(report.user_properties)
+    cause = props.get("drift_cause")
+    if cause is not None:
+        case_id = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+        _DRIFT.setdefault(str(cause), []).append(case_id)
+        if "drift_restore" in props:
+            _RESTORE[case_id] = str(props["drift_restore"])
+
+
+def _drift_summary(terminalreporter: Any) -> None:
+    if not _DRIFT:
+        return
+    total = sum(len(ids) for ids in _DRIFT.values())
+    terminalreporter.section("drift explanations", sep="-", red=True)
+    terminalreporter.write_line(f"{total} golden comparison(s) failed; causes:")
+    for cause, ids in sorted(_DRIFT.items(), key=lambda item: -len(item[1])):
+        shown = ", ".join(sorted(ids)[:3]) + (", ..." if len(ids) > 3 else "")
+        terminalreporter.write_line(f"  {cause}: {len(ids)} ({shown})")
+    restores = sorted(set(_RESTORE.values()))
+    for restore in restores:
+        count = sum(1 for v in _RESTORE.values() if v == restore)
+        terminalreporter.write_line(f"  {count} case(s) match the goldens again with {restore}")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return
+    _drift_summary(terminalreporter)
     store = config.stash[_STORE]
     try:
         unused = store.unused(case.id for case in CASES)

@@ -1,21 +1,31 @@
 """Every case, run now, against its golden: parameters tightly, outputs within the
-tolerance table's bound for this backend and dtype."""
+tolerance table's bound for this backend and dtype. A failure says why the values moved
+(explain.py): a PRNG setting, float rounding, or broken semantics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ensemble_conformance.cases import CASES, Case
 from ensemble_conformance.check import check_case, failure_message
+from ensemble_conformance.explain import explain
 from ensemble_conformance.runner import compute
 from ensemble_conformance.store import GoldenError, GoldenStore
 from ensemble_conformance.variants import CoreFunction
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
-def test_matches_golden(case: Case, golden_store: GoldenStore, impl: CoreFunction | None, env: dict[str, Any]) -> None:
+def test_matches_golden(
+    case: Case,
+    golden_store: GoldenStore,
+    impl: CoreFunction | None,
+    env: dict[str, Any],
+    record_property: Callable[[str, object], None],
+) -> None:
     try:
         golden = golden_store.load(case)
     except GoldenError as err:
@@ -26,14 +36,21 @@ def test_matches_golden(case: Case, golden_store: GoldenStore, impl: CoreFunctio
         pytest.fail(problem, pytrace=False)
     computed = compute(case, golden.inputs, impl)
     outcome = check_case(case, golden, computed, env["backend"])
-    if not outcome.ok:
-        pytest.fail(
-            failure_message(
-                outcome,
-                golden_path=str(golden_store.path_for(case.id)),
-                env_now=env,
-                env_golden=golden_store.environment_of(case.id),
-                regen_command=None if impl is not None else golden_store.regen_command([case.id]),
-            ),
-            pytrace=False,
-        )
+    if outcome.ok:
+        return
+    env_golden = golden_store.environment_of(case.id)
+    why = explain(case, golden, computed, env_now=env, env_golden=env_golden, impl=impl)
+    record_property("drift_cause", why.cause.value)
+    if why.restore:
+        record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
+    pytest.fail(
+        failure_message(
+            outcome,
+            golden_path=str(golden_store.path_for(case.id)),
+            env_now=env,
+            env_golden=env_golden,
+            regen_command=None if impl is not None else golden_store.regen_command([case.id]),
+            explanation=why.describe(),
+        ),
+        pytrace=False,
+    )

@@ -83,6 +83,7 @@ def failure_message(
     env_now: dict[str, Any],
     env_golden: dict[str, Any],
     regen_command: str | None,
+    explanation: str | None = None,
 ) -> str:
     """Several lines: what differs, by how much, in which environment, and what to run."""
     case = outcome.case
@@ -101,6 +102,8 @@ def failure_message(
     for report in outcome.failures:
         lines.append("  " + report.describe().replace("\n", "\n  "))
     lines.extend(f"  {note}" for note in outcome.notes)
+    if explanation:
+        lines.append("  " + explanation.replace("\n", "\n  "))
     if regen_command is None:
         lines.append(
             "  The golden was made by the package's reference implementation on the reference pins; "

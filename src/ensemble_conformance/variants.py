@@ -172,8 +172,8 @@ def _forward_per_input(model: nnx.Module, x: jax.Array) -> jax.Array:
 
 
 def _per_input_reference(inputs: Arrays, params: Arrays, absolute: bool) -> np.ndarray:
-    xs = inputs["xs"][:, None, :]  # (N, 1, D): one row per member
-    return _dense64(xs, params["kernel"], params["bias"][:, None, :], absolute)[:, 0, :]
+    xs, kernel = _f64(inputs["xs"], absolute), _f64(params["kernel"], absolute)
+    return np.einsum("nd,ndf->nf", xs, kernel) + _f64(params["bias"], absolute)  # member n sees input n
 
 
 # mlp_ensemble ----------------------------------------------------------------------

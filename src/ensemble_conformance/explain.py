@@ -1,0 +1,145 @@
+"""Why a golden no longer matches. Free of pytest.
+
+Tried in this order, the first that applies is the cause:
+  1. prng-config      the golden was made under another PRNG setting
+                      (jax_threefry_partitionable, jax_default_prng_impl); re-run under the
+                      golden's setting, the case matches. Restoring that setting restores
+                      the old values.
+  2. semantics-broken a golden-free oracle fails (identical members, wrong shapes, vmap
+                      differs from the loop, parameters not derivable from the seed, ...).
+  3. float-rounding   every parameter within ROUNDING_PARAM_ULPS of the golden and the
+                      output within the forward error bound of it, yet outside the golden
+                      tolerance: only rounding moved.
+  4. unexplained      the values moved beyond rounding while every oracle holds.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+
+from ensemble_conformance.cases import Case
+from ensemble_conformance.check import check_case
+from ensemble_conformance.compare import ulp_distance
+from ensemble_conformance.oracles import OracleResult, forward_bound, run_oracles
+from ensemble_conformance.runner import compute
+from ensemble_conformance.store import GoldenRecord
+from ensemble_conformance.tolerances import ROUNDING_PARAM_ULPS
+from ensemble_conformance.variants import Computed, CoreFunction
+
+PRNG_SETTINGS = ("jax_threefry_partitionable", "jax_default_prng_impl")
+ENV_VAR = {"jax_threefry_partitionable": "JAX_THREEFRY_PARTITIONABLE", "jax_default_prng_impl": "JAX_DEFAULT_PRNG_IMPL"}
+
+
+class Cause(str, enum.Enum):
+    PRNG_CONFIG = "prng-config"
+    SEMANTICS = "semantics-broken"
+    FLOAT_ROUNDING = "float-rounding"
+    UNEXPLAINED = "unexplained"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    cause: Cause
+    summary: str
+    details: tuple[str, ...] = ()
+    restore: dict[str, Any] | None = None  # the settings that bring the golden's values back
+
+    def describe(self) -> str:
+        lines = [f"cause: {self.cause.value}: {self.summary}"]
+        lines.extend(f"  {d}" for d in self.details)
+        return "\n".join(lines)
+
+
+@contextmanager
+def jax_settings(values: dict[str, Any]) -> Iterator[None]:
+    """Set jax config values for the block, then put the old ones back."""
+    old = {name: getattr(jax.config, name) for name in values}
+    try:
+        for name, value in values.items():
+            jax.config.update(name, value)
+        yield
+    finally:
+        for name, value in old.items():
+            jax.config.update(name, value)
+
+
+def restore_hint(settings: dict[str, Any]) -> str:
+    calls = "; ".join(f"jax.config.update({k!r}, {v!r})" for k, v in settings.items())
+    env = " ".join(f"{ENV_VAR[k]}={int(v) if isinstance(v, bool) else v}" for k, v in settings.items())
+    return f"{calls}  (or set {env} before jax starts)"
+
+
+def _prng_differences(env_now: dict[str, Any], env_golden: dict[str, Any]) -> dict[str, Any]:
+    return {k: env_golden[k] for k in PRNG_SETTINGS if k in env_golden and env_golden[k] != env_now.get(k)}
+
+
+def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed) -> tuple[bool, str]:
+    if computed.output.shape != golden.output.shape or computed.output.dtype != golden.output.dtype:
+        return False, "output shape or dtype changed"
+    worst_param = 0.0
+    if computed.params is not None:
+        for name, value in golden.params.items():
+            other = computed.params.get(name)
+            if other is None or other.shape != value.shape or other.dtype != value.dtype:
+                return False, f"param {name} missing or reshaped"
+            worst_param = max(worst_param, float(ulp_distance(value, other).max(initial=0.0)))
+    if worst_param > ROUNDING_PARAM_ULPS:
+        return False, f"parameters moved by up to {worst_param:.0f} ULP (rounding allows {ROUNDING_PARAM_ULPS})"
+    bound = 2 * forward_bound(case, golden.inputs, golden.params).reshape(golden.output.shape)
+    diff = np.abs(computed.output.astype(np.float64) - golden.output.astype(np.float64))
+    ratio = float(np.max(diff / np.maximum(bound, np.finfo(np.float64).tiny), initial=0.0))
+    if ratio > 1:
+        return False, f"output moved by up to {ratio:.3g} x the forward error bound"
+    return True, (f"parameters within {worst_param:.0f} ULP, output within {ratio:.2g} x the forward "
+                  "error bound 2 gamma_n M")
+
+
+def explain(
+    case: Case,
+    golden: GoldenRecord,
+    computed: Computed,
+    *,
+    env_now: dict[str, Any],
+    env_golden: dict[str, Any],
+    impl: CoreFunction | None,
+    oracles: list[OracleResult] | None = None,
+) -> Explanation:
+    """Classify why ``computed`` does not match ``golden`` (see the module docstring)."""
+    backend = str(env_now.get("backend", "cpu"))
+    settings = _prng_differences(env_now, env_golden)
+    if settings:
+        with jax_settings(settings):
+            rerun = compute(case, golden.inputs, impl)
+        if check_case(case, golden, rerun, backend).ok:
+            named = ", ".join(f"{k}={v!r} (now {env_now.get(k)!r})" for k, v in settings.items())
+            return Explanation(
+                Cause.PRNG_CONFIG,
+                f"matches the golden once {named}, the golden's setting",
+                (f"restore the old values with {restore_hint(settings)}, or regenerate the goldens",),
+                restore=settings,
+            )
+    if oracles is None:
+        oracles = run_oracles(case, golden.inputs, impl, backend)
+    failed = [r for r in oracles if not r.ok]
+    if failed:
+        return Explanation(
+            Cause.SEMANTICS,
+            f"golden-free checks fail: {', '.join(r.name for r in failed)}",
+            tuple(r.describe() for r in failed),
+        )
+    rounding, detail = _rounding_only(case, golden, computed)
+    if rounding:
+        return Explanation(Cause.FLOAT_ROUNDING, f"only float rounding moved: {detail}, outside the golden tolerance")
+    return Explanation(
+        Cause.UNEXPLAINED,
+        f"{detail}, yet every golden-free check holds",
+        ("the golden disagrees with a run that passes every independent check: was it made by "
+         "another implementation, or were its inputs changed?",),
+    )
