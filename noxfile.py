@@ -4,6 +4,8 @@
     nox -s tests             # the project's own tests of its harness
     nox -s regen -- [IDS | --all] [--force] [--prune]
     nox -s lint              # ruff and mypy
+    nox -s mutation          # kill rates of tests/mutants.py, with goldens and oracles alone
+    nox -s legacy_prng       # jax 0.4.38 + flax 0.10.2 against the goldens: cause prng-config
 
 Sessions use uv to build their environments when uv is installed (pip otherwise).
 Arguments after `--` go to pytest (conformance, tests) or to the regeneration command.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nox
@@ -77,3 +80,73 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def mutation(session: nox.Session) -> None:
+    """Kill rates of the mutants in tests/mutants.py, with goldens and with oracles alone."""
+    _install_reference(session, "test")
+    (ROOT / "results").mkdir(exist_ok=True)
+    session.run(
+        "python",
+        "-m",
+        "ensemble_conformance.mutation",
+        "tests/mutants.py",
+        "--json",
+        "results/mutation.json",
+        *session.posargs,
+        env=CPU_ENV,
+    )
+
+
+# The release before jax's PRNG default flip (0.5.0), as measured in the project's notes.
+LEGACY = {"python": "3.11", "jax": "0.4.38", "jaxlib": "0.4.38", "flax": "0.10.2"}
+
+
+def _golden_causes(junit: Path) -> dict[str, str]:
+    """case id -> drift cause, for every failed golden comparison in a junit report."""
+    causes = {}
+    for testcase in ET.parse(junit).getroot().iter("testcase"):
+        name = testcase.get("name", "")
+        if not name.startswith("test_matches_golden[") or testcase.find("failure") is None:
+            continue
+        props = {p.get("name"): p.get("value") for p in testcase.iter("property")}
+        causes[name[len("test_matches_golden[") : -1]] = props.get("drift_cause", "none")
+    return causes
+
+
+@nox.session(python=LEGACY["python"], default=False)
+def legacy_prng(session: nox.Session) -> None:
+    """jax 0.4.38 + flax 0.10.2 against the goldens: every case must fail with cause
+    prng-config, and all must pass once jax_threefry_partitionable=True."""
+    session.install(".[test]", *(f"{k}=={v}" for k, v in LEGACY.items() if k != "python"))
+    junit = Path(session.create_tmp()) / "legacy.xml"
+    session.run(
+        "pytest",
+        "conformance",
+        "--backend",
+        "cpu",
+        "-n",
+        "auto",
+        f"--junitxml={junit}",
+        *session.posargs,
+        env=CPU_ENV,
+        success_codes=[1],
+    )
+    causes = _golden_causes(junit)
+    wrong = {case: cause for case, cause in causes.items() if cause != "prng-config"}
+    if not causes or wrong:
+        session.error(
+            f"expected every golden to fail with cause prng-config; got {len(causes)} failures, other causes: {wrong}"
+        )
+    session.log(f"{len(causes)} golden comparisons failed, all with cause prng-config")
+    session.run(
+        "pytest",
+        "conformance",
+        "--backend",
+        "cpu",
+        "-n",
+        "auto",
+        *session.posargs,
+        env={**CPU_ENV, "JAX_THREEFRY_PARTITIONABLE": "1"},
+    )

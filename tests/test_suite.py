@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ensemble_conformance.cases import CASES
-from tests.conftest import GOLDEN, REPO, SuiteRun
+from ensemble_conformance.mutation import SuiteRun
+from tests.conftest import GOLDEN, REPO
 from tests.mutants import SEED_PITFALLS
 
 Suite = Callable[..., SuiteRun]
@@ -22,25 +23,27 @@ SEED0_FILTER = "ensemble-s0- and not mlp_"
 def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
     run = suite("-n", "2", "--backend", "cpu")
     assert run.returncode == 0, run.output[-3000:]
-    assert run.ids_with("passed") == {c.id for c in CASES}
+    assert run.ids_with("passed") == {
+        f"{test}[{c.id}]" for c in CASES for test in ("test_matches_golden", "test_oracles")
+    }
     assert "ensemble-conformance: 146 cases" in run.output
     assert "unused golden files" not in run.output
 
 
 @pytest.mark.parametrize("mutant", SEED_PITFALLS)
 def test_suite_fails_on_each_pitfall_of_the_seed(suite: Suite, mutant: str) -> None:
-    run = suite("-n", "2", "-k", SEED0_FILTER, "--impl", f"tests/mutants.py:{mutant}")
+    run = suite("-n", "2", "-k", SEED0_FILTER, "-m", "golden", "--impl", f"tests/mutants.py:{mutant}")
     assert run.returncode == 1, run.output[-3000:]
-    assert set(run.outcomes) == {c.id for c in SEED0_CORE}
+    assert run.cases_with("failed") | run.cases_with("passed") == {c.id for c in SEED0_CORE}
     multi_member = {c.id for c in SEED0_CORE if c.num_models > 1}
-    assert multi_member <= run.ids_with("failed")
+    assert multi_member <= run.cases_with("failed")
     assert "the implementation under test disagrees with it" in run.output or "Error" in run.output
 
 
 def test_the_package_function_passed_through_impl_passes(suite: Suite) -> None:
     run = suite("-k", "ensemble-s0-n8 and not mlp_", "--impl", "ensemble_conformance:vmap_over_ensemble")
     assert run.returncode == 0, run.output[-3000:]
-    assert run.ids_with("passed") == {c.id for c in SEED0_CORE if c.num_models == 8}
+    assert run.cases_with("passed") == {c.id for c in SEED0_CORE if c.num_models == 8}
     assert "its parameters are not observable" in run.output
 
 
@@ -70,9 +73,10 @@ def test_missing_tampered_and_unused_goldens_are_reported(suite: Suite, tmp_path
     data[len(data) // 2] ^= 0x01
     (golden / f"{tampered}.npz").write_bytes(bytes(data))
     (golden / "ensemble-retired.npz").write_bytes(b"old")
-    run = suite("--golden-dir", str(golden), "-k", f"{ok} or {missing} or {tampered}")
+    run = suite("--golden-dir", str(golden), "-m", "golden", "-k", f"{ok} or {missing} or {tampered}")
     assert run.returncode == 1
-    assert run.outcomes == {ok: "passed", missing: "failed", tampered: "failed"}
+    assert run.cases_with("passed") == {ok}
+    assert run.cases_with("failed") == {missing, tampered}
     assert f"no golden file {golden / missing}.npz" in run.output
     assert f"nox -s regen -- --golden-dir {golden} {missing}" in run.output
     assert f"{golden / tampered}.npz has sha256" in run.output

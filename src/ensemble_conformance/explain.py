@@ -63,11 +63,11 @@ def jax_settings(values: dict[str, Any]) -> Iterator[None]:
     old = {name: getattr(jax.config, name) for name in values}
     try:
         for name, value in values.items():
-            jax.config.update(name, value)
+            jax.config.update(name, value)  # type: ignore[no-untyped-call]
         yield
     finally:
         for name, value in old.items():
-            jax.config.update(name, value)
+            jax.config.update(name, value)  # type: ignore[no-untyped-call]
 
 
 def restore_hint(settings: dict[str, Any]) -> str:
@@ -97,8 +97,9 @@ def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed) -> tupl
     ratio = float(np.max(diff / np.maximum(bound, np.finfo(np.float64).tiny), initial=0.0))
     if ratio > 1:
         return False, f"output moved by up to {ratio:.3g} x the forward error bound"
-    return True, (f"parameters within {worst_param:.0f} ULP, output within {ratio:.2g} x the forward "
-                  "error bound 2 gamma_n M")
+    return True, (
+        f"parameters within {worst_param:.0f} ULP, output within {ratio:.2g} x the forward error bound 2 gamma_n M"
+    )
 
 
 def explain(
@@ -140,6 +141,8 @@ def explain(
     return Explanation(
         Cause.UNEXPLAINED,
         f"{detail}, yet every golden-free check holds",
-        ("the golden disagrees with a run that passes every independent check: was it made by "
-         "another implementation, or were its inputs changed?",),
+        (
+            "the golden disagrees with a run that passes every independent check: was it made by "
+            "another implementation, or were its inputs changed?",
+        ),
     )

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -104,8 +103,9 @@ def _shapes(case: Case, variant: Variant, output: np.ndarray, params: Arrays | N
             if got is None or ref is None:
                 problems.append(f"param {name} {'missing' if got is None else 'unexpected'}")
             elif got.shape != ref.shape or got.dtype != ref.dtype:
-                problems.append(f"param {name} {got.dtype.name}{list(got.shape)}, expected "
-                                f"{ref.dtype.name}{list(ref.shape)}")
+                problems.append(
+                    f"param {name} {got.dtype.name}{list(got.shape)}, expected {ref.dtype.name}{list(ref.shape)}"
+                )
     return OracleResult("shapes", not problems, "; ".join(problems))
 
 
@@ -115,8 +115,12 @@ def _distinct(name: str, members: np.ndarray) -> OracleResult:
     seen: dict[bytes, int] = {}
     for i, row in enumerate(rows):
         if row in seen:
-            return OracleResult(name, False, f"members {seen[row]} and {i} are identical "
-                                             f"({len(rows) - len(set(rows)) + 1} share values): split_rngs not at work?")
+            return OracleResult(
+                name,
+                False,
+                f"members {seen[row]} and {i} are identical "
+                f"({len(rows) - len(set(rows)) + 1} share values): split_rngs not at work?",
+            )
         seen[row] = i
     return OracleResult(name, True, f"{len(rows)} members")
 
@@ -148,7 +152,7 @@ def _member_loop(variant: Variant, model: nnx.Module, inputs: Arrays, n: int) ->
     for i in range(n):
         member = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
         assert variant.member_input is not None
-        rows.append(host(member(jnp.asarray(variant.member_input(inputs, i)))))  # type: ignore[operator]
+        rows.append(host(member(jnp.asarray(variant.member_input(inputs, i)))))
     return np.stack(rows)
 
 
@@ -165,23 +169,42 @@ def package_oracles(case: Case, inputs: Arrays, backend: str) -> list[OracleResu
     results.append(_derived(params, derived, backend, case))
     if results[0].ok:
         bound = forward_bound(case, inputs, params)
-        results.append(within_bound("float64_reference", output, variant.reference(inputs, params, False)
-                                    .reshape(output.shape), bound))
+        results.append(
+            within_bound(
+                "float64_reference", output, variant.reference(inputs, params, False).reshape(output.shape), bound
+            )
+        )
         rngs = nnx.Rngs(case.seed_int)
         model = variant.build(case, rngs)
         draws = int(rngs.default.count[...])
-        results.append(OracleResult("rng_counter", draws == variant.rng_draws,
-                                    f"default stream advanced by {draws}, documented {variant.rng_draws}"))
+        results.append(
+            OracleResult(
+                "rng_counter",
+                draws == variant.rng_draws,
+                f"default stream advanced by {draws}, documented {variant.rng_draws}",
+            )
+        )
         if variant.member_input is not None:
             loop = _member_loop(variant, model, inputs, case.num_models)
             results.append(within_bound("vmap_vs_loop", output, loop.reshape(output.shape), 2 * bound))
         jitted = host(nnx.jit(variant.forward)(model, inputs))
         results.append(within_bound("eager_vs_jit", output, jitted, 2 * bound))
-        forms = {"jax.random.key": jax.random.key(case.seed_int), "jax.random.PRNGKey": jax.random.PRNGKey(case.seed_int)}
-        differing = [label for label, key in forms.items()
-                     if not _same_arrays(variant.params_of(variant.build(case, nnx.Rngs(key))), params)]
-        results.append(OracleResult("seed_forms", not differing,
-                                    f"{', '.join(differing)} built another ensemble than the int seed" if differing else ""))
+        forms = {
+            "jax.random.key": jax.random.key(case.seed_int),
+            "jax.random.PRNGKey": jax.random.PRNGKey(case.seed_int),
+        }
+        differing = [
+            label
+            for label, key in forms.items()
+            if not _same_arrays(variant.params_of(variant.build(case, nnx.Rngs(key))), params)
+        ]
+        results.append(
+            OracleResult(
+                "seed_forms",
+                not differing,
+                f"{', '.join(differing)} built another ensemble than the int seed" if differing else "",
+            )
+        )
     return results + _split_is_fold_in(case)
 
 
