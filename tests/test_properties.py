@@ -1,0 +1,51 @@
+"""Property tests: the golden-free oracles hold for the package's ensembles over random
+seeds and sizes, not only on the case grid.
+
+Bounds (documented in the README): seed an integer in [-2**53, 2**53] plus an optional
+fraction of one half (cast by int()), N in [1, 16], D_in in [1, 64], F in [1, 16], the
+MLP's hidden width 16. EXAMPLES examples per property, no deadline (each new shape
+compiles).
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ensemble_conformance import vmap_over_ensemble
+from ensemble_conformance.cases import MLP_HIDDEN, Case
+from ensemble_conformance.oracles import oracle_message, run_oracles
+from ensemble_conformance.runner import make_inputs
+from ensemble_conformance.variants import VARIANTS
+
+EXAMPLES = 20
+
+seeds = st.builds(
+    lambda s, half: float(s) + (0.5 if half and s >= 0 else -0.5 if half else 0.0),
+    st.integers(-(2**53), 2**53),
+    st.booleans(),
+)
+sizes = st.tuples(st.integers(1, 16), st.integers(1, 64), st.integers(1, 16))
+
+
+def _case(variant: str, seed: float, size: tuple[int, int, int]) -> Case:
+    n, d, f = size
+    return Case(variant, seed, n, d, f, MLP_HIDDEN if variant == "mlp_ensemble" else 0)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(variant=st.sampled_from(sorted(VARIANTS)), seed=seeds, size=sizes)
+def test_oracles_hold_for_every_variant(variant: str, seed: float, size: tuple[int, int, int]) -> None:
+    case = _case(variant, seed, size)
+    results = run_oracles(case, make_inputs(case), None, "cpu")
+    assert all(r.ok for r in results), oracle_message(case, results)
+    assert {"shapes", "derived_params", "float64_reference", "eager_vs_jit", "seed_forms"} <= {r.name for r in results}
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(seed=seeds, size=sizes)
+def test_core_function_passes_the_external_oracles(seed: float, size: tuple[int, int, int]) -> None:
+    case = _case("ensemble", seed, size)
+    results = run_oracles(case, make_inputs(case), vmap_over_ensemble, "cpu")
+    assert all(r.ok for r in results), oracle_message(case, results)
+    assert {"shapes", "float64_reference", "eager_vs_jit", "seed_cast"} <= {r.name for r in results}
