@@ -18,6 +18,7 @@ import shutil
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -52,11 +53,16 @@ def _install_reference(session: nox.Session, *extras: str) -> None:
     session.install(target, *REFERENCE.requirements())
 
 
+def _run_suite(session: nox.Session, *args: str, env: dict[str, str] = CPU_ENV, **kwargs: Any) -> None:
+    """pytest over conformance/ on CPU with xdist, then the session's own arguments."""
+    session.run("pytest", "conformance", "--backend", "cpu", "-n", "auto", *args, *session.posargs, env=env, **kwargs)
+
+
 @nox.session(python=REFERENCE.python)
 def conformance(session: nox.Session) -> None:
     """Run the conformance suite on the reference pins, on CPU, against golden/."""
     _install_reference(session, "test")
-    session.run("pytest", "conformance", "--backend", "cpu", "-n", "auto", *session.posargs, env=CPU_ENV)
+    _run_suite(session)
 
 
 @nox.session(python=REFERENCE.python)
@@ -121,32 +127,10 @@ def legacy_prng(session: nox.Session) -> None:
     prng-config, and all must pass once jax_threefry_partitionable=True."""
     session.install(".[test]", *(f"{k}=={v}" for k, v in LEGACY.items() if k != "python"))
     junit = Path(session.create_tmp()) / "legacy.xml"
-    session.run(
-        "pytest",
-        "conformance",
-        "--backend",
-        "cpu",
-        "-n",
-        "auto",
-        f"--junitxml={junit}",
-        *session.posargs,
-        env=CPU_ENV,
-        success_codes=[1],
-    )
+    _run_suite(session, f"--junitxml={junit}", success_codes=[1])
     causes = _golden_causes(junit)
     wrong = {case: cause for case, cause in causes.items() if cause != "prng-config"}
     if not causes or wrong:
-        session.error(
-            f"expected every golden to fail with cause prng-config; got {len(causes)} failures, other causes: {wrong}"
-        )
+        session.error(f"expected every golden to fail with cause prng-config; {len(causes)} failed, others: {wrong}")
     session.log(f"{len(causes)} golden comparisons failed, all with cause prng-config")
-    session.run(
-        "pytest",
-        "conformance",
-        "--backend",
-        "cpu",
-        "-n",
-        "auto",
-        *session.posargs,
-        env={**CPU_ENV, "JAX_THREEFRY_PARTITIONABLE": "1"},
-    )
+    _run_suite(session, env={**CPU_ENV, "JAX_THREEFRY_PARTITIONABLE": "1"})
