@@ -123,8 +123,10 @@ def _golden_causes(junit: Path) -> dict[str, str]:
 
 @nox.session(python=LEGACY["python"], default=False)
 def legacy_prng(session: nox.Session) -> None:
-    """jax 0.4.38 + flax 0.10.2 against the goldens: every case must fail with cause
-    prng-config, and all must pass once jax_threefry_partitionable=True."""
+    """jax 0.4.38 + flax 0.10.2 vs the goldens: all fail as prng-config, all pass with the flag.
+
+    Every golden comparison must fail with cause prng-config, and the whole suite must pass
+    once jax_threefry_partitionable=True."""
     session.install(".[test]", *(f"{k}=={v}" for k, v in LEGACY.items() if k != "python"))
     junit = Path(session.create_tmp()) / "legacy.xml"
     _run_suite(session, f"--junitxml={junit}", success_codes=[1])
