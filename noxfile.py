@@ -6,6 +6,10 @@
     nox -s lint              # ruff and mypy
     nox -s mutation          # kill rates of tests/mutants.py, with goldens and oracles alone
     nox -s legacy_prng       # jax 0.4.38 + flax 0.10.2 against the goldens: cause prng-config
+    nox -s matrix            # every supported release pin (select one: nox -s "matrix(flax0.9.0-jax0.4.31)")
+    nox -s matrix_report     # merge results/matrix/*.json into a markdown table and an HTML heatmap
+    nox -s gate -- --flax X --jax Y [--python 3.12] [--backend cpu]
+    nox -s regen_legacy      # rewrite the pre-jax-0.5 goldens (golden/legacy-prng) on jax 0.4.38
 
 Sessions use uv to build their environments when uv is installed (pip otherwise).
 Arguments after `--` go to pytest (conformance, tests) or to the regeneration command.
@@ -13,7 +17,10 @@ Arguments after `--` go to pytest (conformance, tests) or to the regeneration co
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
+import os
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -38,6 +45,9 @@ def _load_pins():  # type: ignore[no-untyped-def]
 
 PINS = _load_pins()
 REFERENCE = PINS.REFERENCE
+MATRIX = PINS.MATRIX
+EPOCHS = PINS.EPOCHS
+RESULTS = ROOT / "results"
 
 nox.options.default_venv_backend = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
 nox.options.sessions = ["conformance"]
@@ -136,3 +146,125 @@ def legacy_prng(session: nox.Session) -> None:
         session.error(f"expected every golden to fail with cause prng-config; {len(causes)} failed, others: {wrong}")
     session.log(f"{len(causes)} golden comparisons failed, all with cause prng-config")
     _run_suite(session, env={**CPU_ENV, "JAX_THREEFRY_PARTITIONABLE": "1"})
+
+
+@nox.session(python=EPOCHS["legacy"].reference.python, default=False)
+def regen_legacy(session: nox.Session) -> None:
+    """Rewrite the legacy-epoch goldens (golden/legacy-prng) on that epoch's reference pins."""
+    session.install(".", *EPOCHS["legacy"].reference.requirements())
+    session.run("python", "-m", "ensemble_conformance.regen", "--epoch", "legacy", *session.posargs, env=CPU_ENV)
+
+
+@nox.session(default=False)
+@nox.parametrize("python,pin", [(p.python, p.id) for p in MATRIX], ids=[p.id for p in MATRIX])
+def matrix(session: nox.Session, pin: str) -> None:
+    """The suite on one supported release pin, judged by its PRNG epoch's goldens."""
+    pins = next(p for p in MATRIX if p.id == pin)
+    session.install(".[test]", *pins.requirements())
+    out = RESULTS / "matrix" / f"{pins.id}-cpu.json"
+    _run_suite(session, "--golden-dir", EPOCHS[pins.epoch].golden_dir, f"--report-json={out}")
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def matrix_report(session: nox.Session) -> None:
+    """Merge results/matrix/*.json (or the files given) into markdown and an HTML heatmap."""
+    session.install("--no-deps", ".")
+    files = session.posargs or sorted(str(p) for p in (RESULTS / "matrix").glob("*.json"))
+    if not files:
+        session.error("no results: run `nox -s matrix` first, or pass result files")
+    session.run(
+        "python",
+        "-m",
+        "ensemble_conformance.report",
+        "matrix",
+        *files,
+        "--markdown",
+        str(RESULTS / "matrix.md"),
+        "--html",
+        str(RESULTS / "matrix.html"),
+    )
+
+
+# jax's install line per backend; the suite is then told which backend it must find.
+BACKEND_INSTALL = {
+    "cpu": "jax=={jax}",
+    "cuda12": "jax[cuda12]=={jax}",
+    "cuda13": "jax[cuda13]=={jax}",
+    "tpu": "jax[tpu]=={jax}",
+}
+BACKEND_PLATFORM = {"cpu": "cpu", "cuda12": "cuda", "cuda13": "cuda", "tpu": "tpu"}
+
+
+def _gate_args(session: nox.Session) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nox -s gate --")
+    parser.add_argument("--flax", required=True, help="candidate flax release")
+    parser.add_argument("--jax", required=True, help="candidate jax release")
+    parser.add_argument("--jaxlib", default=None, help="jaxlib release (default: the jax one)")
+    parser.add_argument(
+        "--python", default=None, help=f"interpreter (default: the matrix's for this pair, else {REFERENCE.python})"
+    )
+    parser.add_argument("--backend", choices=sorted(BACKEND_INSTALL), default="cpu")
+    parser.add_argument("--golden-dir", default=EPOCHS["partitionable"].golden_dir, help="baseline goldens")
+    parser.add_argument("--out", default=str(RESULTS / "gate"), help="where result.json and summary.md go")
+    return parser.parse_args(session.posargs)
+
+
+@nox.session(python=False, default=False)
+def gate(session: nox.Session) -> None:
+    """Decide a jax/flax upgrade: the suite on the candidate pins against the baseline goldens."""
+    args = _gate_args(session)
+    known = next((p for p in MATRIX if (p.flax, p.jax) == (args.flax, args.jax)), None)
+    python = args.python or (known.python if known else REFERENCE.python)
+    venv = ROOT / ".nox" / f"gate-py{python}-flax{args.flax}-jax{args.jax}-{args.backend}"
+    if shutil.which("uv"):
+        session.run("uv", "venv", "--quiet", "--allow-existing", "-p", f"python{python}", str(venv), external=True)
+        install = ["uv", "pip", "install", "--quiet", "-p", str(venv / "bin" / "python")]
+    else:
+        session.run(f"python{python}", "-m", "venv", str(venv), external=True)
+        install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    jax_line = BACKEND_INSTALL[args.backend].format(jax=args.jax)
+    jaxlib_line = f"jaxlib=={args.jaxlib or args.jax}"
+    session.run(*install, ".[test]", jax_line, jaxlib_line, f"flax=={args.flax}", external=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    platform = BACKEND_PLATFORM[args.backend]
+    suite = session.run(
+        str(venv / "bin" / "python"),
+        "-m",
+        "pytest",
+        "conformance",
+        "--backend",
+        platform,
+        "-n",
+        "auto",
+        "--golden-dir",
+        args.golden_dir,
+        f"--report-json={out / 'result.json'}",
+        env={"JAX_PLATFORMS": platform},
+        external=True,
+        success_codes=[0, 1],
+    )
+    session.run(
+        str(venv / "bin" / "python"),
+        "-m",
+        "ensemble_conformance.report",
+        "gate",
+        str(out / "result.json"),
+        "--markdown",
+        str(out / "summary.md"),
+        external=True,
+        success_codes=[0, 1],
+    )
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write((out / "summary.md").read_text())
+    if suite is not True and not (out / "result.json").exists():
+        session.error("the suite did not write its result")
+    result = json.loads((out / "result.json").read_text())
+    if result["summary"]["failed"]:
+        session.error(
+            f"gate FAILED: {result['summary']['failed']} checks fail on flax {args.flax} / jax {args.jax}; "
+            f"see {out / 'summary.md'}"
+        )
+    session.log(f"gate PASSED: flax {args.flax} / jax {args.jax}, {result['summary']['cases']} cases")

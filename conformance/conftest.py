@@ -8,6 +8,7 @@ nothing of pytest; this file only wires it in.
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 
 from ensemble_conformance import environment
 from ensemble_conformance.cases import CASES
+from ensemble_conformance.pins import EPOCHS
+from ensemble_conformance.regen import regen_session
 from ensemble_conformance.runner import load_impl
 from ensemble_conformance.store import GoldenError, GoldenStore
 from ensemble_conformance.variants import CoreFunction
@@ -44,12 +47,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=sorted(BACKENDS),
         help="the backend jax must run on; the run stops at once if it does not",
     )
+    group.addoption(
+        "--report-json",
+        default=None,
+        metavar="PATH",
+        help="write per-case results (status, drift cause, max errors) and the environment as JSON",
+    )
 
 
 def _regen_hint(config: pytest.Config) -> str:
+    """The command that rewrites goldens in the chosen directory (per PRNG epoch)."""
     golden = Path(config.getoption("--golden-dir")).resolve()
-    extra = "" if golden == (REPO / "golden") else f" --golden-dir {shlex.quote(str(golden))}"
-    return f"nox -s regen --{extra}"
+    for epoch in EPOCHS.values():
+        if golden == (REPO / epoch.golden_dir).resolve():
+            return f"nox -s {regen_session(epoch)} --"
+    return f"nox -s regen -- --golden-dir {shlex.quote(str(golden))}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -123,9 +135,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 # (pytest-xdist ships each report's user_properties back to it).
 _DRIFT: dict[str, list[str]] = {}
 _RESTORE: dict[str, str] = {}
+_RESULTS: dict[str, dict[str, Any]] = {}  # case id -> figures for --report-json
+
+
+def _record(report: pytest.TestReport) -> None:
+    if "[" not in report.nodeid:
+        return
+    test = report.nodeid.split("::")[-1].split("[", 1)[0]
+    case_id = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+    entry = _RESULTS.setdefault(case_id, {})
+    kind = {"test_matches_golden": "golden", "test_oracles": "oracles"}.get(test, test)
+    if report.when == "call" or report.failed or report.skipped:
+        entry[kind] = report.outcome
+    for name, value in report.user_properties:
+        entry[name] = value
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record(report)
     if report.when != "call" or not report.failed:
         return
     props = dict(report.user_properties)
@@ -150,6 +177,44 @@ def _drift_summary(terminalreporter: Any) -> None:
     for restore in restores:
         count = sum(1 for v in _RESTORE.values() if v == restore)
         terminalreporter.write_line(f"  {count} case(s) match the goldens again with {restore}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    path = config.getoption("--report-json")
+    if not path or hasattr(config, "workerinput"):
+        return
+    env = env_now(config)
+    store = config.stash[_STORE]
+    cases = {case.id: {"variant": case.variant, **_RESULTS[case.id]} for case in CASES if case.id in _RESULTS}
+    statuses = [v for entry in cases.values() for k, v in entry.items() if k in ("golden", "oracles")]
+    causes: dict[str, int] = {}
+    for entry in cases.values():
+        if "drift_cause" in entry:
+            causes[entry["drift_cause"]] = causes.get(entry["drift_cause"], 0) + 1
+    golden_envs = store.manifest().get("environments", {}) if store.manifest_path.exists() else {}
+    report = {
+        "format_version": 1,
+        "pins": {k: env.get(k) for k in ("python", "jax", "jaxlib", "flax")},
+        "backend": env.get("backend"),
+        "device_kind": env.get("device_kind"),
+        "environment": env,
+        "golden_dir": str(store.directory),
+        "golden_environments": golden_envs,
+        "impl": config.getoption("--impl"),
+        "exit_status": int(exitstatus),
+        "summary": {
+            "cases": len(cases),
+            "passed": statuses.count("passed"),
+            "failed": statuses.count("failed"),
+            "skipped": statuses.count("skipped"),
+            "causes": causes,
+        },
+        "cases": cases,
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -33,9 +33,18 @@ def test_matches_golden(
     else:
         problem = None
     if problem is not None:
+        record_property("golden_problem", problem.splitlines()[0])
         pytest.fail(problem, pytrace=False)
     computed = compute(case, golden.inputs, impl)
     outcome = check_case(case, golden, computed, env["backend"])
+    # Figures for --report-json, also when the case passes.
+    measured = [r for r in outcome.reports if r.problem is None]
+    for key, group in (
+        ("output", [r for r in measured if r.name == "output"]),
+        ("params", [r for r in measured if r.name != "output"]),
+    ):
+        record_property(f"{key}_max_ulp", max((r.max_ulp for r in group), default=0.0))
+        record_property(f"{key}_max_rel", max((r.max_rel for r in group), default=0.0))
     if outcome.ok:
         return
     env_golden = golden_store.environment_of(case.id)

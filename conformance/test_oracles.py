@@ -3,6 +3,8 @@ even one whose goldens moved, and with no golden file at all."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from ensemble_conformance.cases import CASES, Case
@@ -23,7 +25,14 @@ def _inputs(case: Case, store: GoldenStore) -> Arrays:
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
-def test_oracles(case: Case, golden_store: GoldenStore, impl: CoreFunction | None, env: dict[str, str]) -> None:
+def test_oracles(
+    case: Case,
+    golden_store: GoldenStore,
+    impl: CoreFunction | None,
+    env: dict[str, str],
+    record_property: Callable[[str, object], None],
+) -> None:
     results = run_oracles(case, _inputs(case, golden_store), impl, env["backend"])
+    record_property("failed_oracles", ",".join(r.name for r in results if not r.ok))
     if not all(r.ok for r in results):
         pytest.fail(oracle_message(case, results), pytrace=False)

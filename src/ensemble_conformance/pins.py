@@ -26,6 +26,22 @@ class Pins:
     def as_dict(self) -> dict[str, str]:
         return {"python": self.python, "jax": self.jax, "jaxlib": self.jaxlib, "flax": self.flax}
 
+    @property
+    def id(self) -> str:
+        """A stable name for nox and reports, e.g. ``flax0.12.12-jax0.12.0.1``."""
+        return f"flax{self.flax}-jax{self.jax}"
+
+    @property
+    def epoch(self) -> str:
+        """Which expected-values set judges this pin: jax 0.5.0 flipped the default of
+        jax_threefry_partitionable, so earlier releases draw other random values."""
+        return "legacy" if version_tuple(self.jax) < (0, 5, 0) else "partitionable"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.12.0.1' -> (0, 12, 0, 1); pre-release tags are not used by these pins."""
+    return tuple(int(part) for part in version.split("."))
+
 
 # The newest releases on 2026-11-25. jax >= 0.11 and flax 0.12.12 need Python >= 3.12.
 REFERENCE = Pins(python="3.12", jax="0.12.0.1", jaxlib="0.12.0.1", flax="0.12.12")
@@ -39,3 +55,37 @@ REFERENCE_SETTINGS: dict[str, object] = {
     "jax_default_matmul_precision": None,
     "backend": "cpu",
 }
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One set of expected values: the pins and settings that make it, and where it lives."""
+
+    name: str
+    golden_dir: str  # relative to the repository root
+    reference: Pins
+    settings: dict[str, object]
+
+
+EPOCHS: dict[str, Epoch] = {
+    "partitionable": Epoch("partitionable", "golden", REFERENCE, REFERENCE_SETTINGS),
+    # The last release before the flip, on the Python the project measured it with.
+    "legacy": Epoch(
+        "legacy",
+        "golden/legacy-prng",
+        Pins(python="3.11", jax="0.4.38", jaxlib="0.4.38", flax="0.10.2"),
+        {**REFERENCE_SETTINGS, "jax_threefry_partitionable": False},
+    ),
+}
+
+# The supported releases, oldest first: flax 0.9.0 is the first with nnx.split_rngs.
+# Each flax release with a jax it works with, on a Python both support (flax >= 0.10.5
+# needs jax >= 0.5.1; jax >= 0.11 and flax 0.12.12 need Python >= 3.12).
+MATRIX: tuple[Pins, ...] = (
+    Pins(python="3.11", jax="0.4.31", jaxlib="0.4.31", flax="0.9.0"),
+    Pins(python="3.11", jax="0.4.38", jaxlib="0.4.38", flax="0.10.2"),
+    Pins(python="3.11", jax="0.6.2", jaxlib="0.6.2", flax="0.10.7"),
+    Pins(python="3.12", jax="0.7.2", jaxlib="0.7.2", flax="0.11.2"),
+    Pins(python="3.12", jax="0.8.1", jaxlib="0.8.1", flax="0.12.0"),
+    REFERENCE,
+)

@@ -19,20 +19,25 @@ from typing import Any
 from ensemble_conformance import environment
 from ensemble_conformance.cases import CASES, select
 from ensemble_conformance.check import check_case
-from ensemble_conformance.pins import REFERENCE, REFERENCE_SETTINGS
+from ensemble_conformance.pins import EPOCHS, Epoch
 from ensemble_conformance.runner import compute, make_inputs
 from ensemble_conformance.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore
 
 
-def reference_mismatches(env: dict[str, Any]) -> list[str]:
-    """Why this environment is not the reference one; empty when it is."""
-    wanted: dict[str, Any] = {"jax": REFERENCE.jax, "jaxlib": REFERENCE.jaxlib, "flax": REFERENCE.flax}
-    wanted.update(REFERENCE_SETTINGS)
+def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionable"]) -> list[str]:
+    """Why this environment is not the epoch's reference one; empty when it is."""
+    pins = epoch.reference
+    wanted: dict[str, Any] = {"jax": pins.jax, "jaxlib": pins.jaxlib, "flax": pins.flax}
+    wanted.update(epoch.settings)
     problems = [f"{k}: {env.get(k)!r}, the reference is {v!r}" for k, v in wanted.items() if env.get(k) != v]
     python_minor = ".".join(str(env.get("python", "")).split(".")[:2])
-    if python_minor != REFERENCE.python:
-        problems.append(f"python: {env.get('python')!r}, the reference is {REFERENCE.python}")
+    if python_minor != pins.python:
+        problems.append(f"python: {env.get('python')!r}, the reference is {pins.python}")
     return problems
+
+
+def regen_session(epoch: Epoch) -> str:
+    return "regen" if epoch.name == "partitionable" else f"regen_{epoch.name}"
 
 
 def _summary(outcome_reports: Sequence[Any]) -> str:
@@ -55,7 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("ids", nargs="*", help="case ids to rewrite (default: missing, damaged or failing)")
     parser.add_argument("--all", action="store_true", help="rewrite every case")
-    parser.add_argument("--golden-dir", default="golden", help="golden directory (default: golden)")
+    parser.add_argument(
+        "--epoch",
+        choices=sorted(EPOCHS),
+        default="partitionable",
+        help="which expected-values set: partitionable (jax >= 0.5, default) or legacy",
+    )
+    parser.add_argument("--golden-dir", default=None, help="golden directory (default: the epoch's)")
     parser.add_argument("--force", action="store_true", help="run even off the reference pins")
     parser.add_argument("--prune", action="store_true", help="delete golden files that no case uses")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
@@ -72,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
 
+    epoch = EPOCHS[args.epoch]
     env = environment.fingerprint()
-    mismatches = reference_mismatches(env)
+    mismatches = reference_mismatches(env, epoch)
     if mismatches:
         print("This environment is not the reference one the goldens are made on:", file=sys.stderr)
         for line in mismatches:
@@ -87,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("--force given: writing goldens from this environment.", file=sys.stderr)
 
-    store = GoldenStore(args.golden_dir)
+    store = GoldenStore(args.golden_dir or epoch.golden_dir, reference=epoch.reference)
     rewrite_all = args.all or bool(args.ids)
     counts = {"new": 0, "rewritten": 0, "unchanged": 0, "kept": 0}
     for case in cases:

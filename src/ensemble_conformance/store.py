@@ -27,7 +27,7 @@ import ml_dtypes
 import numpy as np
 
 from ensemble_conformance.cases import Case
-from ensemble_conformance.pins import REFERENCE
+from ensemble_conformance.pins import REFERENCE, Pins
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -158,9 +158,10 @@ def environment_id(env: dict[str, Any]) -> str:
 class GoldenStore:
     """A directory of golden files and its manifest."""
 
-    def __init__(self, directory: Path | str, regen_hint: str = "nox -s regen --") -> None:
+    def __init__(self, directory: Path | str, regen_hint: str = "nox -s regen --", reference: Pins = REFERENCE) -> None:
         self.directory = Path(directory)
         self.regen_hint = regen_hint
+        self.reference = reference
         self._manifest: dict[str, Any] | None = None
 
     @property
@@ -181,7 +182,7 @@ class GoldenStore:
     def _read_manifest(self) -> dict[str, Any]:
         empty: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            "reference_pins": REFERENCE.as_dict(),
+            "reference_pins": self.reference.as_dict(),
             "environments": {},
             "cases": {},
         }
@@ -266,7 +267,7 @@ class GoldenStore:
         manifest = self.manifest()
         used = {entry["environment"] for entry in manifest["cases"].values()}
         manifest["environments"] = {k: v for k, v in manifest["environments"].items() if k in used}
-        manifest["reference_pins"] = REFERENCE.as_dict()
+        manifest["reference_pins"] = self.reference.as_dict()
         manifest["cases"] = dict(sorted(manifest["cases"].items()))
         text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
         with atomic_writer(self.manifest_path) as f:

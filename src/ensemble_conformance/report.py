@@ -1,0 +1,221 @@
+"""Reports from the suite's JSON results (``pytest conformance --report-json``).
+
+    python -m ensemble_conformance.report gate RESULT.json [--markdown OUT.md]
+    python -m ensemble_conformance.report matrix R1.json R2.json ... [--markdown OUT.md] [--html OUT.html]
+
+``gate``: one run as a pull-request comment or CI step summary: verdict, versions against
+the goldens', drift causes, and every failing case with its cause and figures.
+``matrix``: many runs (releases x backends) merged into one table, and a self-contained
+HTML page (no scripts, no external files) with a heatmap of the drift per case group and
+release: the largest output ULP distance against the goldens, coloured on a log scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ensemble_conformance.pins import version_tuple
+
+Result = dict[str, Any]
+
+
+def load(path: Path) -> Result:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or data.get("format_version") != 1 or "cases" not in data:
+        raise ValueError(f"{path}: not a result written by `pytest conformance --report-json`")
+    data["_path"] = str(path)
+    return data
+
+
+def label(result: Result) -> str:
+    pins = result["pins"]
+    return f"flax {pins['flax']} / jax {pins['jax']} ({result.get('backend')})"
+
+
+def verdict(result: Result) -> str:
+    return "PASS" if result["summary"]["failed"] == 0 and result["summary"]["cases"] > 0 else "FAIL"
+
+
+def _golden_versions(result: Result) -> str:
+    envs = result.get("golden_environments", {}).values()
+    seen = sorted({f"flax {e.get('flax')} / jax {e.get('jax')} on {e.get('backend')}" for e in envs})
+    return "; ".join(seen) or "unknown"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value in (None, "") else str(value)
+
+
+def gate_markdown(result: Result) -> str:
+    s = result["summary"]
+    lines = [
+        f"## ensemble-conformance gate: {verdict(result)}",
+        "",
+        f"Candidate: **{label(result)}**, Python {result['pins']['python']}, device {result.get('device_kind')}.",
+        f"Goldens: `{result['golden_dir']}`, made with {_golden_versions(result)}.",
+        "",
+        f"{s['cases']} cases: {s['passed']} checks passed, {s['failed']} failed.",
+    ]
+    if s["causes"]:
+        lines += ["", "| drift cause | cases |", "|---|---|"]
+        lines += [f"| {cause} | {count} |" for cause, count in sorted(s["causes"].items(), key=lambda kv: -kv[1])]
+    failing = {cid: e for cid, e in result["cases"].items() if "failed" in (e.get("golden"), e.get("oracles"))}
+    if failing:
+        lines += [
+            "",
+            "| case | golden | oracles | cause | failed oracles | output max rel err | output max ULP |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for cid, e in sorted(failing.items()):
+            cells = [f"`{cid}`"] + [
+                _fmt(e.get(k))
+                for k in ("golden", "oracles", "drift_cause", "failed_oracles", "output_max_rel", "output_max_ulp")
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        restore = sorted({e["drift_restore"] for e in failing.values() if e.get("drift_restore")})
+        for setting in restore:
+            lines += ["", f"The goldens' values come back with `{setting}`."]
+    return "\n".join(lines) + "\n"
+
+
+def _sort_key(result: Result) -> tuple[Any, ...]:
+    pins = result["pins"]
+    return (version_tuple(pins["flax"]), version_tuple(pins["jax"]), str(result.get("backend")))
+
+
+def _groups(results: Sequence[Result]) -> list[str]:
+    return sorted({e["variant"] for r in results for e in r["cases"].values()})
+
+
+def _group_drift(result: Result, group: str) -> tuple[float, int, int]:
+    """(max output ULP distance, failing cases, cases) over one variant's cases."""
+    entries = [e for e in result["cases"].values() if e["variant"] == group]
+    ulps = [float(e["output_max_ulp"]) for e in entries if "output_max_ulp" in e]
+    failing = sum(1 for e in entries if "failed" in (e.get("golden"), e.get("oracles")))
+    return (max(ulps) if ulps else math.nan, failing, len(entries))
+
+
+def matrix_markdown(results: Sequence[Result]) -> str:
+    ordered = sorted(results, key=_sort_key)
+    lines = [
+        "| release | Python | backend | verdict | cases | checks failed | drift causes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ordered:
+        s = r["summary"]
+        causes = ", ".join(f"{c}: {n}" for c, n in sorted(s["causes"].items())) or "-"
+        lines.append(
+            f"| flax {r['pins']['flax']} / jax {r['pins']['jax']} | {r['pins']['python']} "
+            f"| {r.get('backend')} | {verdict(r)} | {s['cases']} | {s['failed']} | {causes} |"
+        )
+    groups = _groups(ordered)
+    lines += [
+        "",
+        "Largest output ULP distance against the goldens, per case group (failing cases in brackets):",
+        "",
+        "| release | " + " | ".join(groups) + " |",
+        "|---|" + "---|" * len(groups),
+    ]
+    for r in ordered:
+        cells = []
+        for g in groups:
+            ulp, failing, total = _group_drift(r, g)
+            cells.append(("-" if math.isnan(ulp) else f"{ulp:.3g}") + (f" [{failing}/{total}]" if failing else ""))
+        lines.append(f"| flax {r['pins']['flax']} / jax {r['pins']['jax']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _colour(ulp: float) -> str:
+    """White at 0 ULP through yellow to red at 2**31 ULP (log scale)."""
+    if math.isnan(ulp):
+        return "#dddddd"
+    t = min(1.0, math.log10(1 + ulp) / math.log10(1 + 2.0**31))
+    red, green, blue = 255, int(255 - 200 * t), int(255 - 255 * min(1.0, 2 * t))
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+def matrix_html(results: Sequence[Result]) -> str:
+    ordered = sorted(results, key=_sort_key)
+    groups = _groups(ordered)
+    head = "".join(f"<th>{html.escape(g)}</th>" for g in groups)
+    rows = []
+    for r in ordered:
+        cells = []
+        for g in groups:
+            ulp, failing, total = _group_drift(r, g)
+            text = "no data" if math.isnan(ulp) else f"{ulp:.3g} ULP"
+            if failing:
+                text += f"<br><small>{failing}/{total} failing</small>"
+            cells.append(f'<td style="background:{_colour(ulp)}">{text}</td>')
+        causes = ", ".join(f"{html.escape(c)}: {n}" for c, n in sorted(r["summary"]["causes"].items())) or "none"
+        rows.append(
+            f"<tr><th>{html.escape(label(r))}<br><small>Python {html.escape(str(r['pins']['python']))}, "
+            f"{verdict(r)}, causes: {causes}</small></th>{''.join(cells)}</tr>"
+        )
+    legend = "".join(f'<span style="background:{_colour(v)}">{v:g} ULP</span>' for v in (0, 16, 2**10, 2**20, 2**31))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ensemble-conformance matrix</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #999; padding: 0.4em 0.7em; text-align: center; }}
+th {{ background: #f4f4f4; text-align: left; }}
+.legend span {{ display: inline-block; width: 7em; padding: 0.2em; text-align: center; }}
+</style></head><body>
+<h1>ensemble-conformance: drift per case group and release</h1>
+<p>Each cell: the largest ULP distance between an output and its golden over the group's cases
+(0 = bit-identical), and how many cases fail (golden comparison or golden-free checks).</p>
+<table><tr><th>release</th>{head}</tr>
+{chr(10).join(rows)}
+</table>
+<p class="legend">Scale: {legend}</p>
+</body></html>
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ensemble_conformance.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    gate = sub.add_parser("gate", help="one result as markdown")
+    gate.add_argument("result", type=Path)
+    gate.add_argument("--markdown", type=Path)
+    matrix = sub.add_parser("matrix", help="many results as one markdown table and an HTML heatmap")
+    matrix.add_argument("results", type=Path, nargs="+")
+    matrix.add_argument("--markdown", type=Path)
+    matrix.add_argument("--html", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "gate":
+            result = load(args.result)
+            text = gate_markdown(result)
+            if args.markdown:
+                args.markdown.write_text(text)
+            print(text)
+            return 0 if verdict(result) == "PASS" else 1
+        results = [load(p) for p in args.results]
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    text = matrix_markdown(results)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.html:
+        args.html.write_text(matrix_html(results))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
