@@ -4,6 +4,7 @@ wrong backend."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +41,20 @@ def test_suite_fails_on_each_pitfall_of_the_seed(suite: Suite, mutant: str) -> N
     assert "the implementation under test disagrees with it" in run.output or "Error" in run.output
 
 
-def test_the_package_function_passed_through_impl_passes(suite: Suite) -> None:
-    run = suite("-k", "ensemble-s0-n8 and not mlp_", "--impl", "ensemble_conformance:vmap_over_ensemble")
+def test_the_package_function_passed_through_impl_passes(suite: Suite, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    run = suite(
+        "-k", "ensemble-s0-n8 and not mlp_", "--impl", "ensemble_conformance:vmap_over_ensemble", f"--report-json={out}"
+    )
     assert run.returncode == 0, run.output[-3000:]
-    assert run.cases_with("passed") == {c.id for c in SEED0_CORE if c.num_models == 8}
+    expected = {c.id for c in SEED0_CORE if c.num_models == 8}
+    assert run.cases_with("passed") == expected
     assert "its parameters are not observable" in run.output
+    result = json.loads(out.read_text())
+    assert set(result["cases"]) == expected
+    assert result["summary"] == {"cases": 9, "passed": 18, "failed": 0, "skipped": 0, "causes": {}}
+    assert result["impl"] == "ensemble_conformance:vmap_over_ensemble"
+    assert all(e["golden"] == e["oracles"] == "passed" for e in result["cases"].values())
 
 
 def test_wrong_backend_stops_the_run_before_any_case(suite: Suite) -> None:

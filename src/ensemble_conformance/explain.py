@@ -89,9 +89,14 @@ def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed) -> tupl
             other = computed.params.get(name)
             if other is None or other.shape != value.shape or other.dtype != value.dtype:
                 return False, f"param {name} missing or reshaped"
-            worst_param = max(worst_param, float(ulp_distance(value, other).max(initial=0.0)))
-    if worst_param > ROUNDING_PARAM_ULPS:
-        return False, f"parameters moved by up to {worst_param:.0f} ULP (rounding allows {ROUNDING_PARAM_ULPS})"
+            moved = float(ulp_distance(value, other).max(initial=0.0))
+            allowed = ROUNDING_PARAM_ULPS[value.dtype.name]
+            if moved > allowed:
+                return (
+                    False,
+                    f"param {name} moved by up to {moved:.0f} ULP (rounding allows {allowed} for {value.dtype})",
+                )
+            worst_param = max(worst_param, moved)
     bound = 2 * forward_bound(case, golden.inputs, golden.params).reshape(golden.output.shape)
     diff = np.abs(computed.output.astype(np.float64) - golden.output.astype(np.float64))
     ratio = float(np.max(diff / np.maximum(bound, np.finfo(np.float64).tiny), initial=0.0))

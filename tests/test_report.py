@@ -1,0 +1,108 @@
+"""Gate and matrix reports built from suite results."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ensemble_conformance import report
+
+
+def _result(flax: str, jax: str, cases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    statuses = [v for e in cases.values() for k, v in e.items() if k in ("golden", "oracles")]
+    causes: dict[str, int] = {}
+    for e in cases.values():
+        if "drift_cause" in e:
+            causes[e["drift_cause"]] = causes.get(e["drift_cause"], 0) + 1
+    return {
+        "format_version": 1,
+        "pins": {"python": "3.12", "jax": jax, "jaxlib": jax, "flax": flax},
+        "backend": "cpu",
+        "device_kind": "cpu",
+        "golden_dir": "golden",
+        "golden_environments": {"env-x": {"flax": "0.12.12", "jax": "0.12.0.1", "backend": "cpu"}},
+        "summary": {
+            "cases": len(cases),
+            "passed": statuses.count("passed"),
+            "failed": statuses.count("failed"),
+            "skipped": 0,
+            "causes": causes,
+        },
+        "cases": cases,
+    }
+
+
+PASSING = {
+    "ensemble-a": {"variant": "ensemble", "golden": "passed", "oracles": "passed", "output_max_ulp": 3.0},
+    "mlp-b": {"variant": "mlp_ensemble", "golden": "passed", "oracles": "passed", "output_max_ulp": 0.0},
+}
+DRIFTED = {
+    "ensemble-a": {
+        "variant": "ensemble",
+        "golden": "failed",
+        "oracles": "passed",
+        "output_max_ulp": 2.0e9,
+        "output_max_rel": 4.5,
+        "drift_cause": "prng-config",
+        "drift_restore": "jax_threefry_partitionable=True",
+    },
+    "mlp-b": {
+        "variant": "mlp_ensemble",
+        "golden": "passed",
+        "oracles": "failed",
+        "output_max_ulp": 7.0,
+        "failed_oracles": "vmap_vs_loop",
+    },
+}
+
+
+def test_gate_passes_only_without_failures() -> None:
+    good = report.gate_markdown(_result("0.12.12", "0.12.0.1", PASSING))
+    assert "gate: PASS" in good and "| case |" not in good
+    bad_result = _result("0.10.2", "0.4.38", DRIFTED)
+    bad = report.gate_markdown(bad_result)
+    assert "gate: FAIL" in bad
+    assert f"{bad_result['summary']['failed']} failed" in bad
+    assert "| prng-config | 1 |" in bad
+    assert "`ensemble-a`" in bad and "`mlp-b`" in bad and "vmap_vs_loop" in bad
+    assert "`jax_threefry_partitionable=True`" in bad
+    assert "flax 0.12.12 / jax 0.12.0.1" in bad  # the goldens' versions
+
+
+def test_matrix_orders_releases_by_version_and_reports_group_drift() -> None:
+    results = [_result("0.12.12", "0.12.0.1", PASSING), _result("0.9.0", "0.4.31", DRIFTED)]
+    text = report.matrix_markdown(results)
+    rows = [line for line in text.splitlines() if line.startswith("| flax")]
+    assert rows[0].startswith("| flax 0.9.0") and rows[1].startswith("| flax 0.12.12")  # 0.9 < 0.12
+    drift_rows = rows[2:]
+    assert drift_rows[0].split(" | ")[1:] == [f"{2.0e9:.3g} [1/1]", "7 [1/1] |"]
+    assert drift_rows[1].split(" | ")[1:] == ["3", "0 |"]
+
+
+def test_html_heatmap_is_self_contained_and_coloured_by_drift() -> None:
+    results = [_result("0.12.12", "0.12.0.1", PASSING), _result("0.9.0", "0.4.31", DRIFTED)]
+    page = report.matrix_html(results)
+    assert "<script" not in page and not re.search(r"(src|href)=", page)
+    assert page.count("<td") == 2 * 2  # releases x case groups
+    greens = [int(report._colour(v)[3:5], 16) for v in (0, 3, 7, 1e3, 2.0e9)]
+    assert greens == sorted(greens, reverse=True) and greens[0] == 255
+
+
+def test_cli_writes_files_and_rejects_foreign_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = []
+    for i, res in enumerate((_result("0.12.12", "0.12.0.1", PASSING), _result("0.9.0", "0.4.31", DRIFTED))):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(res))
+    assert report.main(["gate", str(paths[0]), "--markdown", str(tmp_path / "g.md")]) == 0
+    assert report.main(["gate", str(paths[1])]) == 1
+    assert report.main(["matrix", *map(str, paths), "--html", str(tmp_path / "m.html")]) == 0
+    assert (tmp_path / "g.md").read_text().startswith("## ensemble-conformance gate: PASS")
+    assert (tmp_path / "m.html").read_text().startswith("<!doctype html>")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(SystemExit):
+        report.main(["gate", str(tmp_path / "other.json")])
+    assert "not a result written by" in capsys.readouterr().err
