@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -32,10 +33,10 @@ import nox
 ROOT = Path(__file__).resolve().parent
 
 
-def _load_pins():  # type: ignore[no-untyped-def]
-    """Read the reference pins from the package without importing jax."""
-    path = ROOT / "src" / "ensemble_conformance" / "pins.py"
-    spec = importlib.util.spec_from_file_location("_ensemble_conformance_pins", path)
+def _load(name: str):  # type: ignore[no-untyped-def]
+    """A standard-library-only module of the package, read without importing jax."""
+    path = ROOT / "src" / "ensemble_conformance" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_ensemble_conformance_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -43,7 +44,8 @@ def _load_pins():  # type: ignore[no-untyped-def]
     return module
 
 
-PINS = _load_pins()
+PINS = _load("pins")
+BISECTION = _load("bisection")
 REFERENCE = PINS.REFERENCE
 MATRIX = PINS.MATRIX
 EPOCHS = PINS.EPOCHS
@@ -209,22 +211,36 @@ def _gate_args(session: nox.Session) -> argparse.Namespace:
     return parser.parse_args(session.posargs)
 
 
-@nox.session(python=False, default=False)
-def gate(session: nox.Session) -> None:
-    """Decide a jax/flax upgrade: the suite on the candidate pins against the baseline goldens."""
-    args = _gate_args(session)
-    known = next((p for p in MATRIX if (p.flax, p.jax) == (args.flax, args.jax)), None)
-    python = args.python or (known.python if known else REFERENCE.python)
-    venv = ROOT / ".nox" / f"gate-py{python}-flax{args.flax}-jax{args.jax}-{args.backend}"
+def _venv(session: nox.Session, python: str, name: str, requirements: list[str]) -> Path:
+    """A virtual environment under .nox/NAME with the package, its test extras and
+    ``requirements``; made with uv when it is installed. Returns its directory."""
+    venv = ROOT / ".nox" / name
     if shutil.which("uv"):
         session.run("uv", "venv", "--quiet", "--allow-existing", "-p", f"python{python}", str(venv), external=True)
         install = ["uv", "pip", "install", "--quiet", "-p", str(venv / "bin" / "python")]
     else:
         session.run(f"python{python}", "-m", "venv", str(venv), external=True)
         install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    jax_line = BACKEND_INSTALL[args.backend].format(jax=args.jax)
-    jaxlib_line = f"jaxlib=={args.jaxlib or args.jax}"
-    session.run(*install, ".[test]", jax_line, jaxlib_line, f"flax=={args.flax}", external=True)
+    session.run(*install, ".[test]", *requirements, external=True)
+    return venv
+
+
+@nox.session(python=False, default=False)
+def gate(session: nox.Session) -> None:
+    """Decide a jax/flax upgrade: the suite on the candidate pins against the baseline goldens."""
+    args = _gate_args(session)
+    known = next((p for p in MATRIX if (p.flax, p.jax) == (args.flax, args.jax)), None)
+    python = args.python or (known.python if known else REFERENCE.python)
+    venv = _venv(
+        session,
+        python,
+        f"gate-py{python}-flax{args.flax}-jax{args.jax}-{args.backend}",
+        [
+            BACKEND_INSTALL[args.backend].format(jax=args.jax),
+            f"jaxlib=={args.jaxlib or args.jax}",
+            f"flax=={args.flax}",
+        ],
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     platform = BACKEND_PLATFORM[args.backend]
@@ -268,3 +284,80 @@ def gate(session: nox.Session) -> None:
             f"see {out / 'summary.md'}"
         )
     session.log(f"gate PASSED: flax {args.flax} / jax {args.jax}, {result['summary']['cases']} cases")
+
+
+@nox.session(python=False, default=False)
+def bisect(session: nox.Session) -> None:
+    """Find the first flax release between a good and a bad one where a case changes."""
+    parser = argparse.ArgumentParser(prog="nox -s bisect --")
+    parser.add_argument("--good", required=True, help="a flax release whose results are the baseline")
+    parser.add_argument("--bad", required=True, help="a later flax release whose results differ")
+    parser.add_argument(
+        "--jax", default=None, help=f"the jax held fixed (default: the matrix's for --bad, else {REFERENCE.jax})"
+    )
+    parser.add_argument("--python", default=None, help=f"interpreter (default: {REFERENCE.python})")
+    args = parser.parse_args(session.posargs)
+    known = next((p for p in MATRIX if p.flax == args.bad), None)
+    jax = args.jax or (known.jax if known else REFERENCE.jax)
+    python = args.python or REFERENCE.python
+    listing = session.run(sys.executable, "-m", "pip", "index", "versions", "flax", silent=True, external=True)
+    try:
+        releases = BISECTION.between(BISECTION.releases_from_pip_index(str(listing)), args.good, args.bad)
+    except ValueError as err:
+        session.error(str(err))
+    session.log(f"{len(releases)} flax releases from {args.good} to {args.bad}, jax {jax}, Python {python}")
+    baseline = Path(session.create_tmp()) / f"bisect-baseline-{args.good}"
+    shutil.rmtree(baseline, ignore_errors=True)
+
+    def env_for(flax: str) -> Path:
+        return _venv(
+            session,
+            python,
+            f"bisect-py{python}-flax{flax}-jax{jax}",
+            [f"jax=={jax}", f"jaxlib=={jax}", f"flax=={flax}"],
+        )
+
+    good = env_for(args.good)
+    session.run(
+        str(good / "bin" / "python"),
+        "-m",
+        "ensemble_conformance.regen",
+        "--all",
+        "--force",
+        "--golden-dir",
+        str(baseline),
+        env=CPU_ENV,
+        external=True,
+        silent=True,
+    )
+
+    def changed(flax: str) -> bool:
+        """The suite's golden comparisons on this release differ from the good release's."""
+        venv = env_for(flax)
+        command = [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pytest",
+            "conformance",
+            "-m",
+            "golden",
+            "-q",
+            "-n",
+            "auto",
+            "--golden-dir",
+            str(baseline),
+        ]
+        proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **CPU_ENV}, capture_output=True, text=True)
+        session.log(f"flax {flax}: " + (proc.stdout.strip().splitlines() or ["no output"])[-1])
+        return proc.returncode != 0
+
+    try:
+        first = BISECTION.first_changed(releases, changed, log=session.log)
+    except ValueError as err:
+        session.error(str(err))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bisect.json").write_text(
+        json.dumps({"good": args.good, "bad": args.bad, "jax": jax, "python": python, "first_changed": first}, indent=2)
+        + "\n"
+    )
+    session.log(f"first flax release where a case changes: {first} (with jax {jax}); see results/bisect.json")
