@@ -88,3 +88,11 @@ def test_unknown_id_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     assert exit_info.value.code == 2
     assert "unknown case id" in capsys.readouterr().err
     assert CASES_BY_ID  # the grid is what the ids are checked against
+
+
+def test_legacy_epoch_refuses_the_partitionable_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _run(capsys, "--epoch", "legacy", "--golden-dir", str(tmp_path), IDS[0])
+    assert code == 2
+    assert "jax_threefry_partitionable: True, the reference is False" in out
+    assert "nox -s regen_legacy" in out
+    assert not any(tmp_path.iterdir())

@@ -175,3 +175,13 @@ def test_committed_goldens_match_their_manifest_and_the_case_grid() -> None:
     for case in CASES:
         record = store.load(case)  # verifies the hash and the case metadata
         assert record.output.dtype.name == case.dtype
+
+
+def test_committed_legacy_epoch_goldens_are_complete_and_were_made_before_the_flip() -> None:
+    store = GoldenStore(Path(__file__).resolve().parent.parent / "golden" / "legacy-prng")
+    assert sorted(store.manifest()["cases"]) == sorted(c.id for c in CASES)
+    assert store.manifest()["reference_pins"]["jax"] == "0.4.38"
+    for env in store.manifest()["environments"].values():
+        assert env["jax_threefry_partitionable"] is False
+    record = store.load(CASES[0])
+    assert record.output.dtype.name == CASES[0].dtype

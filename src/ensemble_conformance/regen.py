@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {line}", file=sys.stderr)
         if not args.force:
             print(
-                "Refusing to regenerate. Run `nox -s regen` (it installs the reference pins), "
+                f"Refusing to regenerate. Run `nox -s {regen_session(epoch)}` (it installs the reference pins), "
                 "or pass --force to write goldens from this environment anyway.",
                 file=sys.stderr,
             )
