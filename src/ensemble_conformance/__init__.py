@@ -6,13 +6,33 @@ Public API (everything else is internal):
   CASES, Case         the case grid
   GoldenStore         the golden files and their manifest
   check_case          compare one run with its golden
+  REFERENCE           the reference pins
+
+The names are loaded on first use, so tools that need no jax (the reports, the pins)
+import without it.
 """
 
-from ensemble_conformance.cases import CASES, Case
-from ensemble_conformance.check import check_case
-from ensemble_conformance.core import build_ensemble, vmap_over_ensemble
-from ensemble_conformance.pins import REFERENCE
-from ensemble_conformance.store import GoldenStore
+from __future__ import annotations
 
-__all__ = ["CASES", "REFERENCE", "Case", "GoldenStore", "build_ensemble", "check_case", "vmap_over_ensemble"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CASES": "cases",
+    "Case": "cases",
+    "check_case": "check",
+    "build_ensemble": "core",
+    "vmap_over_ensemble": "core",
+    "REFERENCE": "pins",
+    "GoldenStore": "store",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ensemble_conformance' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ensemble_conformance.{module}"), name)
