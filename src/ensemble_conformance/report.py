@@ -63,13 +63,14 @@ def gate_markdown(result: Result) -> str:
         f"Candidate: **{label(result)}**, Python {result['pins']['python']}, device {result.get('device_kind')}.",
         f"Goldens: `{result['golden_dir']}`, made with {_golden_versions(result)}.",
         "",
-        f"{s['cases']} cases: {s['passed']} checks passed, {s['failed']} failed.",
+        f"{s['cases']} cases, {s['passed'] + s['failed']} checks: {s['passed']} passed, {s['failed']} failed.",
     ]
     if s["causes"]:
         lines += ["", "| drift cause | cases |", "|---|---|"]
         lines += [f"| {cause} | {count} |" for cause, count in sorted(s["causes"].items(), key=lambda kv: -kv[1])]
     failing = {cid: e for cid, e in result["cases"].items() if "failed" in (e.get("golden"), e.get("oracles"))}
     if failing:
+        lines += ["", f"<details><summary>{len(failing)} failing case(s)</summary>"] if len(failing) > 20 else []
         lines += [
             "",
             "| case | golden | oracles | cause | failed oracles | output max rel err | output max ULP |",
@@ -81,6 +82,7 @@ def gate_markdown(result: Result) -> str:
                 for k in ("golden", "oracles", "drift_cause", "failed_oracles", "output_max_rel", "output_max_ulp")
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "</details>"] if len(failing) > 20 else []
         restore = sorted({e["drift_restore"] for e in failing.values() if e.get("drift_restore")})
         for setting in restore:
             lines += ["", f"The goldens' values come back with `{setting}`."]
