@@ -288,54 +288,46 @@ def gate(session: nox.Session) -> None:
 
 @nox.session(python=False, default=False)
 def bisect(session: nox.Session) -> None:
-    """Find the first flax release between a good and a bad one where a case changes."""
+    """Find the first flax (or jax) release between a good and a bad one where a case changes."""
     parser = argparse.ArgumentParser(prog="nox -s bisect --")
-    parser.add_argument("--good", required=True, help="a flax release whose results are the baseline")
-    parser.add_argument("--bad", required=True, help="a later flax release whose results differ")
-    parser.add_argument(
-        "--jax", default=None, help=f"the jax held fixed (default: the matrix's for --bad, else {REFERENCE.jax})"
-    )
-    parser.add_argument("--python", default=None, help=f"interpreter (default: {REFERENCE.python})")
+    parser.add_argument("--package", choices=("flax", "jax"), default="flax", help="what to bisect (default flax)")
+    parser.add_argument("--good", required=True, help="a release whose results are the baseline")
+    parser.add_argument("--bad", required=True, help="a later release whose results differ")
+    parser.add_argument("--jax", default=REFERENCE.jax, help="the jax held fixed when bisecting flax")
+    parser.add_argument("--flax", default=REFERENCE.flax, help="the flax held fixed when bisecting jax")
+    parser.add_argument("--python", default=REFERENCE.python, help="interpreter")
     args = parser.parse_args(session.posargs)
-    known = next((p for p in MATRIX if p.flax == args.bad), None)
-    jax = args.jax or (known.jax if known else REFERENCE.jax)
-    python = args.python or REFERENCE.python
-    listing = session.run(sys.executable, "-m", "pip", "index", "versions", "flax", silent=True, external=True)
+    listing = session.run(sys.executable, "-m", "pip", "index", "versions", args.package, silent=True, external=True)
     try:
         releases = BISECTION.between(BISECTION.releases_from_pip_index(str(listing)), args.good, args.bad)
     except ValueError as err:
         session.error(str(err))
-    session.log(f"{len(releases)} flax releases from {args.good} to {args.bad}, jax {jax}, Python {python}")
-    baseline = Path(session.create_tmp()) / f"bisect-baseline-{args.good}"
+    held = f"flax {args.flax}" if args.package == "jax" else f"jax {args.jax}"
+    session.log(f"{len(releases)} {args.package} releases from {args.good} to {args.bad}, {held}, Python {args.python}")
+    baseline = Path(session.create_tmp()) / f"bisect-baseline-{args.package}{args.good}"
     shutil.rmtree(baseline, ignore_errors=True)
 
-    def env_for(flax: str) -> Path:
+    def env_for(release: str) -> Path:
+        # jaxlib is left to the resolver: not every jax release has a jaxlib of its own number.
+        flax, jax = (args.flax, release) if args.package == "jax" else (release, args.jax)
         return _venv(
-            session,
-            python,
-            f"bisect-py{python}-flax{flax}-jax{jax}",
-            [f"jax=={jax}", f"jaxlib=={jax}", f"flax=={flax}"],
+            session, args.python, f"bisect-py{args.python}-flax{flax}-jax{jax}", [f"jax=={jax}", f"flax=={flax}"]
         )
 
-    good = env_for(args.good)
-    session.run(
-        str(good / "bin" / "python"),
-        "-m",
-        "ensemble_conformance.regen",
-        "--all",
-        "--force",
-        "--golden-dir",
-        str(baseline),
-        env=CPU_ENV,
-        external=True,
-        silent=True,
-    )
+    def suite(venv: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        command = [str(venv / "bin" / "python"), *extra]
+        return subprocess.run(command, cwd=ROOT, env={**os.environ, **CPU_ENV}, capture_output=True, text=True)
 
-    def changed(flax: str) -> bool:
-        """The suite's golden comparisons on this release differ from the good release's."""
-        venv = env_for(flax)
-        command = [
-            str(venv / "bin" / "python"),
+    made = suite(
+        env_for(args.good), "-m", "ensemble_conformance.regen", "--all", "--force", "--golden-dir", str(baseline)
+    )
+    if made.returncode != 0:
+        session.error(f"could not make the baseline on {args.package} {args.good}:\n{made.stdout}{made.stderr}")
+
+    def changed(release: str) -> bool:
+        """The golden comparisons on this release differ from the good release's values."""
+        proc = suite(
+            env_for(release),
             "-m",
             "pytest",
             "conformance",
@@ -346,9 +338,8 @@ def bisect(session: nox.Session) -> None:
             "auto",
             "--golden-dir",
             str(baseline),
-        ]
-        proc = subprocess.run(command, cwd=ROOT, env={**os.environ, **CPU_ENV}, capture_output=True, text=True)
-        session.log(f"flax {flax}: " + (proc.stdout.strip().splitlines() or ["no output"])[-1])
+        )
+        session.log(f"{args.package} {release}: " + (proc.stdout.strip().splitlines() or ["no output"])[-1])
         return proc.returncode != 0
 
     try:
@@ -356,8 +347,13 @@ def bisect(session: nox.Session) -> None:
     except ValueError as err:
         session.error(str(err))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bisect.json").write_text(
-        json.dumps({"good": args.good, "bad": args.bad, "jax": jax, "python": python, "first_changed": first}, indent=2)
-        + "\n"
-    )
-    session.log(f"first flax release where a case changes: {first} (with jax {jax}); see results/bisect.json")
+    record = {
+        "package": args.package,
+        "good": args.good,
+        "bad": args.bad,
+        "held": held,
+        "python": args.python,
+        "first_changed": first,
+    }
+    (RESULTS / "bisect.json").write_text(json.dumps(record, indent=2) + "\n")
+    session.log(f"first {args.package} release where a case changes: {first} ({held}); see results/bisect.json")
