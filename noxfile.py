@@ -164,7 +164,9 @@ def matrix(session: nox.Session, pin: str) -> None:
     pins = next(p for p in MATRIX if p.id == pin)
     session.install(".[test]", *pins.requirements())
     out = RESULTS / "matrix" / f"{pins.id}-cpu.json"
-    _run_suite(session, "--golden-dir", EPOCHS[pins.epoch].golden_dir, f"--report-json={out}")
+    known = ROOT / "conformance" / "known-drift" / f"{pins.id}.txt"
+    drift = [f"--known-drift={known}"] if known.exists() else []
+    _run_suite(session, "--golden-dir", EPOCHS[pins.epoch].golden_dir, f"--report-json={out}", *drift)
 
 
 @nox.session(python=REFERENCE.python, default=False)

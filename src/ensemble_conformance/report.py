@@ -63,7 +63,9 @@ def gate_markdown(result: Result) -> str:
         f"Candidate: **{label(result)}**, Python {result['pins']['python']}, device {result.get('device_kind')}.",
         f"Goldens: `{result['golden_dir']}`, made with {_golden_versions(result)}.",
         "",
-        f"{s['cases']} cases, {s['passed'] + s['failed']} checks: {s['passed']} passed, {s['failed']} failed.",
+        f"{s['cases']} cases, {s['passed'] + s['failed'] + s.get('known_drift', 0)} checks: {s['passed']} passed, "
+        f"{s['failed']} failed"
+        + (f", {s['known_drift']} known drift (expected failures)." if s.get("known_drift") else "."),
     ]
     if s["causes"]:
         lines += ["", "| drift cause | cases |", "|---|---|"]
@@ -109,15 +111,16 @@ def _group_drift(result: Result, group: str) -> tuple[float, int, int]:
 def matrix_markdown(results: Sequence[Result]) -> str:
     ordered = sorted(results, key=_sort_key)
     lines = [
-        "| release | Python | backend | verdict | cases | checks failed | drift causes |",
-        "|---|---|---|---|---|---|---|",
+        "| release | Python | backend | verdict | cases | checks failed | known drift | drift causes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in ordered:
         s = r["summary"]
         causes = ", ".join(f"{c}: {n}" for c, n in sorted(s["causes"].items())) or "-"
         lines.append(
             f"| flax {r['pins']['flax']} / jax {r['pins']['jax']} | {r['pins']['python']} "
-            f"| {r.get('backend')} | {verdict(r)} | {s['cases']} | {s['failed']} | {causes} |"
+            f"| {r.get('backend')} | {verdict(r)} | {s['cases']} | {s['failed']} "
+            f"| {s.get('known_drift', 0)} | {causes} |"
         )
     groups = _groups(ordered)
     lines += [
