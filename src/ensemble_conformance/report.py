@@ -100,12 +100,13 @@ def _groups(results: Sequence[Result]) -> list[str]:
     return sorted({e["variant"] for r in results for e in r["cases"].values()})
 
 
-def _group_drift(result: Result, group: str) -> tuple[float, int, int]:
-    """(max output ULP distance, failing cases, cases) over one variant's cases."""
+def _group_drift(result: Result, group: str) -> tuple[float, int, int, int]:
+    """(max output ULP distance, failing cases, known-drift cases, cases) over one variant."""
     entries = [e for e in result["cases"].values() if e["variant"] == group]
     ulps = [float(e["output_max_ulp"]) for e in entries if "output_max_ulp" in e]
     failing = sum(1 for e in entries if "failed" in (e.get("golden"), e.get("oracles")))
-    return (max(ulps) if ulps else math.nan, failing, len(entries))
+    known = sum(1 for e in entries if e.get("golden") == "xfailed")
+    return (max(ulps) if ulps else math.nan, failing, known, len(entries))
 
 
 def matrix_markdown(results: Sequence[Result]) -> str:
@@ -133,7 +134,7 @@ def matrix_markdown(results: Sequence[Result]) -> str:
     for r in ordered:
         cells = []
         for g in groups:
-            ulp, failing, total = _group_drift(r, g)
+            ulp, failing, _, total = _group_drift(r, g)
             cells.append(("-" if math.isnan(ulp) else f"{ulp:.3g}") + (f" [{failing}/{total}]" if failing else ""))
         lines.append(f"| flax {r['pins']['flax']} / jax {r['pins']['jax']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -156,17 +157,21 @@ def matrix_html(results: Sequence[Result]) -> str:
     for r in ordered:
         cells = []
         for g in groups:
-            ulp, failing, total = _group_drift(r, g)
+            ulp, failing, known, total = _group_drift(r, g)
             text = "no data" if math.isnan(ulp) else f"{ulp:.3g} ULP"
             if failing:
                 text += f"<br><small>{failing}/{total} failing</small>"
+            if known:
+                text += f"<br><small>{known}/{total} known drift</small>"
             cells.append(f'<td style="background:{_colour(ulp)}">{text}</td>')
         causes = ", ".join(f"{html.escape(c)}: {n}" for c, n in sorted(r["summary"]["causes"].items())) or "none"
         rows.append(
             f"<tr><th>{html.escape(label(r))}<br><small>Python {html.escape(str(r['pins']['python']))}, "
-            f"{verdict(r)}, causes: {causes}</small></th>{''.join(cells)}</tr>"
+            f"{verdict(r)}, known drift: {r['summary'].get('known_drift', 0)}, causes: {causes}</small></th>"
+            f"{''.join(cells)}</tr>"
         )
-    legend = "".join(f'<span style="background:{_colour(v)}">{v:g} ULP</span>' for v in (0, 16, 2**10, 2**20, 2**31))
+    marks = ((0, "0"), (16, "16"), (2**10, "2^10"), (2**20, "2^20"), (2**31, "2^31"))
+    legend = "".join(f'<span style="background:{_colour(v)}">{text} ULP</span>' for v, text in marks)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ensemble-conformance matrix</title>
 <style>
