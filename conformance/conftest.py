@@ -162,11 +162,15 @@ _RESTORE: dict[str, str] = {}
 _RESULTS: dict[str, dict[str, Any]] = {}  # case id -> figures for --report-json
 
 
+def _case_id(report: pytest.TestReport) -> str:
+    return report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+
+
 def _record(report: pytest.TestReport) -> None:
     if "[" not in report.nodeid:
         return
     test = report.nodeid.split("::")[-1].split("[", 1)[0]
-    case_id = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+    case_id = _case_id(report)
     entry = _RESULTS.setdefault(case_id, {})
     kind = {"test_matches_golden": "golden", "test_oracles": "oracles"}.get(test, test)
     if report.when == "call" or report.failed or report.skipped:
@@ -182,7 +186,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     props = dict(report.user_properties)
     cause = props.get("drift_cause")
     if cause is not None:
-        case_id = report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+        case_id = _case_id(report)
         _DRIFT.setdefault(str(cause), []).append(case_id)
         if "drift_restore" in props:
             _RESTORE[case_id] = str(props["drift_restore"])

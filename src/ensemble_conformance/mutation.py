@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 CORE_CASES = "ensemble- and not mlp_ensemble and not ensemble_bf16"
 
@@ -41,6 +42,10 @@ class SuiteRun:
 
     def cases_with(self, outcome: str) -> set[str]:
         return {test.split("[", 1)[1].rstrip("]") for test in self.ids_with(outcome) if "[" in test}
+
+    def cases(self) -> set[str]:
+        """Every case id that ran, whatever its outcome."""
+        return {test.split("[", 1)[1].rstrip("]") for test in self.outcomes if "[" in test}
 
 
 def run_suite(
@@ -97,22 +102,27 @@ def _oracle_names(output: str) -> list[str]:
     return sorted(n for n in names if n and " " not in n)
 
 
-def measure(module: Path, names: Sequence[str], k_expr: str, workers: str) -> list[MutantResult]:
-    spec = importlib.util.spec_from_file_location("_mutants", module)
+def load_module(path: Path) -> ModuleType:
+    """The mutants file as a module (its functions' docstrings name what they break)."""
+    spec = importlib.util.spec_from_file_location("_mutants", path)
     assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def measure(path: Path, mod: ModuleType, names: Sequence[str], k_expr: str, workers: str) -> list[MutantResult]:
     results = []
     with tempfile.TemporaryDirectory() as empty:
         for name in names:
             doc = (getattr(mod, name).__doc__ or "").strip().splitlines()[0]
-            impl = f"{module}:{name}"
+            impl = f"{path}:{name}"
             full = run_suite("-n", workers, "-k", k_expr, "--impl", impl)
             alone = run_suite("-n", workers, "-k", k_expr, "-m", "oracle", "--golden-dir", empty, "--impl", impl)
             result = MutantResult(
                 name,
                 doc,
-                cases=len({t.split("[", 1)[1] for t in full.outcomes if "[" in t}),
+                cases=len(full.cases()),
                 failed_with_goldens=len(full.cases_with("failed")),
                 failed_oracles_only=len(alone.cases_with("failed")),
                 oracle_checks=_oracle_names(alone.output),
@@ -162,12 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = args.module.resolve()
     if not module.is_file():
         parser.error(f"no file {module}")
-    spec = importlib.util.spec_from_file_location("_mutants_list", module)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(module)
     names = args.mutants.split(",") if args.mutants else list(mod.MUTANTS)
-    results = measure(module, names, args.k_expr, args.workers)
+    results = measure(module, mod, names, args.k_expr, args.workers)
     table = markdown(results)
     print(table)
     if args.json:

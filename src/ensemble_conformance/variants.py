@@ -63,10 +63,11 @@ class Variant:
     member_input: Callable[[Arrays, int], np.ndarray] | None = None  # None: no member axis
     rng_draws: int = 1  # keys the build takes from the default stream: one split for an ensemble
     accepts_core_impl: bool = False
+    flat_output: bool = False  # the core function's (N * F,) layout instead of (N, F)
 
     def output_shape(self, case: Case) -> tuple[int, ...]:
         n, f = case.num_models, case.features
-        return (n * f,) if self.accepts_core_impl or self.name == "ensemble_bf16" else (n, f)
+        return (n * f,) if self.flat_output else (n, f)
 
     def terms(self, case: Case) -> int:
         """The most roundings on a path into one output element: the n of gamma_n.
@@ -233,6 +234,7 @@ VARIANTS: Mapping[str, Variant] = {
             reference=_ensemble_reference,
             member_input=_shared_x,
             accepts_core_impl=True,
+            flat_output=True,
         ),
         Variant(
             "ensemble_bf16",
@@ -246,6 +248,7 @@ VARIANTS: Mapping[str, Variant] = {
             derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.bfloat16, True),
             reference=_ensemble_reference,
             member_input=_shared_x,
+            flat_output=True,
         ),
         Variant(
             "shared_model",
