@@ -1,6 +1,7 @@
 """Options, report header and shared fixtures of the conformance suite.
 
     pytest conformance [--golden-dir DIR] [--impl module:function] [--backend cpu|cuda|rocm|tpu]
+                       [--precision default|highest] [--emulate gpu|tpu] [--sharded 8]
 
 The engine (golden store, comparison, failure messages) lives in the package and knows
 nothing of pytest; this file only wires it in.
@@ -21,6 +22,7 @@ from ensemble_conformance.pins import EPOCHS
 from ensemble_conformance.regen import regen_session
 from ensemble_conformance.runner import load_impl
 from ensemble_conformance.store import GoldenError, GoldenStore
+from ensemble_conformance.tolerances import PRECISIONS, Numerics, precision_name
 from ensemble_conformance.variants import CoreFunction
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +48,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         choices=sorted(BACKENDS),
         help="the backend jax must run on; the run stops at once if it does not",
+    )
+    group.addoption(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="matmul precision to run at (jax_default_matmul_precision); picks the tolerance entry "
+        "(default: jax's setting, normally DEFAULT)",
+    )
+    group.addoption(
+        "--emulate",
+        default=None,
+        choices=("gpu", "tpu"),
+        help="on CPU, compute every dot the way this backend's hardware does at --precision and judge "
+        "by its tolerance entry (golden comparisons only)",
+    )
+    group.addoption(
+        "--sharded",
+        default=None,
+        type=int,
+        metavar="DEVICES",
+        help="also run the sharded-ensemble tests (test_sharded.py) on exactly this many devices; "
+        "on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES",
     )
     group.addoption(
         "--known-drift",
@@ -75,21 +99,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "oracle: golden-free checks of a case")
     wanted = config.getoption("--backend")
     if wanted is not None:
+        _assert_backend(wanted)
+    _configure_numerics(config)
+    devices = config.getoption("--sharded")
+    if devices is not None:
         import jax
 
-        try:
-            actual = jax.default_backend()
-        except Exception as err:  # JAX_PLATFORMS names a platform that cannot start (RuntimeError,
-            # or AssertionError on jax 0.12 when no plugin provides it)
+        if devices < 2 or jax.device_count() != devices:
             raise pytest.UsageError(
-                f"--backend {wanted}: jax could not start that backend ({err}). "
-                "Check the machine has the device and the matching jax extra is installed."
-            ) from err
-        if actual != BACKENDS[wanted]:
-            raise pytest.UsageError(
-                f"--backend {wanted} was asked for, but jax runs on {actual!r} "
-                f"(devices: {jax.devices()}). Refusing to fall back: install jax for {wanted} "
-                f"and set JAX_PLATFORMS={'cuda' if wanted == 'gpu' else wanted}."
+                f"--sharded {devices}: jax sees {jax.device_count()} device(s); the sharded tests need exactly "
+                f"{devices} (at least 2). On CPU, start the run with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} (it must be set before jax starts), "
+                "or use `nox -s sharded`."
             )
     spec = config.getoption("--impl")
     if spec:
@@ -106,7 +127,74 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--known-drift: {err}") from err
 
 
+def _assert_backend(wanted: str) -> None:
+    """jax runs on ``wanted`` (default backend and every device), or the run stops now."""
+    import jax
+
+    try:
+        actual = jax.default_backend()
+        devices = jax.devices()
+    except Exception as err:  # JAX_PLATFORMS names a platform that cannot start (RuntimeError,
+        # or AssertionError on jax 0.12 when no plugin provides it)
+        raise pytest.UsageError(
+            f"--backend {wanted}: jax could not start that backend ({err}). "
+            "Check the machine has the device and the matching jax extra is installed."
+        ) from err
+    expected = BACKENDS[wanted]
+    if actual != expected or any(d.platform != expected for d in devices):
+        raise pytest.UsageError(
+            f"--backend {wanted} was asked for, but jax runs on {actual!r} "
+            f"(devices: {devices}). Refusing to fall back: install jax for {wanted} "
+            f"and set JAX_PLATFORMS={'cuda' if expected == 'gpu' else wanted}."
+        )
+    kind = devices[0].device_kind
+    if expected != "cpu" and (not kind or kind.lower() == "cpu"):
+        raise pytest.UsageError(f"--backend {wanted}: jax reports device kind {kind!r}, not a {expected} device")
+
+
+def _configure_numerics(config: pytest.Config) -> None:
+    """Set the matmul precision and decide whose arithmetic judges the run."""
+    import jax
+
+    asked = config.getoption("--precision")
+    current = precision_name(jax.config.jax_default_matmul_precision)
+    if asked is not None and asked != current:
+        if current != "default":
+            raise pytest.UsageError(
+                f"--precision {asked}, but jax_default_matmul_precision is already {current!r} "
+                "(JAX_DEFAULT_MATMUL_PRECISION?); unset it or pass the same precision"
+            )
+        jax.config.update("jax_default_matmul_precision", None if asked == "default" else asked)
+    precision = asked or current
+    if precision not in PRECISIONS:
+        raise pytest.UsageError(
+            f"matmul precision {precision!r} has no tolerance entries; run at one of {', '.join(PRECISIONS)}"
+        )
+    emulate = config.getoption("--emulate")
+    backend = jax.default_backend()
+    if emulate is not None:
+        if backend != "cpu":
+            raise pytest.UsageError(f"--emulate {emulate} runs on CPU only; jax runs on {backend!r}")
+        if config.getoption("--sharded") is not None:
+            raise pytest.UsageError("--emulate and --sharded do not combine: run them separately")
+    config.stash[_NUMERICS] = Numerics(emulate or backend, precision, emulated=emulate is not None)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The sharded tests need a multi-device jax, set up before it starts: only with --sharded."""
+    if collection_path.name == "test_sharded.py" and config.getoption("--sharded") is None:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[_NUMERICS].emulated:
+        # Oracles judge the real computation of the machine they run on, not an emulation.
+        kept = [item for item in items if item.get_closest_marker("oracle") is None]
+        dropped = [item for item in items if item.get_closest_marker("oracle") is not None]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
     entries = config.stash.get(_KNOWN, [])
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -121,6 +209,7 @@ _IMPL = pytest.StashKey[CoreFunction]()
 _KNOWN = pytest.StashKey[list[known_drift.Entry]]()
 _STORE = pytest.StashKey[GoldenStore]()
 _ENV = pytest.StashKey[dict[str, Any]]()
+_NUMERICS = pytest.StashKey[Numerics]()
 
 
 def env_now(config: pytest.Config) -> dict[str, Any]:
@@ -139,7 +228,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"threefry_partitionable={env['jax_threefry_partitionable']}, prng={env['jax_default_prng_impl']}, "
         f"x64={env['jax_enable_x64']}, matmul_precision={env['jax_default_matmul_precision']}, "
         f"XLA_FLAGS={env['XLA_FLAGS']!r}",
+        f"  judged as: {config.stash[_NUMERICS].describe()} (tolerances.py)",
     ]
+    if config.stash[_NUMERICS].emulated:
+        lines.append("    emulated numerics: golden comparisons only; the oracles are deselected")
     try:
         envs = store.manifest().get("environments", {})
     except GoldenError as err:
@@ -226,6 +318,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "pins": {k: env.get(k) for k in ("python", "jax", "jaxlib", "flax")},
         "backend": env.get("backend"),
         "device_kind": env.get("device_kind"),
+        "precision": config.stash[_NUMERICS].precision,
+        "numerics": config.stash[_NUMERICS].describe(),
+        "emulated": config.stash[_NUMERICS].backend if config.stash[_NUMERICS].emulated else None,
         "environment": env,
         "golden_dir": str(store.directory),
         "golden_environments": golden_envs,
@@ -281,3 +376,8 @@ def impl(pytestconfig: pytest.Config) -> CoreFunction | None:
 @pytest.fixture(scope="session")
 def env(pytestconfig: pytest.Config) -> dict[str, Any]:
     return env_now(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def numerics(pytestconfig: pytest.Config) -> Numerics:
+    return pytestconfig.stash[_NUMERICS]

@@ -4,6 +4,7 @@ tolerance table's bound for this backend and dtype. A failure says why the value
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from ensemble_conformance.check import check_case, failure_message
 from ensemble_conformance.explain import explain
 from ensemble_conformance.runner import compute
 from ensemble_conformance.store import GoldenError, GoldenStore
+from ensemble_conformance.tolerances import Numerics
 from ensemble_conformance.variants import CoreFunction
 
 
@@ -24,6 +26,7 @@ def test_matches_golden(
     golden_store: GoldenStore,
     impl: CoreFunction | None,
     env: dict[str, Any],
+    numerics: Numerics,
     record_property: Callable[[str, object], None],
 ) -> None:
     try:
@@ -35,8 +38,8 @@ def test_matches_golden(
     if problem is not None:
         record_property("golden_problem", problem.splitlines()[0])
         pytest.fail(problem, pytrace=False)
-    computed = compute(case, golden.inputs, impl)
-    outcome = check_case(case, golden, computed, env["backend"])
+    computed = compute(case, golden.inputs, impl, numerics)
+    outcome = check_case(case, golden, computed, numerics)
     # Figures for --report-json, also when the case passes.
     measured = [r for r in outcome.reports if r.problem is None]
     for key, group in (
@@ -45,10 +48,11 @@ def test_matches_golden(
     ):
         record_property(f"{key}_max_ulp", max((r.max_ulp for r in group), default=0.0))
         record_property(f"{key}_max_rel", max((r.max_rel for r in group), default=0.0))
+    record_property("output_sha256", hashlib.sha256(computed.output.tobytes()).hexdigest())
     if outcome.ok:
         return
     env_golden = golden_store.environment_of(case.id)
-    why = explain(case, golden, computed, env_now=env, env_golden=env_golden, impl=impl)
+    why = explain(case, golden, computed, env_now=env, env_golden=env_golden, impl=impl, numerics=numerics)
     record_property("drift_cause", why.cause.value)
     if why.restore:
         record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))

@@ -11,6 +11,7 @@ from ensemble_conformance.cases import CASES, Case
 from ensemble_conformance.oracles import oracle_message, run_oracles
 from ensemble_conformance.runner import make_inputs
 from ensemble_conformance.store import GoldenError, GoldenStore
+from ensemble_conformance.tolerances import Numerics
 from ensemble_conformance.variants import Arrays, CoreFunction
 
 
@@ -29,10 +30,10 @@ def test_oracles(
     case: Case,
     golden_store: GoldenStore,
     impl: CoreFunction | None,
-    env: dict[str, str],
+    numerics: Numerics,
     record_property: Callable[[str, object], None],
 ) -> None:
-    results = run_oracles(case, _inputs(case, golden_store), impl, env["backend"])
+    results = run_oracles(case, _inputs(case, golden_store), impl, numerics)
     record_property("failed_oracles", ",".join(r.name for r in results if not r.ok))
     if not all(r.ok for r in results):
         pytest.fail(oracle_message(case, results), pytrace=False)

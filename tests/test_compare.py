@@ -12,6 +12,7 @@ from ensemble_conformance.cases import CASES_BY_ID
 from ensemble_conformance.check import check_case, failure_message
 from ensemble_conformance.compare import compare, ulp_distance
 from ensemble_conformance.store import GoldenStore
+from ensemble_conformance.tolerances import CPU
 from ensemble_conformance.variants import Computed
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -95,7 +96,7 @@ def test_failure_message_has_every_figure_a_person_needs() -> None:
     golden = store.load(case)
     wrong = golden.output.copy()
     wrong[[3, 17]] += np.float32(0.5)
-    outcome = check_case(case, golden, Computed(wrong, dict(golden.params)), "cpu")
+    outcome = check_case(case, golden, Computed(wrong, dict(golden.params)), CPU)
     assert not outcome.ok
     env_now = {**store.environment_of(case.id), "jax": "9.9.9", "jax_threefry_partitionable": False}
     text = failure_message(
@@ -131,9 +132,9 @@ def test_parameters_are_checked_and_a_moved_kernel_fails() -> None:
     kernel = params["layer2.kernel"].copy()
     kernel[1, 4, 2] = _step(kernel[1, 4, 2:3].copy(), 5, np.inf)[0]  # 5 ULP: past the 4 allowed
     params["layer2.kernel"] = kernel
-    outcome = check_case(case, golden, Computed(golden.output, params), "cpu")
+    outcome = check_case(case, golden, Computed(golden.output, params), CPU)
     assert [r.name for r in outcome.failures] == ["param layer2.kernel"]
     assert outcome.failures[0].max_ulp == 5
     del params["layer1.bias"]
-    outcome = check_case(case, golden, Computed(golden.output, params), "cpu")
+    outcome = check_case(case, golden, Computed(golden.output, params), CPU)
     assert "param layer1.bias" in [r.name for r in outcome.failures]

@@ -69,7 +69,7 @@ def _reference_and_bound(x: jax.Array, seed: int, n: int, f: int) -> tuple[np.nd
     x64 = np.asarray(x, np.float64)
     expected = np.einsum("d,ndf->nf", x64, kernel) + bias
     magnitude = np.einsum("d,ndf->nf", np.abs(x64), np.abs(kernel)) + np.abs(bias)
-    tol = lookup("cpu", "float32")
+    tol = lookup("cpu", "default", "float32")
     return expected.reshape(-1), tol.forward_k * UNIT_ROUNDOFF["float32"] * magnitude.reshape(-1)
 
 

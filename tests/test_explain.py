@@ -13,7 +13,7 @@ from ensemble_conformance.explain import Cause, explain, jax_settings
 from ensemble_conformance.oracles import forward_bound
 from ensemble_conformance.runner import compute
 from ensemble_conformance.store import GoldenRecord, GoldenStore
-from ensemble_conformance.tolerances import UNIT_ROUNDOFF, lookup
+from ensemble_conformance.tolerances import CPU, lookup
 from ensemble_conformance.variants import magnitude
 from tests import mutants
 
@@ -33,7 +33,7 @@ def test_prng_flag_flip_is_explained_and_the_restoring_setting_named() -> None:
     golden = GoldenRecord(CASE, GOLDEN.inputs, old.output, old.params or {})
     env_golden = {**ENV, "jax_threefry_partitionable": False}
     now = compute(CASE, GOLDEN.inputs)
-    assert not check_case(CASE, golden, now, "cpu").ok
+    assert not check_case(CASE, golden, now, CPU).ok
     why = explain(CASE, golden, now, env_now=ENV, env_golden=env_golden, impl=None)
     assert why.cause is Cause.PRNG_CONFIG
     assert why.restore == {"jax_threefry_partitionable": False}
@@ -41,22 +41,20 @@ def test_prng_flag_flip_is_explained_and_the_restoring_setting_named() -> None:
 
 
 def test_moves_beyond_the_golden_tolerance_but_within_the_error_bound_are_rounding() -> None:
-    tolerance = (
-        lookup("cpu", "float32").forward_k * UNIT_ROUNDOFF["float32"] * magnitude(CASE, GOLDEN.inputs, GOLDEN.params)
-    )
+    tolerance = lookup("cpu", "default", "float32").allowance_scale() * magnitude(CASE, GOLDEN.inputs, GOLDEN.params)
     bound = 2 * forward_bound(CASE, GOLDEN.inputs, GOLDEN.params)
     step = (tolerance + bound) / 2  # between the two: the case fails, the bound holds
     assert np.all(tolerance < step) and np.all(step < bound)
     golden = _with_output(GOLDEN.output.astype(np.float64) + step)
     now = compute(CASE, GOLDEN.inputs)
-    assert not check_case(CASE, golden, now, "cpu").ok
+    assert not check_case(CASE, golden, now, CPU).ok
     why = explain(CASE, golden, now, env_now=ENV, env_golden=ENV, impl=None)
     assert why.cause is Cause.FLOAT_ROUNDING, why.describe()
 
 
 def test_a_failing_oracle_means_broken_semantics() -> None:
     now = compute(CASE, GOLDEN.inputs, mutants.members_reversed)
-    assert not check_case(CASE, GOLDEN, now, "cpu").ok
+    assert not check_case(CASE, GOLDEN, now, CPU).ok
     why = explain(CASE, GOLDEN, now, env_now=ENV, env_golden=ENV, impl=mutants.members_reversed)
     assert why.cause is Cause.SEMANTICS
     assert "float64_reference" in why.summary

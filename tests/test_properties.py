@@ -16,6 +16,7 @@ from ensemble_conformance import vmap_over_ensemble
 from ensemble_conformance.cases import MLP_HIDDEN, Case
 from ensemble_conformance.oracles import oracle_message, run_oracles
 from ensemble_conformance.runner import make_inputs
+from ensemble_conformance.tolerances import CPU
 from ensemble_conformance.variants import VARIANTS
 
 EXAMPLES = 20
@@ -37,7 +38,7 @@ def _case(variant: str, seed: float, size: tuple[int, int, int]) -> Case:
 @given(variant=st.sampled_from(sorted(VARIANTS)), seed=seeds, size=sizes)
 def test_oracles_hold_for_every_variant(variant: str, seed: float, size: tuple[int, int, int]) -> None:
     case = _case(variant, seed, size)
-    results = run_oracles(case, make_inputs(case), None, "cpu")
+    results = run_oracles(case, make_inputs(case), None, CPU)
     assert all(r.ok for r in results), oracle_message(case, results)
     assert {"shapes", "derived_params", "float64_reference", "eager_vs_jit", "seed_forms"} <= {r.name for r in results}
 
@@ -46,6 +47,6 @@ def test_oracles_hold_for_every_variant(variant: str, seed: float, size: tuple[i
 @given(seed=seeds, size=sizes)
 def test_core_function_passes_the_external_oracles(seed: float, size: tuple[int, int, int]) -> None:
     case = _case("ensemble", seed, size)
-    results = run_oracles(case, make_inputs(case), vmap_over_ensemble, "cpu")
+    results = run_oracles(case, make_inputs(case), vmap_over_ensemble, CPU)
     assert all(r.ok for r in results), oracle_message(case, results)
     assert {"shapes", "float64_reference", "eager_vs_jit", "seed_cast"} <= {r.name for r in results}

@@ -12,14 +12,14 @@ from ensemble_conformance import environment
 from ensemble_conformance.cases import Case
 from ensemble_conformance.compare import ArrayReport, compare
 from ensemble_conformance.store import GoldenRecord
-from ensemble_conformance.tolerances import UNIT_ROUNDOFF, lookup
+from ensemble_conformance.tolerances import Numerics
 from ensemble_conformance.variants import VARIANTS, Computed, magnitude
 
 
 @dataclass(frozen=True)
 class CaseOutcome:
     case: Case
-    backend: str
+    numerics: Numerics
     reports: list[ArrayReport]
     notes: list[str] = field(default_factory=list)
 
@@ -32,16 +32,15 @@ class CaseOutcome:
         return [r for r in self.reports if not r.ok]
 
 
-def forward_allowance(case: Case, golden: GoldenRecord, backend: str) -> np.ndarray:
+def forward_allowance(case: Case, golden: GoldenRecord, numerics: Numerics) -> np.ndarray:
     """Per output element, the largest |actual - golden| the tolerance table allows."""
-    tol = lookup(backend, case.dtype)
     scale = magnitude(case, golden.inputs, golden.params)
-    return tol.forward_k * UNIT_ROUNDOFF[case.dtype] * scale.reshape(golden.output.shape)
+    return numerics.tolerance(case.dtype).allowance_scale() * scale.reshape(golden.output.shape)
 
 
-def check_case(case: Case, golden: GoldenRecord, computed: Computed, backend: str) -> CaseOutcome:
+def check_case(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> CaseOutcome:
     """Compare parameters tightly and the output within the forward tolerance."""
-    tol = lookup(backend, case.dtype)
+    tol = numerics.tolerance(case.dtype)
     axes = VARIANTS[case.variant].output_axes
     view = (case.num_models, case.features)
     reports = [
@@ -49,8 +48,8 @@ def check_case(case: Case, golden: GoldenRecord, computed: Computed, backend: st
             "output",
             golden.output,
             computed.output,
-            rule=tol.forward_rule(case.dtype),
-            allowed_abs=forward_allowance(case, golden, backend),
+            rule=tol.forward_rule(),
+            allowed_abs=forward_allowance(case, golden, numerics),
             view_shape=view,
             axes=axes,
         )
@@ -73,7 +72,7 @@ def check_case(case: Case, golden: GoldenRecord, computed: Computed, backend: st
                     max_ulps=tol.param_ulps,
                 )
             )
-    return CaseOutcome(case, backend, reports, notes)
+    return CaseOutcome(case, numerics, reports, notes)
 
 
 def failure_message(
@@ -92,6 +91,7 @@ def failure_message(
         f"  variant: {case.variant} ({VARIANTS[case.variant].doc})",
         f"  backend: {env_now.get('backend')} ({env_now.get('device_kind')}) now; golden made on "
         f"{env_golden.get('backend', '?')} ({env_golden.get('device_kind', '?')})",
+        f"  judged as: {outcome.numerics.describe()}",
         f"  versions now:    {environment.versions_line(env_now)}",
         f"  versions golden: {environment.versions_line(env_golden)}",
     ]

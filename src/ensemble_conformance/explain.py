@@ -30,7 +30,7 @@ from ensemble_conformance.compare import ulp_distance
 from ensemble_conformance.oracles import OracleResult, forward_bound, run_oracles
 from ensemble_conformance.runner import compute
 from ensemble_conformance.store import GoldenRecord
-from ensemble_conformance.tolerances import ROUNDING_PARAM_ULPS
+from ensemble_conformance.tolerances import CPU, ROUNDING_PARAM_ULPS, Numerics
 from ensemble_conformance.variants import Computed, CoreFunction
 
 PRNG_SETTINGS = ("jax_threefry_partitionable", "jax_default_prng_impl")
@@ -80,7 +80,7 @@ def _prng_differences(env_now: dict[str, Any], env_golden: dict[str, Any]) -> di
     return {k: env_golden[k] for k in PRNG_SETTINGS if k in env_golden and env_golden[k] != env_now.get(k)}
 
 
-def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed) -> tuple[bool, str]:
+def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> tuple[bool, str]:
     if computed.output.shape != golden.output.shape or computed.output.dtype != golden.output.dtype:
         return False, "output shape or dtype changed"
     worst_param = 0.0
@@ -97,7 +97,7 @@ def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed) -> tupl
                     f"param {name} moved by up to {moved:.0f} ULP (rounding allows {allowed} for {value.dtype})",
                 )
             worst_param = max(worst_param, moved)
-    bound = 2 * forward_bound(case, golden.inputs, golden.params).reshape(golden.output.shape)
+    bound = 2 * forward_bound(case, golden.inputs, golden.params, numerics).reshape(golden.output.shape)
     diff = np.abs(computed.output.astype(np.float64) - golden.output.astype(np.float64))
     ratio = float(np.max(diff / np.maximum(bound, np.finfo(np.float64).tiny), initial=0.0))
     if ratio > 1:
@@ -116,14 +116,14 @@ def explain(
     env_golden: dict[str, Any],
     impl: CoreFunction | None,
     oracles: list[OracleResult] | None = None,
+    numerics: Numerics = CPU,
 ) -> Explanation:
     """Classify why ``computed`` does not match ``golden`` (see the module docstring)."""
-    backend = str(env_now.get("backend", "cpu"))
     settings = _prng_differences(env_now, env_golden)
     if settings:
         with jax_settings(settings):
-            rerun = compute(case, golden.inputs, impl)
-        if check_case(case, golden, rerun, backend).ok:
+            rerun = compute(case, golden.inputs, impl, numerics)
+        if check_case(case, golden, rerun, numerics).ok:
             named = ", ".join(f"{k}={v!r} (now {env_now.get(k)!r})" for k, v in settings.items())
             return Explanation(
                 Cause.PRNG_CONFIG,
@@ -132,7 +132,7 @@ def explain(
                 restore=settings,
             )
     if oracles is None:
-        oracles = run_oracles(case, golden.inputs, impl, backend)
+        oracles = run_oracles(case, golden.inputs, impl, numerics)
     failed = [r for r in oracles if not r.ok]
     if failed:
         return Explanation(
@@ -140,7 +140,7 @@ def explain(
             f"golden-free checks fail: {', '.join(r.name for r in failed)}",
             tuple(r.describe() for r in failed),
         )
-    rounding, detail = _rounding_only(case, golden, computed)
+    rounding, detail = _rounding_only(case, golden, computed, numerics)
     if rounding:
         return Explanation(Cause.FLOAT_ROUNDING, f"only float rounding moved: {detail}, outside the golden tolerance")
     return Explanation(

@@ -15,6 +15,8 @@ For the package's own variants (the parameters are observable):
                      build the same ensemble
   rng_counter        the Rngs' default stream advanced by the documented number of draws
   split_is_fold_in   under jax_threefry_partitionable: split(k, n)[i] == fold_in(k, i)
+  repeatable         a second run in the same process gives the same bits (GPU
+                     atomics or autotuning without the deterministic-ops flag break it)
 
 For an external implementation of the core function (only its outputs are observable):
   shapes, distinct_members (on the outputs), float64_reference (from the parameters
@@ -25,7 +27,13 @@ Bounds: a computed sum of n terms differs from the exact one by at most
 gamma_n * sum|terms| with gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of
 Numerical Algorithms, 2nd ed., section 3.1), for any summation order. Through a relu
 network the bound composes to gamma_{n1 + n2} * M. Two float computations of the same
-value differ by at most twice that.
+value differ by at most twice that. Where the backend rounds matmul operands to a
+narrower format (TF32 on GPU, bfloat16 on TPU, at DEFAULT precision) each product moves
+by up to 2 u_op (4 u_op if the hardware truncates), and a second layer sees the first
+one's error and rounds its own input: 4 u_op * M for one layer, 12 u_op * M for two.
+
+The oracles run the real computation of the machine they are on; under an emulated
+backend (emulation.py) they are not run, and the golden comparison judges the numerics.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from ensemble_conformance import derivation
 from ensemble_conformance.cases import Case
 from ensemble_conformance.compare import compare
 from ensemble_conformance.runner import compute
-from ensemble_conformance.tolerances import UNIT_ROUNDOFF, lookup
+from ensemble_conformance.tolerances import CPU, UNIT_ROUNDOFF, Numerics
 from ensemble_conformance.variants import VARIANTS, Arrays, CoreFunction, Variant, host, magnitude
 
 
@@ -64,11 +72,17 @@ def gamma(n: int, u: float) -> float:
     return n * u / (1 - n * u)
 
 
-def forward_bound(case: Case, inputs: Arrays, params: Arrays) -> np.ndarray:
+def forward_bound(case: Case, inputs: Arrays, params: Arrays, numerics: Numerics = CPU) -> np.ndarray:
     """Per output element: the most a correctly rounded-at-each-step float computation
-    can differ from the exact value (gamma_n * M, n from the variant's depth)."""
+    can differ from the exact value (gamma_n * M, n from the variant's depth), plus the
+    rounding of matmul operands where ``numerics`` does that."""
     variant = VARIANTS[case.variant]
-    return gamma(variant.terms(case), UNIT_ROUNDOFF[case.dtype]) * magnitude(case, inputs, params)
+    relative = gamma(variant.terms(case), UNIT_ROUNDOFF[case.dtype])
+    operand = numerics.tolerance(case.dtype).operand_unit
+    if operand is not None:
+        layers = 2 if case.hidden else 1
+        relative += 4 * (2 * layers - 1) * UNIT_ROUNDOFF[operand]
+    return relative * magnitude(case, inputs, params)
 
 
 def within_bound(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.ndarray) -> OracleResult:
@@ -125,10 +139,10 @@ def _distinct(name: str, members: np.ndarray) -> OracleResult:
     return OracleResult(name, True, f"{len(rows)} members")
 
 
-def _derived(params: Arrays, derived: Arrays, backend: str, case: Case) -> OracleResult:
+def _derived(params: Arrays, derived: Arrays, numerics: Numerics, case: Case) -> OracleResult:
     # Random bits are exact everywhere; on CPU the init's float ops are the same ones jax
     # runs for the derivation, so the match is exact. Elsewhere allow the table's ULPs.
-    ulps = 0 if backend == "cpu" else lookup(backend, case.dtype).param_ulps
+    ulps = 0 if numerics.backend == "cpu" else numerics.tolerance(case.dtype).param_ulps
     bad = []
     for name in sorted(derived):
         if name not in params:
@@ -156,7 +170,7 @@ def _member_loop(variant: Variant, model: nnx.Module, inputs: Arrays, n: int) ->
     return np.stack(rows)
 
 
-def package_oracles(case: Case, inputs: Arrays, backend: str) -> list[OracleResult]:
+def package_oracles(case: Case, inputs: Arrays, numerics: Numerics = CPU) -> list[OracleResult]:
     """Every oracle for the package's own implementation of a case."""
     variant = VARIANTS[case.variant]
     computed = compute(case, inputs)
@@ -164,11 +178,19 @@ def package_oracles(case: Case, inputs: Arrays, backend: str) -> list[OracleResu
     params, output = computed.params, computed.output
     derived = variant.derive(case)
     results = [_shapes(case, variant, output, params, derived)]
+    again = compute(case, inputs)
+    results.append(
+        OracleResult(
+            "repeatable",
+            _same_arrays({"output": again.output, **(again.params or {})}, {"output": output, **params}),
+            "",
+        )
+    )
     if variant.member_input is not None and case.num_models > 1:
         results.append(_distinct("distinct_members", next(v for k, v in sorted(params.items()) if "kernel" in k)))
-    results.append(_derived(params, derived, backend, case))
+    results.append(_derived(params, derived, numerics, case))
     if results[0].ok:
-        bound = forward_bound(case, inputs, params)
+        bound = forward_bound(case, inputs, params, numerics)
         results.append(
             within_bound(
                 "float64_reference", output, variant.reference(inputs, params, False).reshape(output.shape), bound
@@ -223,7 +245,7 @@ def _guarded(name: str, check: Callable[[], OracleResult]) -> OracleResult:
         return OracleResult(name, False, f"raised {type(err).__name__}: {err}")
 
 
-def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, backend: str) -> list[OracleResult]:
+def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, numerics: Numerics = CPU) -> list[OracleResult]:
     """The oracles that an external implementation's outputs allow (core function cases)."""
     variant = VARIANTS[case.variant]
     x = inputs["x"]
@@ -238,7 +260,7 @@ def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, backend: str) -
     rows = output.reshape(case.num_models, case.features)
     if case.num_models > 1:
         results.append(_distinct("distinct_members", rows))
-    bound = forward_bound(case, inputs, derived)
+    bound = forward_bound(case, inputs, derived, numerics)
     reference = variant.reference(inputs, derived, False).reshape(output.shape)
     results.append(within_bound("float64_reference", output, reference, bound))
 
@@ -258,10 +280,10 @@ def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, backend: str) -
     return results + _split_is_fold_in(case)
 
 
-def run_oracles(case: Case, inputs: Arrays, impl: CoreFunction | None, backend: str) -> list[OracleResult]:
+def run_oracles(case: Case, inputs: Arrays, impl: CoreFunction | None, numerics: Numerics = CPU) -> list[OracleResult]:
     if impl is not None and VARIANTS[case.variant].accepts_core_impl:
-        return impl_oracles(case, inputs, impl, backend)
-    return package_oracles(case, inputs, backend)
+        return impl_oracles(case, inputs, impl, numerics)
+    return package_oracles(case, inputs, numerics)
 
 
 def oracle_message(case: Case, results: list[OracleResult]) -> str:

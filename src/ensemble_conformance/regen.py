@@ -22,6 +22,7 @@ from ensemble_conformance.check import check_case
 from ensemble_conformance.pins import EPOCHS, Epoch
 from ensemble_conformance.runner import compute, make_inputs
 from ensemble_conformance.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore
+from ensemble_conformance.tolerances import Numerics, precision_name
 
 
 def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionable"]) -> list[str]:
@@ -102,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = GoldenStore(args.golden_dir or epoch.golden_dir, reference=epoch.reference)
     rewrite_all = args.all or bool(args.ids)
     counts = {"new": 0, "rewritten": 0, "unchanged": 0, "kept": 0}
+    numerics = Numerics(str(env["backend"]), precision_name(env["jax_default_matmul_precision"]))
     for case in cases:
         golden: GoldenRecord | None = None
         state = "new"
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert computed.params is not None
         record = GoldenRecord(case, inputs, computed.output, computed.params)
         if golden is not None:
-            outcome = check_case(case, golden, computed, env["backend"])
+            outcome = check_case(case, golden, computed, numerics)
             if outcome.ok and not rewrite_all:
                 counts["kept"] += 1
                 continue

@@ -7,13 +7,17 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ensemble_conformance import emulation
 from ensemble_conformance.cases import Case
 from ensemble_conformance.core import vmap_over_ensemble
-from ensemble_conformance.variants import VARIANTS, Arrays, Computed, CoreFunction, run_ensemble_with
+from ensemble_conformance.tolerances import CPU, Numerics
+from ensemble_conformance.variants import VARIANTS, Arrays, Computed, CoreFunction, host, run_ensemble_with
 
 
 def make_inputs(case: Case) -> Arrays:
@@ -23,18 +27,43 @@ def make_inputs(case: Case) -> Arrays:
     return VARIANTS[case.variant].make_inputs(case, np.random.default_rng(seed))
 
 
-def compute(case: Case, inputs: Arrays, impl: CoreFunction | None = None) -> Computed:
+def compute(case: Case, inputs: Arrays, impl: CoreFunction | None = None, numerics: Numerics = CPU) -> Computed:
     """Run the case. The core function's cases call ``vmap_over_ensemble`` itself, or
     ``impl`` in its place; an external implementation's parameters cannot be observed,
-    so they are None."""
+    so they are None. With emulated ``numerics`` every floating dot of the forward is
+    computed the way that backend's hardware would (emulation.py); parameters are built
+    as usual (initializers have no dot)."""
     variant = VARIANTS[case.variant]
+    emulated = emulation.lookup(numerics.backend, numerics.precision) if numerics.emulated else None
     if not variant.accepts_core_impl:
-        return variant.run(case, inputs)
-    output = run_ensemble_with(impl or vmap_over_ensemble, case, inputs)
+        if emulated is None:
+            return variant.run(case, inputs)
+        model = variant.build(case, nnx.Rngs(case.seed_int))
+        graphdef, state = nnx.split(model)
+
+        def forward(state: Any, arrays: Any) -> Any:
+            return variant.forward(nnx.merge(graphdef, state), arrays)
+
+        arrays = {k: jnp.asarray(v) for k, v in inputs.items()}
+        output = host(emulation.emulate(forward, emulated)(state, arrays))
+        return Computed(output=output, params=variant.params_of(model))
+    function = impl or vmap_over_ensemble
+    if emulated is not None:
+        function = emulated_core(function, emulated)
+    output = run_ensemble_with(function, case, inputs)
     if impl is not None:
         return Computed(output=output, params=None)
     model = variant.build(case, nnx.Rngs(case.seed_int))
     return Computed(output=output, params=variant.params_of(model))
+
+
+def emulated_core(function: CoreFunction, emulated: emulation.Emulation) -> CoreFunction:
+    """The core function with its dots emulated; seed and sizes stay Python numbers."""
+
+    def run(seed: object, x: object, num_models: object, features: object) -> object:
+        return emulation.emulate(lambda x: function(seed, x, num_models, features), emulated)(x)
+
+    return run
 
 
 def load_impl(spec: str) -> CoreFunction:

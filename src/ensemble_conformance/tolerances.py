@@ -1,15 +1,29 @@
 """The one tolerance table. Every entry says why its numbers are what they are.
 
+Entries are keyed by (backend, matmul precision, dtype): backend as jax names it (cpu,
+gpu, tpu), precision "default" or "highest" (``jax_default_matmul_precision``), dtype
+of the case's output.
+
 A parameter element passes when it is within ``param_ulps`` units in the last place of
-its stored dtype. A forward output element passes when
+its stored dtype. Parameters are the same on every backend and precision: the random
+bits come from threefry, integer arithmetic that every backend computes exactly, and the
+initializers use no matmul.
+
+A forward output element passes when
 
     |actual - golden| <= forward_k * u * M
 
-where u is the unit roundoff of the output dtype and M is the sum of the absolute values
-of every product and bias that flows into that element (|W|^T |x| + |b|, layer by layer;
-see variants.py), computed in float64 from the golden's own inputs and parameters.
+where u is the unit roundoff of the entry's ``unit`` (the output dtype, or the format
+the backend rounds matmul operands to) and M is the sum of the absolute values of every
+product and bias that flows into that element (|W|^T |x| + |b|, layer by layer; see
+variants.py), computed in float64 from the golden's own inputs and parameters.
 M is the scale of a summation's rounding error: a tolerance in ULPs of the output alone
 fails on outputs near zero, where a sum of large terms cancels.
+
+The GPU and TPU numbers are set from the hardware's documented arithmetic and checked
+against its emulation on CPU (emulation.py; measured worst cases in the reasons). They
+have not been measured on the hardware itself: a run there records each case's largest
+error in --report-json (output_max_ulp, params_max_ulp) to confirm them.
 """
 
 from __future__ import annotations
@@ -20,20 +34,31 @@ from dataclasses import dataclass
 UNIT_ROUNDOFF: dict[str, float] = {
     "float64": 2.0**-53,
     "float32": 2.0**-24,
+    "tf32": 2.0**-11,
     "float16": 2.0**-11,
     "bfloat16": 2.0**-8,
 }
+
+BACKENDS = ("cpu", "gpu", "tpu")
+PRECISIONS = ("default", "highest")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
 class Tolerance:
     param_ulps: int
     forward_k: float
+    unit: str  # the unit roundoff forward_k counts
     reason: str
+    operand_unit: str | None = None  # the format matmul operands are rounded to, if narrower than the data
 
-    def forward_rule(self, dtype: str) -> str:
+    def allowance_scale(self) -> float:
+        """forward_k * u: multiply by M for the allowed |actual - golden|."""
+        return self.forward_k * UNIT_ROUNDOFF[self.unit]
+
+    def forward_rule(self) -> str:
         return (
-            f"|d| <= {self.forward_k:g} * u * M; u = {UNIT_ROUNDOFF[dtype]:.3g} ({dtype}), "
+            f"|d| <= {self.forward_k:g} * u * M; u = {UNIT_ROUNDOFF[self.unit]:.3g} ({self.unit}), "
             "M = sum of |x*w| and |b| into the element"
         )
 
@@ -41,33 +66,87 @@ class Tolerance:
         return f"within {self.param_ulps} ULP"
 
 
-TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    ("cpu", "float32"): Tolerance(
-        param_ulps=4,
-        forward_k=16,
-        reason=(
-            "Parameters: random bits are exact, but the truncated-normal init goes through "
-            "erf_inv, whose lowering moved kernels by up to 3 ULP between jax releases "
-            "(measured); a changed key or seed moves them by O(1). "
-            "Forward: XLA CPU's dot changed its summation order in jax 0.6 (measured "
-            "<= 2 u*M) and jit may fuse differently from eager (measured <= 1.9 u*M); "
-            "k = 16 covers that, parameters moved by 4 ULP (<= 8 u*M) and the rounding of "
-            "both outputs. A change of accumulation precision (bf16: 2**-9, TF32: 2**-11) "
-            "is >= 2048 u*M and fails."
-        ),
+_PARAMS_F32 = (
+    "Parameters: random bits are exact on every backend, but the truncated-normal init goes "
+    "through erf_inv, whose lowering moved kernels by up to 3 ULP between jax releases "
+    "(measured on CPU); a changed key or seed moves them by O(1). GPU and TPU compile the "
+    "same erf_inv polynomial but may contract multiply-adds into FMAs: 4 ULP covers that. "
+)
+_PARAMS_BF16 = (
+    "Parameters are drawn in float32 and rounded to bfloat16: a float32 value moved by a "
+    "few ULP can flip that rounding by 1 bfloat16 ULP, never more. "
+)
+_CPU_F32 = (
+    "Forward: XLA CPU's dot changed its summation order in jax 0.6 (measured <= 2 u*M) and "
+    "jit may fuse differently from eager (measured <= 1.9 u*M); k = 16 covers that, "
+    "parameters moved by 4 ULP (<= 8 u*M) and the rounding of both outputs. A change of "
+    "accumulation precision (bf16: 2**-9, TF32: 2**-11) is >= 2048 u*M and fails. "
+)
+_BF16_DOT = (
+    "Forward: bfloat16 operands multiply exactly in float32 and accumulate in float32, "
+    "rounded once to bfloat16 (XLA CPU, GPU and TPU alike; precision does not apply to "
+    "operands that are already bfloat16). Measured <= 1.3 u*M against float64 on CPU, 0 u*M "
+    "between CPU and the emulated GPU/TPU dots; k = 8 covers both sides' rounding and "
+    "parameters flipped by 1 ULP (<= 2 u*M). An accumulation in bfloat16 grows with D_in "
+    "and fails for wide layers."
+)
+_HIGHEST_F32 = (
+    "float32 operands and products, summed in another order than on CPU: {how}. The "
+    "error of any order is a random walk of float32 roundings (worst case gamma_D_in*M); "
+    "measured on the emulation <= {measured} u*M. k = 32 keeps CPU's margin (7x) over "
+    "that. bfloat16 compute (2**-8) or TF32 (2**-11) is >= 8000 u*M and fails."
+)
+
+TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
+    ("cpu", "default", "float32"): Tolerance(4, 16, "float32", _PARAMS_F32 + _CPU_F32),
+    ("cpu", "highest", "float32"): Tolerance(
+        4,
+        16,
+        "float32",
+        _PARAMS_F32 + _CPU_F32 + "XLA CPU ignores the matmul precision: HIGHEST gives the same bits as DEFAULT.",
     ),
-    ("cpu", "bfloat16"): Tolerance(
-        param_ulps=1,
-        forward_k=8,
-        reason=(
-            "Parameters are drawn in float32 and rounded to bfloat16: a float32 value moved "
-            "by a few ULP can flip that rounding by 1 bfloat16 ULP, never more. "
-            "Forward: XLA CPU accumulates bfloat16 dots in float32 and rounds once "
-            "(measured <= 1.3 u*M against float64); k = 8 covers both sides' rounding and "
-            "parameters flipped by 1 ULP (<= 2 u*M). An accumulation in bfloat16 grows "
-            "with D_in and fails for wide layers."
-        ),
+    ("cpu", "default", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
+    ("cpu", "highest", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
+    ("gpu", "default", "float32"): Tolerance(
+        4,
+        8,
+        "tf32",
+        _PARAMS_F32 + "Forward at DEFAULT on Ampere/Hopper runs on TF32 tensor cores: both operands "
+        "rounded to 11 significant bits (u = 2**-11), products exact, float32 sums. Rounding to "
+        "nearest moves a product by <= 2u, so one layer by <= 2u*M; truncating hardware doubles "
+        "that (4u*M); through the MLP's two layers <= 6u*M (nearest). Measured on the emulation "
+        "<= 1.75 u*M. k = 8. Pre-Ampere GPUs compute float32 and fall well inside.",
+        operand_unit="tf32",
     ),
+    ("gpu", "highest", "float32"): Tolerance(
+        4,
+        32,
+        "float32",
+        _PARAMS_F32 + "Forward at HIGHEST: " + _HIGHEST_F32.format(how="cuBLAS/Triton split-K", measured="4.3"),
+    ),
+    ("gpu", "default", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
+    ("gpu", "highest", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
+    ("tpu", "default", "float32"): Tolerance(
+        4,
+        8,
+        "bfloat16",
+        _PARAMS_F32 + "Forward at DEFAULT on TPU is one bfloat16 pass on the MXU: both operands "
+        "rounded to bfloat16 (u = 2**-8), products exact, float32 sums: <= 2u*M per layer, "
+        "<= 6u*M through the MLP. Measured on the emulation <= 1.9 u*M. k = 8. At this precision "
+        "a model computed in bfloat16 on purpose is not distinguishable from the hardware's own "
+        "rounding; the HIGHEST run catches it.",
+        operand_unit="bfloat16",
+    ),
+    ("tpu", "highest", "float32"): Tolerance(
+        4,
+        32,
+        "float32",
+        _PARAMS_F32 + "Forward at HIGHEST: six bfloat16 passes (bf16_6x) represent each float32 operand "
+        "exactly as hi + mid + lo and drop only the three smallest cross products (<= 2**-23 "
+        "relative); " + _HIGHEST_F32.format(how="the MXU's accumulation order", measured="4.5"),
+    ),
+    ("tpu", "default", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
+    ("tpu", "highest", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
 }
 
 
@@ -87,14 +166,44 @@ class ToleranceError(LookupError):
     pass
 
 
-def lookup(backend: str, dtype: str) -> Tolerance:
-    """The entry for (backend, dtype); a missing one is an error, never a default."""
+def lookup(backend: str, precision: str, dtype: str) -> Tolerance:
+    """The entry for (backend, precision, dtype); a missing one is an error, never a default."""
     try:
-        return TOLERANCES[(backend, dtype)]
+        return TOLERANCES[(backend, precision, dtype)]
     except KeyError:
-        known = ", ".join(f"{b}/{d}" for b, d in TOLERANCES)
+        known = ", ".join("/".join(key) for key in TOLERANCES)
         raise ToleranceError(
-            f"no tolerance for backend {backend!r} with dtype {dtype!r}; the table in "
-            f"ensemble_conformance/tolerances.py has: {known}. Add an entry with its "
+            f"no tolerance for backend {backend!r} at matmul precision {precision!r} with dtype {dtype!r}; "
+            f"the table in ensemble_conformance/tolerances.py has: {known}. Add an entry with its "
             "numerical reason before comparing on this backend."
         ) from None
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """Whose arithmetic a run is judged by: the backend as jax names it, the matmul
+    precision, and whether that backend's dots are emulated on CPU (emulation.py)."""
+
+    backend: str = "cpu"
+    precision: str = "default"
+    emulated: bool = False
+
+    def tolerance(self, dtype: str) -> Tolerance:
+        return lookup(self.backend, self.precision, dtype)
+
+    def describe(self) -> str:
+        return f"{self.backend} at {self.precision} matmul precision" + (", emulated on cpu" if self.emulated else "")
+
+
+CPU = Numerics()
+
+
+def precision_name(setting: object) -> str:
+    """``jax_default_matmul_precision`` as a table key: None (unset) is "default"."""
+    if setting is None:
+        return "default"
+    name = str(setting).lower()
+    if name.startswith("precision."):
+        name = name[len("precision.") :]
+    aliases = {"float32": "highest", "fastest": "default", "bfloat16": "default", "tensorfloat32": "high"}
+    return aliases.get(name, name)
