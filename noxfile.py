@@ -10,6 +10,10 @@
     nox -s matrix_report     # merge results/matrix/*.json into a markdown table and an HTML heatmap
     nox -s gate -- --flax X --jax Y [--python 3.12] [--backend cpu]
     nox -s regen_legacy      # rewrite the pre-jax-0.5 goldens (golden/legacy-prng) on jax 0.4.38
+    nox -s "backend(cuda12)" # the suite on a real backend (cpu, cuda12, cuda13, tpu) at both precisions
+    nox -s emulated          # GPU and TPU matmul numerics emulated on CPU, judged by their tolerances
+    nox -s sharded           # ensembles sharded over 8 simulated CPU devices vs the unsharded goldens
+    nox -s resolve_backends  # resolve (never install) the CUDA and TPU install lines
 
 Sessions use uv to build their environments when uv is installed (pip otherwise).
 Arguments after `--` go to pytest (conformance, tests) or to the regeneration command.
@@ -46,6 +50,7 @@ def _load(name: str):  # type: ignore[no-untyped-def]
 
 PINS = _load("pins")
 BISECTION = _load("bisection")
+BACKENDS = _load("backends")
 REFERENCE = PINS.REFERENCE
 MATRIX = PINS.MATRIX
 EPOCHS = PINS.EPOCHS
@@ -189,14 +194,134 @@ def matrix_report(session: nox.Session) -> None:
     )
 
 
-# jax's install line per backend; the suite is then told which backend it must find.
-BACKEND_INSTALL = {
-    "cpu": "jax=={jax}",
-    "cuda12": "jax[cuda12]=={jax}",
-    "cuda13": "jax[cuda13]=={jax}",
-    "tpu": "jax[tpu]=={jax}",
-}
-BACKEND_PLATFORM = {"cpu": "cpu", "cuda12": "cuda", "cuda13": "cuda", "tpu": "tpu"}
+def _backend_requirements(backend: Any, jax: str, jaxlib: str, flax: str) -> list[str]:
+    """jax's install line for the backend, with jaxlib and flax pinned."""
+    return [backend.install_line(jax), f"jaxlib=={jaxlib}", f"flax=={flax}"]
+
+
+def _require_hardware(session: nox.Session, backend: Any) -> None:
+    """Stop before a multi-gigabyte install when the machine has no such device."""
+    problem = BACKENDS.hardware_problem(backend)
+    if problem:
+        session.error(problem)
+
+
+def _hashes(path: Path) -> dict[str, str]:
+    cases = json.loads(path.read_text())["cases"]
+    return {case: entry["output_sha256"] for case, entry in cases.items() if "output_sha256" in entry}
+
+
+@nox.session(python=REFERENCE.python, default=False)
+@nox.parametrize("name", list(BACKENDS.BACKENDS), ids=list(BACKENDS.BACKENDS))
+def backend(session: nox.Session, name: str) -> None:
+    """The suite on one real backend (reference pins), at both matmul precisions; reruns bit-identical.
+
+    DEFAULT and HIGHEST precision each run every case; then the golden cases run once more
+    and must give the same bits as the first run."""
+    chosen = BACKENDS.BACKENDS[name]
+    _require_hardware(session, chosen)
+    session.install(".[test]", *_backend_requirements(chosen, REFERENCE.jax, REFERENCE.jaxlib, REFERENCE.flax))
+    out = RESULTS / "backend"
+    env = chosen.env()
+    runs = {}
+    for precision in ("default", "highest"):
+        runs[precision] = out / f"{name}-{precision}.json"
+        session.run(
+            "pytest",
+            "conformance",
+            "--backend",
+            chosen.platform,
+            "--precision",
+            precision,
+            "-n",
+            "auto",
+            f"--report-json={runs[precision]}",
+            *session.posargs,
+            env=env,
+        )
+    repeat = out / f"{name}-default-repeat.json"
+    session.run(
+        "pytest", "conformance", "--backend", chosen.platform, "-m", "golden", "-n", "auto", "-q",
+        f"--report-json={repeat}", *session.posargs, env=env,
+    )  # fmt: skip
+    first, again = _hashes(runs["default"]), _hashes(repeat)
+    moved = sorted(case for case in first if again.get(case) != first[case])
+    if not first or moved:
+        session.error(f"repeated runs on {name} differ in {len(moved)} case(s): {moved[:5]} (XLA_FLAGS={env})")
+    session.log(f"{len(first)} cases bit-identical across two runs on {name}")
+    if chosen.jax_backend == "cpu":
+        highest = _hashes(runs["highest"])
+        differ = sorted(case for case in first if highest.get(case) != first[case])
+        if differ:
+            session.error(f"XLA CPU was expected to ignore the matmul precision; {len(differ)} case(s) differ")
+        session.log("DEFAULT and HIGHEST precision give the same bits on CPU, as the tolerance table states")
+
+
+EMULATED = [("gpu", "default"), ("gpu", "highest"), ("tpu", "default"), ("tpu", "highest")]
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def emulated(session: nox.Session) -> None:
+    """GPU and TPU matmul numerics emulated on CPU, judged by those backends' tolerances.
+
+    Every golden case, at DEFAULT and HIGHEST precision for each of the two backends."""
+    _install_reference(session, "test")
+    for target, precision in EMULATED:
+        out = RESULTS / "emulated" / f"{target}-{precision}.json"
+        _run_suite(session, "--emulate", target, "--precision", precision, f"--report-json={out}")
+
+
+SHARDED_DEVICES = 8
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def sharded(session: nox.Session) -> None:
+    """Ensembles sharded over 8 simulated CPU devices under nnx.jit vs the unsharded goldens.
+
+    A Mesh with an "ensemble" axis splits every Param on axis 0; the device count is fixed
+    before jax starts."""
+    _install_reference(session, "test")
+    env = {**CPU_ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={SHARDED_DEVICES}"}
+    session.run(
+        "pytest", "conformance/test_sharded.py", "--backend", "cpu", "--sharded", str(SHARDED_DEVICES),
+        "--report-json", str(RESULTS / "sharded.json"), *session.posargs, env=env,
+    )  # fmt: skip
+
+
+@nox.session(python=False, default=False)
+def resolve_backends(session: nox.Session) -> None:
+    """Resolve (never install) each backend's install line on the reference pins.
+
+    Resolved against the package index for that backend's platform; the plugin packages
+    (CUDA plugin and PJRT, libtpu) must be in the result."""
+    if not shutil.which("uv"):
+        session.error("resolve_backends needs uv (pip install uv)")
+    out = RESULTS / "resolved"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, chosen in BACKENDS.BACKENDS.items():
+        requirements = out / f"{name}.in"
+        requirements.write_text(
+            "\n".join(_backend_requirements(chosen, REFERENCE.jax, REFERENCE.jaxlib, REFERENCE.flax)) + "\n"
+        )
+        locked = out / f"{name}.txt"
+        session.run(
+            "uv", "pip", "compile", "--quiet", "--no-header", "--python-version", REFERENCE.python,
+            "--python-platform", chosen.resolve_platform, str(requirements), "-o", str(locked), external=True,
+        )  # fmt: skip
+        pinned = {
+            line.split("==")[0].strip().lower(): line.split("==")[1].strip()
+            for line in locked.read_text().splitlines()
+            if "==" in line and not line.lstrip().startswith("#")
+        }
+        missing = [p for p in chosen.expected_packages if p not in pinned]
+        if missing or pinned.get("jax") != REFERENCE.jax:
+            session.error(
+                f"{name}: the resolution of {requirements.name} lacks {missing} or pins jax {pinned.get('jax')}"
+            )
+        session.log(
+            f"{name}: {chosen.install_line(REFERENCE.jax)} resolves for {chosen.resolve_platform} to "
+            f"{len(pinned)} packages: " + ", ".join(f"{p} {pinned[p]}" for p in chosen.expected_packages)
+        )
 
 
 def _gate_args(session: nox.Session) -> argparse.Namespace:
@@ -207,7 +332,8 @@ def _gate_args(session: nox.Session) -> argparse.Namespace:
     parser.add_argument(
         "--python", default=None, help=f"interpreter (default: the matrix's for this pair, else {REFERENCE.python})"
     )
-    parser.add_argument("--backend", choices=sorted(BACKEND_INSTALL), default="cpu")
+    parser.add_argument("--backend", choices=list(BACKENDS.BACKENDS), default="cpu")
+    parser.add_argument("--precision", choices=("default", "highest"), default="default", help="matmul precision")
     parser.add_argument("--golden-dir", default=EPOCHS["partitionable"].golden_dir, help="baseline goldens")
     parser.add_argument("--out", default=str(RESULTS / "gate"), help="where result.json and summary.md go")
     return parser.parse_args(session.posargs)
@@ -231,21 +357,19 @@ def _venv(session: nox.Session, python: str, name: str, requirements: list[str])
 def gate(session: nox.Session) -> None:
     """Decide a jax/flax upgrade: the suite on the candidate pins against the baseline goldens."""
     args = _gate_args(session)
+    chosen = BACKENDS.BACKENDS[args.backend]
+    _require_hardware(session, chosen)
     known = next((p for p in MATRIX if (p.flax, p.jax) == (args.flax, args.jax)), None)
     python = args.python or (known.python if known else REFERENCE.python)
     venv = _venv(
         session,
         python,
         f"gate-py{python}-flax{args.flax}-jax{args.jax}-{args.backend}",
-        [
-            BACKEND_INSTALL[args.backend].format(jax=args.jax),
-            f"jaxlib=={args.jaxlib or args.jax}",
-            f"flax=={args.flax}",
-        ],
+        _backend_requirements(chosen, args.jax, args.jaxlib or args.jax, args.flax),
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    platform = BACKEND_PLATFORM[args.backend]
+    platform = chosen.platform
     suite = session.run(
         str(venv / "bin" / "python"),
         "-m",
@@ -253,12 +377,14 @@ def gate(session: nox.Session) -> None:
         "conformance",
         "--backend",
         platform,
+        "--precision",
+        args.precision,
         "-n",
         "auto",
         "--golden-dir",
         args.golden_dir,
         f"--report-json={out / 'result.json'}",
-        env={"JAX_PLATFORMS": platform},
+        env=chosen.env(),
         external=True,
         success_codes=[0, 1],
     )

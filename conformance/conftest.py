@@ -97,6 +97,7 @@ def _regen_hint(config: pytest.Config) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "golden: compares a case with its golden file")
     config.addinivalue_line("markers", "oracle: golden-free checks of a case")
+    config.addinivalue_line("markers", "sharded: the member axis sharded over --sharded devices")
     wanted = config.getoption("--backend")
     if wanted is not None:
         _assert_backend(wanted)

@@ -113,5 +113,5 @@ def hardware_problem(
         f"the {backend.name} session needs {backend.device_note}; this machine has {found}. "
         "Refusing to install and run on CPU instead: run this session on a machine with the "
         f"device (see README, 'Backends'), or run `nox -s emulated` to check the {backend.jax_backend} "
-        "tolerances with emulated numerics here."
+        "tolerances with emulated numerics here"
     )

@@ -33,8 +33,15 @@ def compute(case: Case, inputs: Arrays, impl: CoreFunction | None = None, numeri
     so they are None. With emulated ``numerics`` every floating dot of the forward is
     computed the way that backend's hardware would (emulation.py); parameters are built
     as usual (initializers have no dot)."""
-    variant = VARIANTS[case.variant]
     emulated = emulation.lookup(numerics.backend, numerics.precision) if numerics.emulated else None
+    return compute_with(case, inputs, impl, emulated)
+
+
+def compute_with(
+    case: Case, inputs: Arrays, impl: CoreFunction | None, emulated: emulation.Emulation | None
+) -> Computed:
+    """``compute`` with an explicit emulation of the dots (None: the machine's own)."""
+    variant = VARIANTS[case.variant]
     if not variant.accepts_core_impl:
         if emulated is None:
             return variant.run(case, inputs)
