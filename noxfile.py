@@ -14,6 +14,7 @@
     nox -s emulated          # GPU and TPU matmul numerics emulated on CPU, judged by their tolerances
     nox -s sharded           # ensembles sharded over 8 simulated CPU devices vs the unsharded goldens
     nox -s resolve_backends  # resolve (never install) the CUDA and TPU install lines
+    nox -s bench             # speed: vmapped ensemble vs N separate models (-- --quick: small)
 
 Sessions use uv to build their environments when uv is installed (pip otherwise).
 Arguments after `--` go to pytest (conformance, tests) or to the regeneration command.
@@ -85,7 +86,7 @@ def conformance(session: nox.Session) -> None:
 @nox.session(python=REFERENCE.python)
 def tests(session: nox.Session) -> None:
     """Run the project's own tests of its harness (tests/) on the reference pins."""
-    _install_reference(session, "test")
+    _install_reference(session, "test", "bench")  # bench: tests/test_bench.py draws the plot
     session.run("pytest", "tests", *session.posargs, env=CPU_ENV)
 
 
@@ -96,10 +97,17 @@ def regen(session: nox.Session) -> None:
     session.run("python", "-m", "ensemble_conformance.regen", *session.posargs, env=CPU_ENV)
 
 
+@nox.session(python=REFERENCE.python, default=False)
+def bench(session: nox.Session) -> None:
+    """Time the vmapped ensemble against N separate models and the memory floor: results/bench."""
+    _install_reference(session, "bench")
+    session.run("python", "-m", "ensemble_conformance.bench", "--out", "results/bench", *session.posargs, env=CPU_ENV)
+
+
 @nox.session(python=REFERENCE.python)
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy over the package."""
-    _install_reference(session, "lint", "test")
+    _install_reference(session, "lint", "test", "bench")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
