@@ -68,14 +68,14 @@ def run_sharded(case: Case, inputs: Arrays, mesh: Mesh) -> ShardedRun:
     """Build the case's ensemble sharded over ``mesh`` under nnx.jit, run its forward
     under nnx.jit, and read back the output and every member's parameters."""
     variant = VARIANTS[case.variant]
-    members = NamedSharding(mesh, PartitionSpec(AXIS))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    members = NamedSharding(mesh, PartitionSpec(AXIS))  # type: ignore[no-untyped-call]
+    replicated = NamedSharding(mesh, PartitionSpec())  # type: ignore[no-untyped-call]
 
     @nnx.jit
     def create() -> nnx.Module:
         model = variant.build(case, nnx.Rngs(case.seed_int))
         state = nnx.state(model)
-        nnx.update(model, jax.lax.with_sharding_constraint(state, members))
+        nnx.update(model, jax.lax.with_sharding_constraint(state, members))  # type: ignore[no-untyped-call]
         return model
 
     model = create()
