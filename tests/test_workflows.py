@@ -72,11 +72,19 @@ def test_matrix_jobs_are_generated_from_the_noxfile() -> None:
             assert f"=={pins.jax}" not in text and f"flax {pins.flax}" not in text and pins.id not in text
 
 
-def test_accelerator_jobs_target_self_hosted_runners() -> None:
-    gate = (REPO / ".github" / "workflows" / "gate.yml").read_text()
+@pytest.mark.parametrize("name", ["gate.yml", "ci.yml"])
+def test_accelerator_jobs_target_self_hosted_runners(name: str) -> None:
+    workflow = (REPO / ".github" / "workflows" / name).read_text()
     for backend in ("cuda12", "cuda13", "tpu"):
-        assert f"backend: {backend}" in gate
-    assert gate.count("runner: [self-hosted") == 3
+        assert f"backend: {backend}" in workflow
+    assert workflow.count("runner: [self-hosted") == 3
+
+
+def test_ci_runs_every_cross_backend_session_that_needs_no_device() -> None:
+    ci = (REPO / ".github" / "workflows" / "ci.yml").read_text()
+    for session in ('"backend(cpu)"', "emulated", "sharded", "resolve_backends"):
+        assert f"nox -s {session}" in ci
+    assert 'nox -s "backend(${{ matrix.backend }})"' in ci
 
 
 def test_tools_are_installed() -> None:
