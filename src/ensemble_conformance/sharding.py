@@ -64,6 +64,16 @@ def _layout_problem(name: str, array: jax.Array, devices: int, members: int) -> 
     return ""
 
 
+def _gather(array: jax.Array) -> np.ndarray:
+    """The whole array on this host; on a multi-host slice each process holds only its
+    shards, and all of them are gathered."""
+    if array.is_fully_addressable:
+        return host(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
 def run_sharded(case: Case, inputs: Arrays, mesh: Mesh) -> ShardedRun:
     """Build the case's ensemble sharded over ``mesh`` under nnx.jit, run its forward
     under nnx.jit, and read back the output and every member's parameters."""
@@ -89,8 +99,10 @@ def run_sharded(case: Case, inputs: Arrays, mesh: Mesh) -> ShardedRun:
         problem = _layout_problem(name, value, devices, case.num_models)
         if problem:
             problems[name] = problem
+    graphdef, params, *rest = nnx.split(model, nnx.Param, ...)
+    gathered = nnx.merge(graphdef, jax.tree.map(_gather, params), *rest)
     return ShardedRun(
-        Computed(output=host(output), params=variant.params_of(model)),
+        Computed(output=_gather(output), params=variant.params_of(gathered)),
         problems,
         len(output.sharding.device_set),
     )
