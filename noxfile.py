@@ -61,8 +61,18 @@ nox.options.default_venv_backend = "uv|virtualenv" if shutil.which("uv") else "v
 nox.options.sessions = ["conformance"]
 nox.options.reuse_existing_virtualenvs = True
 
+# jax's persistent compilation cache. Every case has its own shapes, so a cold run spends
+# most of its time compiling (eager ops compile per shape too); a warm run reuses those
+# executables. Keys include the jax and jaxlib versions, backend, XLA flags and the program
+# itself, so no release, pin or setting ever runs another's code. Delete .cache/jax for a
+# cold run.
+JAX_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": str(ROOT / ".cache" / "jax"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 # The backend is chosen outside the process and asserted inside it (--backend).
-CPU_ENV = {"JAX_PLATFORMS": "cpu"}
+CPU_ENV = {"JAX_PLATFORMS": "cpu", **JAX_CACHE}
 
 
 def _install_reference(session: nox.Session, *extras: str) -> None:
@@ -230,7 +240,7 @@ def backend(session: nox.Session, name: str) -> None:
     _require_hardware(session, chosen)
     session.install(".[test]", *_backend_requirements(chosen, REFERENCE.jax, REFERENCE.jaxlib, REFERENCE.flax))
     out = RESULTS / "backend"
-    env = chosen.env()
+    env = {**chosen.env(), **JAX_CACHE}
     runs = {}
     for precision in ("default", "highest"):
         runs[precision] = out / f"{name}-{precision}.json"
@@ -248,14 +258,14 @@ def backend(session: nox.Session, name: str) -> None:
             env=env,
         )
     repeat = out / f"{name}-default-repeat.json"
-    session.run(
+    session.run(  # without the compilation cache: the rerun compiles afresh (autotuning included)
         "pytest", "conformance", "--backend", chosen.platform, "-m", "golden", "-n", "auto", "-q",
-        f"--report-json={repeat}", *session.posargs, env=env,
+        f"--report-json={repeat}", *session.posargs, env=chosen.env(),
     )  # fmt: skip
     first, again = _hashes(runs["default"]), _hashes(repeat)
     moved = sorted(case for case in first if again.get(case) != first[case])
     if not first or moved:
-        session.error(f"repeated runs on {name} differ in {len(moved)} case(s): {moved[:5]} (XLA_FLAGS={env})")
+        session.error(f"repeated runs on {name} differ in {len(moved)} case(s): {moved[:5]} ({chosen.env()})")
     session.log(f"{len(first)} cases bit-identical across two runs on {name}")
     if chosen.jax_backend == "cpu":
         highest = _hashes(runs["highest"])
@@ -392,7 +402,7 @@ def gate(session: nox.Session) -> None:
         "--golden-dir",
         args.golden_dir,
         f"--report-json={out / 'result.json'}",
-        env=chosen.env(),
+        env={**chosen.env(), **JAX_CACHE},
         external=True,
         success_codes=[0, 1],
     )
