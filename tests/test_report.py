@@ -106,3 +106,9 @@ def test_cli_writes_files_and_rejects_foreign_json(tmp_path: Path, capsys: pytes
     with pytest.raises(SystemExit):
         report.main(["gate", str(tmp_path / "other.json")])
     assert "not a result written by" in capsys.readouterr().err
+
+
+def test_gate_summary_names_the_numerics_that_judged_the_run() -> None:
+    result = {**_result("0.12.12", "0.12.0.1", PASSING), "numerics": "tpu at highest matmul precision"}
+    assert "judged as tpu at highest matmul precision." in report.gate_markdown(result)
+    assert "judged as" not in report.gate_markdown(_result("0.12.12", "0.12.0.1", PASSING))

@@ -60,7 +60,8 @@ def gate_markdown(result: Result) -> str:
     lines = [
         f"## ensemble-conformance gate: {verdict(result)}",
         "",
-        f"Candidate: **{label(result)}**, Python {result['pins']['python']}, device {result.get('device_kind')}.",
+        f"Candidate: **{label(result)}**, Python {result['pins']['python']}, device {result.get('device_kind')}"
+        + (f", judged as {result['numerics']}." if result.get("numerics") else "."),
         f"Goldens: `{result['golden_dir']}`, made with {_golden_versions(result)}.",
         "",
         f"{s['cases']} cases, {s['passed'] + s['failed'] + s.get('known_drift', 0)} checks: {s['passed']} passed, "
