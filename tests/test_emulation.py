@@ -5,6 +5,9 @@ each backend's tolerance accepts those results yet still rejects the mutants."""
 from __future__ import annotations
 
 import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ from jax import lax
 from ensemble_conformance import emulation
 from ensemble_conformance.cases import CASES, Case
 from ensemble_conformance.check import check_case, forward_allowance
+from ensemble_conformance.mutation import SuiteRun
 from ensemble_conformance.runner import compute, compute_with, emulated_core
 from ensemble_conformance.store import GoldenRecord, GoldenStore
 from ensemble_conformance.tolerances import BACKENDS, DTYPES, PRECISIONS, TOLERANCES, Numerics
@@ -23,6 +27,7 @@ from ensemble_conformance.variants import Computed, run_ensemble_with
 from tests import mutants
 from tests.conftest import GOLDEN
 
+Suite = Callable[..., SuiteRun]
 STORE = GoldenStore(GOLDEN)
 # One wide case per variant (D_in = 128 where the grid has it): where rounding shows most.
 SAMPLE = [
@@ -147,3 +152,25 @@ def test_emulation_enters_jit_and_refuses_what_it_cannot_enter() -> None:
         emulation.emulate(scanned, tpu)(x)
     with pytest.raises(ValueError, match="no emulation of backend 'cpu'"):
         emulation.lookup("cpu", "default")
+
+
+def test_the_suite_judges_emulated_runs_by_the_emulated_backends_entry(suite: Suite, tmp_path: Path) -> None:
+    result = tmp_path / "tpu.json"
+    chosen = "ensemble-s0-n8-d128"
+    run = suite("--emulate", "tpu", "--precision", "default", "-k", chosen, f"--report-json={result}")
+    assert run.returncode == 0, run.output[-3000:]
+    assert "judged as: tpu at default matmul precision, emulated on cpu" in run.output
+    assert run.ids_with("passed") == {f"test_matches_golden[{c.id}]" for c in CASES if chosen in c.id}
+    assert not any(test.startswith("test_oracles") for test in run.outcomes)  # deselected under emulation
+    report = json.loads(result.read_text())
+    assert (report["emulated"], report["precision"], report["backend"]) == ("tpu", "default", "cpu")
+    # The same mutant passes at DEFAULT on an emulated TPU and fails at HIGHEST.
+    hidden = ("--emulate", "tpu", "-m", "golden", "-k", chosen, "--impl", "tests/mutants.py:bf16_compute")
+    assert suite(*hidden, "--precision", "default").returncode == 0
+    caught = suite(*hidden, "--precision", "highest")
+    assert caught.returncode == 1 and caught.cases_with("failed")
+
+
+def test_emulation_refuses_a_non_cpu_backend_and_sharding(suite: Suite) -> None:
+    run = suite("--emulate", "gpu", "--sharded", "8", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert run.returncode == 4 and "--emulate and --sharded do not combine" in run.output
