@@ -94,7 +94,7 @@ def test_the_suite_refuses_a_gpu_it_cannot_start(suite: Suite) -> None:
     assert not run.outcomes
 
 
-def test_reference_pins_resolve_into_every_install_line() -> None:
+def test_every_install_line_pins_the_reference_jax() -> None:
     for backend in backends.BACKENDS.values():
         line = backend.install_line(REFERENCE.jax)
         assert line.endswith(f"=={REFERENCE.jax}") and line.startswith("jax")

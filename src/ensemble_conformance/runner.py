@@ -7,9 +7,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -17,7 +15,7 @@ from ensemble_conformance import emulation
 from ensemble_conformance.cases import Case
 from ensemble_conformance.core import vmap_over_ensemble
 from ensemble_conformance.tolerances import CPU, Numerics
-from ensemble_conformance.variants import VARIANTS, Arrays, Computed, CoreFunction, host, run_ensemble_with
+from ensemble_conformance.variants import VARIANTS, Arrays, Computed, CoreFunction, run_ensemble_with
 
 
 def make_inputs(case: Case) -> Arrays:
@@ -43,17 +41,7 @@ def compute_with(
     """``compute`` with an explicit emulation of the dots (None: the machine's own)."""
     variant = VARIANTS[case.variant]
     if not variant.accepts_core_impl:
-        if emulated is None:
-            return variant.run(case, inputs)
-        model = variant.build(case, nnx.Rngs(case.seed_int))
-        graphdef, state = nnx.split(model)
-
-        def forward(state: Any, arrays: Any) -> Any:
-            return variant.forward(nnx.merge(graphdef, state), arrays)
-
-        arrays = {k: jnp.asarray(v) for k, v in inputs.items()}
-        output = host(emulation.emulate(forward, emulated)(state, arrays))
-        return Computed(output=output, params=variant.params_of(model))
+        return variant.run(case, inputs, emulated)
     function = impl or vmap_over_ensemble
     if emulated is not None:
         function = emulated_core(function, emulated)

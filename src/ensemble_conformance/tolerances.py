@@ -98,6 +98,8 @@ _HIGHEST_F32 = (
 )
 
 TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
+    # bfloat16 data: the same arithmetic on every backend and at every precision.
+    **{(b, p, "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT) for b in BACKENDS for p in PRECISIONS},
     ("cpu", "default", "float32"): Tolerance(4, 16, "float32", _PARAMS_F32 + _CPU_F32),
     ("cpu", "highest", "float32"): Tolerance(
         4,
@@ -105,8 +107,6 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
         "float32",
         _PARAMS_F32 + _CPU_F32 + "XLA CPU ignores the matmul precision: HIGHEST gives the same bits as DEFAULT.",
     ),
-    ("cpu", "default", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
-    ("cpu", "highest", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
     ("gpu", "default", "float32"): Tolerance(
         4,
         8,
@@ -124,8 +124,6 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
         "float32",
         _PARAMS_F32 + "Forward at HIGHEST: " + _HIGHEST_F32.format(how="cuBLAS/Triton split-K", measured="4.3"),
     ),
-    ("gpu", "default", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
-    ("gpu", "highest", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
     ("tpu", "default", "float32"): Tolerance(
         4,
         8,
@@ -145,8 +143,6 @@ TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
         "exactly as hi + mid + lo and drop only the three smallest cross products (<= 2**-23 "
         "relative); " + _HIGHEST_F32.format(how="the MXU's accumulation order", measured="4.5"),
     ),
-    ("tpu", "default", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
-    ("tpu", "highest", "bfloat16"): Tolerance(1, 8, "bfloat16", _PARAMS_BF16 + _BF16_DOT),
 }
 
 

@@ -31,7 +31,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from ensemble_conformance import derivation
+from ensemble_conformance import derivation, emulation
 from ensemble_conformance.cases import Case
 from ensemble_conformance.core import forward_shared_input
 
@@ -78,9 +78,18 @@ class Variant:
         hidden = case.hidden + 1 if case.hidden else 0
         return case.d_in + 1 + hidden + 1
 
-    def run(self, case: Case, inputs: Arrays) -> Computed:
+    def run(self, case: Case, inputs: Arrays, emulated: emulation.Emulation | None = None) -> Computed:
+        """Build and run the case; with ``emulated``, the forward's dots are that hardware's."""
         model = self.build(case, nnx.Rngs(case.seed_int))
-        return Computed(output=host(self.forward(model, inputs)), params=self.params_of(model))
+        if emulated is None:
+            return Computed(output=host(self.forward(model, inputs)), params=self.params_of(model))
+        graphdef, state = nnx.split(model)
+
+        def forward(state: Any, arrays: Any) -> Any:
+            return self.forward(nnx.merge(graphdef, state), arrays)
+
+        arrays = {k: jnp.asarray(v) for k, v in inputs.items()}
+        return Computed(output=host(emulation.emulate(forward, emulated)(state, arrays)), params=self.params_of(model))
 
 
 def host(a: Any) -> np.ndarray:
