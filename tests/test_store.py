@@ -13,6 +13,7 @@ import pytest
 
 from ensemble_conformance.cases import CASES, CASES_BY_ID, Case
 from ensemble_conformance.store import (
+    GoldenError,
     GoldenIntegrityError,
     GoldenMissingError,
     GoldenRecord,
@@ -145,11 +146,11 @@ def test_failed_write_leaves_the_old_golden_and_no_temporary_file(
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(GoldenError, match=r"cannot write .*\.ensemble-s0-n2-d7-f5\.npz\.staged: disk full"):
         store.write(_record(F32_CASE, seed=2), ENV)
     monkeypatch.undo()
     assert (tmp_path / f"{F32_CASE.id}.npz").read_bytes() == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble-s0-n2-d7-f5.npz", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".regen.lock", "ensemble-s0-n2-d7-f5.npz", "manifest.json"]
     _assert_same(GoldenStore(tmp_path).load(F32_CASE), _record(F32_CASE, seed=1))
 
 

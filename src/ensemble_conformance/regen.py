@@ -7,6 +7,12 @@
 
 Prints, per case, what changed. Refuses to run when the environment differs from the
 reference pins (versions, backend, PRNG and precision settings) unless --force.
+
+One regeneration is one transaction (store.py): it holds the golden directory's lock
+(a second one waits up to --lock-timeout seconds, then stops naming the holder), first
+completes a regeneration that was killed past its commit point, computes every case, and
+writes all files and the manifest at once. Killed at any instant, the directory holds
+the old goldens or the new ones, never a mix the suite would trust.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ensemble_conformance import environment
-from ensemble_conformance.cases import CASES, select
+from ensemble_conformance.cases import CASES, Case, select
 from ensemble_conformance.check import check_case
 from ensemble_conformance.pins import EPOCHS, Epoch
 from ensemble_conformance.runner import compute, make_inputs
-from ensemble_conformance.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore
+from ensemble_conformance.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore, Transaction
 from ensemble_conformance.tolerances import Numerics, precision_name
+from ensemble_conformance.variants import layout
 
 
 def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionable"]) -> list[str]:
@@ -72,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prune", action="store_true", help="delete golden files that no case uses")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
     parser.add_argument("--list", action="store_true", help="print every case id and exit")
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for another regeneration of the same directory (default 600)",
+    )
     args = parser.parse_args(argv)
 
     if args.list:
@@ -100,7 +114,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("--force given: writing goldens from this environment.", file=sys.stderr)
 
-    store = GoldenStore(args.golden_dir or epoch.golden_dir, reference=epoch.reference)
+    store = GoldenStore(args.golden_dir or epoch.golden_dir, reference=epoch.reference, layout=layout)
+    try:
+        if args.dry_run:
+            _regenerate(args, store, cases, env, Transaction(store))
+            return 0
+        with store.transaction(args.lock_timeout, on_wait=lambda line: print(line, file=sys.stderr)) as txn:
+            for line in txn.recovered:
+                print(f"{store.directory}: {line}")
+            _regenerate(args, store, cases, env, txn)
+            print(f"writing {len(txn.staged)} golden(s) and {store.manifest_path} ...")
+    except GoldenError as err:
+        print(f"regen: {err}", file=sys.stderr)
+        if not store.interrupted():
+            print(f"regen: the goldens in {store.directory} are as they were before this run.", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _regenerate(
+    args: argparse.Namespace, store: GoldenStore, cases: Sequence[Case], env: dict[str, Any], txn: Transaction
+) -> None:
+    """Compute every case and stage what changes in ``txn``; print one line per case."""
     rewrite_all = args.all or bool(args.ids)
     counts = {"new": 0, "rewritten": 0, "unchanged": 0, "kept": 0}
     numerics = Numerics(str(env["backend"]), precision_name(env["jax_default_matmul_precision"]))
@@ -126,15 +161,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             print(f"{case.id}: would write ({state})")
             continue
-        changed = store.write(record, env)
+        changed = txn.write(record, env)
         key = "new" if golden is None else ("rewritten" if changed else "unchanged")
         counts[key] += 1
         print(f"{case.id}: {state if changed or golden is None else 'unchanged'}")
 
-    unused = store.unused(c.id for c in CASES)
-    for case_id in unused:
+    for case_id in store.unused(c.id for c in CASES):
         if args.prune and not args.dry_run:
-            store.remove(case_id)
+            txn.remove(case_id)
             print(f"{case_id}: removed (no case uses it)")
         else:
             print(f"{case_id}: no case uses this golden (pass --prune to delete it)")
@@ -142,7 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
         f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,25 +1,38 @@
 """The golden store: one .npz per case plus golden/manifest.json.
 
-- Files are written atomically (a temporary file in the same directory, fsync, rename)
-  and byte-for-byte deterministically (fixed zip timestamps, sorted members), so an
-  unchanged case rewrites to the same bytes and the same sha256.
+- Files are written byte-for-byte deterministically (fixed zip timestamps, sorted
+  members), so an unchanged case rewrites to the same bytes and the same sha256.
+- A regeneration is one transaction, all or nothing, under an exclusive lock on the
+  directory (``.regen.lock``, which names its holder). It stages every new file beside
+  its target, writes a journal (``.regen-journal.json``: the files and the new manifest),
+  renames the staged files into place, writes the manifest and deletes the journal. A
+  kill before the journal leaves the old goldens (the next transaction deletes the staged
+  files); a kill after it leaves an interrupted state that the suite reports and the next
+  transaction completes (roll forward). The manifest is re-read under the lock, so two
+  regenerations never lose each other's entries.
 - Files are read with ``allow_pickle=False`` after their sha256 is checked against the
-  manifest. bfloat16 arrays are stored as their uint16 bits, since .npy has no bfloat16.
-- The manifest records the environment that made each file, its hash and its tolerance
-  class. This module knows nothing of pytest.
+  manifest, and every member is checked against what the case implies (names, shapes,
+  dtypes) and for NaN or infinity. bfloat16 arrays are stored as their uint16 bits.
+- This module knows nothing of pytest.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
+import re
+import socket
+import sys
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,8 +44,27 @@ from ensemble_conformance.pins import REFERENCE, Pins
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".regen.lock"
+JOURNAL = ".regen-journal.json"
+STAGED_SUFFIX = ".staged"
 META_KEY = "__meta__"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ENTRY_FIELDS = {"file": str, "sha256": str, "variant": str, "tolerance_class": str, "environment": str}
+
+# What each stored array must look like: member name -> (shape, dtype name).
+Layout = Mapping[str, tuple[tuple[int, ...], str]]
+
+# A test's injection point: called with the name of each step of a transaction's commit
+# ("stage:<file>", "journal", "rename:<file>", "remove:<file>", "manifest", "done") and
+# of each atomic write ("write:<file>", after the data, before the rename). A fault test
+# sets it to kill the process or raise an OSError at one step.
+FAULT: Callable[[str], None] | None = None
+
+
+def _step(name: str) -> None:
+    if FAULT is not None:
+        FAULT(name)
 
 
 class GoldenError(Exception):
@@ -45,6 +77,10 @@ class GoldenMissingError(GoldenError):
 
 class GoldenIntegrityError(GoldenError):
     pass
+
+
+class GoldenLockError(GoldenError):
+    """Another regeneration holds the directory's lock."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +119,31 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
+            _step(f"write:{path.name}")
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _encode(a: np.ndarray) -> tuple[np.ndarray, str]:
@@ -98,12 +154,25 @@ def _encode(a: np.ndarray) -> tuple[np.ndarray, str]:
     return a, a.dtype.name
 
 
-def _decode(a: np.ndarray, dtype: str) -> np.ndarray:
+def _decode(path: Path, key: str, a: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
+        if a.dtype != np.uint16:
+            raise GoldenIntegrityError(f"{path}: array {key!r} stored as {a.dtype}, bfloat16 bits must be uint16")
         return a.view(ml_dtypes.bfloat16)
     if a.dtype.name != dtype:
-        raise GoldenIntegrityError(f"array stored as {a.dtype}, its metadata says {dtype}")
+        raise GoldenIntegrityError(f"{path}: array {key!r} stored as {a.dtype}, its metadata says {dtype}")
     return a
+
+
+def non_finite(a: np.ndarray) -> tuple[int, tuple[int, ...] | None]:
+    """How many NaN or infinite elements ``a`` holds, and the index of the first."""
+    if a.dtype.kind != "f" and a.dtype != ml_dtypes.bfloat16:
+        return 0, None
+    bad = ~np.isfinite(a.astype(np.float64))
+    count = int(bad.sum())
+    if not count:
+        return 0, None
+    return count, tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape))
 
 
 def encode_npz(record: GoldenRecord) -> bytes:
@@ -124,7 +193,26 @@ def encode_npz(record: GoldenRecord) -> bytes:
     return buffer.getvalue()
 
 
-def decode_npz(path: Path, case: Case) -> GoldenRecord:
+def _check_layout(path: Path, arrays: Mapping[str, np.ndarray], layout: Layout) -> None:
+    missing = sorted(set(layout) - set(arrays))
+    extra = sorted(set(arrays) - set(layout))
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected {', '.join(extra)}"] if extra else []
+        )
+        raise GoldenIntegrityError(
+            f"{path}: members do not match the case ({'; '.join(parts)}); expected {', '.join(sorted(layout))}"
+        )
+    for key, (shape, dtype) in layout.items():
+        value = arrays[key]
+        if tuple(value.shape) != tuple(shape) or value.dtype.name != dtype:
+            raise GoldenIntegrityError(
+                f"{path}: array {key!r} is {value.dtype.name}{list(value.shape)}, the case implies {dtype}{list(shape)}"
+            )
+
+
+def decode_npz(path: Path, case: Case, layout: Layout | None = None) -> GoldenRecord:
+    """Read and verify one golden file: metadata, members, shapes, dtypes, finiteness."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             raw = {key: npz[key] for key in npz.files}
@@ -133,15 +221,32 @@ def decode_npz(path: Path, case: Case) -> GoldenRecord:
     try:
         meta = json.loads(str(raw.pop(META_KEY)))
         dtypes: dict[str, str] = meta["dtypes"]
-    except (KeyError, ValueError) as err:
-        raise GoldenIntegrityError(f"{path}: metadata member {META_KEY!r} missing or broken") from err
+        if not isinstance(dtypes, dict):
+            raise TypeError("dtypes is not a mapping")
+    except (KeyError, ValueError, TypeError) as err:
+        raise GoldenIntegrityError(f"{path}: metadata member {META_KEY!r} missing or broken ({err})") from err
     if meta.get("case_id") != case.id:
         raise GoldenIntegrityError(f"{path}: holds case {meta.get('case_id')!r}, expected {case.id!r}")
     if meta.get("case") != asdict(case):
         raise GoldenIntegrityError(
             f"{path}: made for case {meta.get('case')}, but the grid now defines {asdict(case)}; regenerate it"
         )
-    arrays = {key: _decode(value, dtypes[key]) for key, value in raw.items()}
+    if set(dtypes) != set(raw):
+        raise GoldenIntegrityError(
+            f"{path}: the metadata lists arrays {sorted(dtypes)}, the file holds {sorted(raw)}"
+        )
+    arrays = {key: _decode(path, key, value, dtypes[key]) for key, value in raw.items()}
+    if layout is not None:
+        _check_layout(path, arrays, layout)
+    for key, value in arrays.items():
+        count, first = non_finite(value)
+        if count:
+            raise GoldenIntegrityError(
+                f"{path}: array {key!r} holds {count} NaN or infinite value(s), the first at index {first}; "
+                "a golden must be finite. Restore the file from version control or regenerate it."
+            )
+    if "output" not in arrays:
+        raise GoldenIntegrityError(f"{path}: no 'output' array")
     return GoldenRecord(
         case=case,
         inputs={k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("input:")},
@@ -155,18 +260,96 @@ def environment_id(env: dict[str, Any]) -> str:
     return "env-" + hashlib.sha256(blob).hexdigest()[:12]
 
 
+def validate_manifest(data: Any, path: Path) -> dict[str, Any]:
+    """The manifest's structure, checked key by key; a GoldenIntegrityError names the key."""
+
+    def bad(where: str, what: str) -> GoldenIntegrityError:
+        return GoldenIntegrityError(
+            f"{path}: {where} {what}. Restore the manifest from version control (git checkout -- {path})."
+        )
+
+    if not isinstance(data, dict):
+        raise bad("the top level", f"is a {type(data).__name__}, not an object")
+    for key, kind in (("environments", dict), ("cases", dict)):
+        if not isinstance(data.get(key), kind):
+            raise bad(f"key {key!r}", "is missing or not an object")
+    for case_id, entry in data["cases"].items():
+        if not isinstance(entry, dict):
+            raise bad(f"cases[{case_id!r}]", "is not an object")
+        for name, kind in ENTRY_FIELDS.items():
+            if not isinstance(entry.get(name), kind):
+                raise bad(f"cases[{case_id!r}]", f"has no {name!r} string")
+        if not _SHA256.match(entry["sha256"]):
+            raise bad(f"cases[{case_id!r}]['sha256']", "is not 64 lowercase hex digits")
+        if entry["environment"] not in data["environments"]:
+            raise bad(f"cases[{case_id!r}]['environment']", f"names {entry['environment']!r}, not in 'environments'")
+    return data
+
+
+def _holder_text() -> str:
+    command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:6]))
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}: {command}"
+
+
+@dataclass
+class Transaction:
+    """The writes and removals of one regeneration, committed together on exit."""
+
+    store: GoldenStore
+    recovered: list[str] = field(default_factory=list)  # what completing an interrupted one did
+    env: dict[str, dict[str, Any]] = field(default_factory=dict)
+    staged: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+
+    def write(self, record: GoldenRecord, env: dict[str, Any]) -> bool:
+        """Stage one case's golden. Returns False when the file already holds exactly these
+        bytes and the manifest already lists them (nothing to rewrite)."""
+        data = encode_npz(record)
+        digest = hashlib.sha256(data).hexdigest()
+        env_id = environment_id(env)
+        entry = {
+            "file": self.store.path_for(record.case.id).name,
+            "sha256": digest,
+            "variant": record.case.variant,
+            "tolerance_class": record.case.dtype,
+            "environment": env_id,
+        }
+        self.env[env_id] = env
+        self.staged[record.case.id] = (data, entry)
+        self.removed.discard(record.case.id)
+        path = self.store.path_for(record.case.id)
+        current = self.store.manifest()["cases"].get(record.case.id)
+        return not (current == entry and path.exists() and sha256_of(path) == digest)
+
+    def remove(self, case_id: str) -> None:
+        self.staged.pop(case_id, None)
+        self.removed.add(case_id)
+
+
 class GoldenStore:
     """A directory of golden files and its manifest."""
 
-    def __init__(self, directory: Path | str, regen_hint: str = "nox -s regen --", reference: Pins = REFERENCE) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        regen_hint: str = "nox -s regen --",
+        reference: Pins = REFERENCE,
+        layout: Callable[[Case], Layout] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.regen_hint = regen_hint
         self.reference = reference
+        self.layout = layout
         self._manifest: dict[str, Any] | None = None
 
     @property
     def manifest_path(self) -> Path:
         return self.directory / MANIFEST
+
+    @property
+    def journal_path(self) -> Path:
+        return self.directory / JOURNAL
 
     def path_for(self, case_id: str) -> Path:
         return self.directory / f"{case_id}.npz"
@@ -174,33 +357,79 @@ class GoldenStore:
     def regen_command(self, case_ids: Iterable[str]) -> str:
         return " ".join([self.regen_hint, *case_ids])
 
+    # Reading ------------------------------------------------------------------------
+
     def manifest(self) -> dict[str, Any]:
         if self._manifest is None:
             self._manifest = self._read_manifest()
         return self._manifest
 
-    def _read_manifest(self) -> dict[str, Any]:
-        empty: dict[str, Any] = {
+    def _empty_manifest(self) -> dict[str, Any]:
+        return {
             "format_version": FORMAT_VERSION,
             "reference_pins": self.reference.as_dict(),
             "environments": {},
             "cases": {},
         }
+
+    def _read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
-            return empty
+            return self._empty_manifest()
         try:
             data = json.loads(self.manifest_path.read_text())
         except ValueError as err:
             raise GoldenIntegrityError(
                 f"{self.manifest_path} is not valid JSON ({err}); restore it from version control"
             ) from err
+        except OSError as err:
+            raise GoldenError(f"cannot read {self.manifest_path}: {err.strerror or err}") from err
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
             found = data.get("format_version") if isinstance(data, dict) else None
             raise GoldenIntegrityError(
                 f"{self.manifest_path}: format_version {found!r} is not {FORMAT_VERSION}; "
                 f"regenerate the goldens with `{self.regen_command(['--all'])}`"
             )
-        return data
+        return validate_manifest(data, self.manifest_path)
+
+    def interrupted(self) -> bool:
+        """A regeneration was killed after its commit point: the next one completes it."""
+        return self.journal_path.exists()
+
+    def _interrupted_error(self) -> GoldenIntegrityError:
+        return GoldenIntegrityError(
+            f"{self.directory}: an interrupted regeneration ({self.journal_path} is still there), so its "
+            f"goldens are half old, half new. Rerun `{self.regen_command([])}`: it completes the interrupted "
+            "one first."
+        )
+
+    def problems(self) -> list[str]:
+        """What stops every comparison in this directory, each with what to do; empty when usable."""
+        if not self.directory.is_dir():
+            what = "is not a directory" if self.directory.exists() else "does not exist"
+            return [
+                f"golden directory {self.directory} {what}. Check --golden-dir; to create goldens there run "
+                f"`{self.regen_command(['--all'])}`."
+            ]
+        if self.interrupted():
+            return [str(self._interrupted_error())]
+        if not self.manifest_path.exists():
+            return [
+                f"{self.manifest_path} is missing, so no golden in {self.directory} can be trusted. Restore it "
+                f"from version control (git checkout -- {self.manifest_path}) or rewrite every golden with "
+                f"`{self.regen_command(['--all'])}`."
+            ]
+        try:
+            self.manifest()
+        except GoldenError as err:
+            return [str(err)]
+        return []
+
+    def leftovers(self) -> list[Path]:
+        """Temporary and staged files a killed write left behind (the next regeneration removes them)."""
+        if not self.directory.is_dir() or self.interrupted():
+            return []
+        found = [*self.directory.glob(".*.tmp"), *self.directory.glob(f".*{STAGED_SUFFIX}")]
+        return sorted(found)
 
     def environment_of(self, case_id: str) -> dict[str, Any]:
         manifest = self.manifest()
@@ -211,6 +440,8 @@ class GoldenStore:
 
     def load(self, case: Case) -> GoldenRecord:
         """The verified golden of a case. Raises GoldenMissingError / GoldenIntegrityError."""
+        if self.interrupted():
+            raise self._interrupted_error()
         path = self.path_for(case.id)
         if not path.exists():
             raise GoldenMissingError(
@@ -231,56 +462,192 @@ class GoldenStore:
                 f"control (git checkout -- {path}) or regenerate it with "
                 f"`{self.regen_command([case.id])}`."
             )
-        return decode_npz(path, case)
-
-    def write(self, record: GoldenRecord, env: dict[str, Any]) -> bool:
-        """Store one case's golden and update the manifest. Returns False when the file
-        already held exactly these bytes (nothing rewritten)."""
-        data = encode_npz(record)
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.path_for(record.case.id)
-        manifest = self.manifest()
-        env_id = environment_id(env)
-        entry = {
-            "file": path.name,
-            "sha256": digest,
-            "variant": record.case.variant,
-            "tolerance_class": record.case.dtype,
-            "environment": env_id,
-        }
-        unchanged = path.exists() and sha256_of(path) == digest
-        if not unchanged:
-            with atomic_writer(path) as f:
-                f.write(data)
-        if manifest["cases"].get(record.case.id) != entry or env_id not in manifest["environments"]:
-            manifest["environments"][env_id] = env
-            manifest["cases"][record.case.id] = entry
-            self._save_manifest()
-        return not unchanged
-
-    def remove(self, case_id: str) -> None:
-        self.path_for(case_id).unlink(missing_ok=True)
-        if self.manifest()["cases"].pop(case_id, None) is not None:
-            self._save_manifest()
-
-    def _save_manifest(self) -> None:
-        manifest = self.manifest()
-        used = {entry["environment"] for entry in manifest["cases"].values()}
-        manifest["environments"] = {k: v for k, v in manifest["environments"].items() if k in used}
-        manifest["reference_pins"] = self.reference.as_dict()
-        manifest["cases"] = dict(sorted(manifest["cases"].items()))
-        text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-        with atomic_writer(self.manifest_path) as f:
-            f.write(text.encode())
+        return decode_npz(path, case, self.layout(case) if self.layout is not None else None)
 
     def stored_ids(self) -> list[str]:
         """Case ids of every .npz in the directory, sorted."""
         if not self.directory.is_dir():
             return []
-        return sorted(p.stem for p in self.directory.glob("*.npz"))
+        return sorted(p.stem for p in self.directory.glob("*.npz") if not p.name.startswith("."))
 
     def unused(self, case_ids: Iterable[str]) -> list[str]:
         """Golden files that no case uses, plus manifest entries with no case, sorted."""
         known = set(case_ids)
         listed = set(self.manifest()["cases"]) if self.manifest_path.exists() else set()
         return sorted((set(self.stored_ids()) | listed) - known)
+
+    # Writing ------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, timeout: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the directory's exclusive lock. Waits up to ``timeout`` seconds for another
+        holder (telling ``on_wait`` who it is), then raises GoldenLockError naming it."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise _io_error("lock", self.directory / LOCK, err) from err
+        try:
+            deadline = time.monotonic() + timeout
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    holder = Path(self.directory / LOCK).read_text(errors="replace").strip() or "unknown holder"
+                    if time.monotonic() >= deadline:
+                        raise GoldenLockError(
+                            f"{self.directory} is being regenerated by another process ({holder}). "
+                            "Wait for it to finish, or stop it, then run the regeneration again."
+                        ) from None
+                    if on_wait is not None and not told:
+                        on_wait(f"waiting for the regeneration lock on {self.directory}, held by {holder}")
+                        told = True
+                    time.sleep(0.1)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (_holder_text() + "\n").encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def transaction(
+        self, timeout: float = 0.0, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[Transaction]:
+        """Lock the directory, complete an interrupted regeneration, remove leftovers,
+        re-read the manifest; on a clean exit commit the staged writes all at once."""
+        with self.lock(timeout, on_wait):
+            txn = Transaction(self, recovered=self.recover())
+            yield txn
+            self._commit(txn)
+
+    def write(self, record: GoldenRecord, env: dict[str, Any]) -> bool:
+        """Store one case's golden in a transaction of its own."""
+        with self.transaction() as txn:
+            return txn.write(record, env)
+
+    def remove(self, case_id: str) -> None:
+        with self.transaction() as txn:
+            txn.remove(case_id)
+
+    def recover(self) -> list[str]:
+        """Under the lock: roll an interrupted regeneration forward, delete the files a killed
+        one left, re-read the manifest. Returns what it did, one line each."""
+        done: list[str] = []
+        if self.interrupted():
+            try:
+                journal = json.loads(self.journal_path.read_text())
+                files: dict[str, str | None] = journal["files"]
+                manifest = validate_manifest(journal["manifest"], self.journal_path)
+            except (OSError, ValueError, KeyError, TypeError, GoldenError) as err:
+                raise GoldenIntegrityError(
+                    f"{self.journal_path} cannot be read ({err}); restore {self.directory} from version control"
+                ) from err
+            for name, digest in files.items():
+                target, staged = self.directory / name, self.directory / f".{name}{STAGED_SUFFIX}"
+                if digest is None:
+                    _guard("remove", target, lambda t=target: t.unlink(missing_ok=True))
+                elif staged.exists():
+                    _guard("rename", staged, lambda s=staged, t=target: os.replace(s, t))
+                elif not target.exists() or sha256_of(target) != digest:
+                    raise GoldenIntegrityError(
+                        f"{target}: the interrupted regeneration's new file is gone; restore {self.directory} "
+                        "from version control"
+                    )
+            self._write_manifest(manifest)
+            _guard("remove", self.journal_path, lambda: self.journal_path.unlink())
+            done.append(f"completed an interrupted regeneration ({len(files)} file(s))")
+        for path in self.leftovers():
+            _guard("remove", path, lambda p=path: p.unlink(missing_ok=True))
+            done.append(f"removed {path.name}, left by a killed regeneration")
+        self._manifest = None
+        self.manifest()
+        return done
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+        _guard("write", self.manifest_path, lambda: _write_bytes(self.manifest_path, text.encode()))
+        _step("manifest")
+
+    def _commit(self, txn: Transaction) -> None:
+        manifest = self._read_manifest()  # fresh: never a copy cached before the lock
+        files: dict[str, str | None] = {}
+        writes: list[tuple[Path, bytes]] = []
+        for case_id, (data, entry) in sorted(txn.staged.items()):
+            path = self.path_for(case_id)
+            if not (path.exists() and sha256_of(path) == entry["sha256"]):
+                files[path.name] = entry["sha256"]
+                writes.append((path, data))
+            manifest["cases"][case_id] = entry
+            manifest["environments"][entry["environment"]] = txn.env[entry["environment"]]
+        for case_id in sorted(txn.removed):
+            path = self.path_for(case_id)
+            if path.exists():
+                files[path.name] = None
+            manifest["cases"].pop(case_id, None)
+        used = {entry["environment"] for entry in manifest["cases"].values()}
+        manifest["environments"] = {k: v for k, v in sorted(manifest["environments"].items()) if k in used}
+        manifest["reference_pins"] = self.reference.as_dict()
+        manifest["cases"] = dict(sorted(manifest["cases"].items()))
+        if not files and manifest == self._read_manifest():
+            self._manifest = manifest
+            return
+        staged: list[Path] = []
+        try:
+            for path, data in writes:
+                stage = path.with_name(f".{path.name}{STAGED_SUFFIX}")
+                _guard("write", stage, lambda s=stage, d=data: _write_bytes(s, d))
+                staged.append(stage)
+                _step(f"stage:{path.name}")
+            journal = json.dumps({"format_version": FORMAT_VERSION, "files": files, "manifest": manifest}, indent=1)
+            _guard("write", self.journal_path, lambda: _write_bytes(self.journal_path, journal.encode()))
+            _fsync_dir(self.directory)
+        except BaseException:
+            for stage in staged:  # before the commit point: the old goldens stand
+                stage.unlink(missing_ok=True)
+            raise
+        _step("journal")
+        # Past the commit point: a failure leaves the journal, and the next transaction
+        # completes it (the suite says so meanwhile).
+        try:
+            for name, digest in files.items():
+                target = self.directory / name
+                if digest is None:
+                    _guard("remove", target, lambda t=target: t.unlink(missing_ok=True))
+                    _step(f"remove:{name}")
+                else:
+                    stage = self.directory / f".{name}{STAGED_SUFFIX}"
+                    _guard("rename", stage, lambda s=stage, t=target: os.replace(s, t))
+                    _step(f"rename:{name}")
+            _fsync_dir(self.directory)
+            self._write_manifest(manifest)
+            _guard("remove", self.journal_path, lambda: self.journal_path.unlink())
+        except GoldenError as err:
+            raise GoldenError(
+                f"{err}. The regeneration is interrupted past its commit point; once the cause is fixed, "
+                f"rerun `{self.regen_command([])}` to complete it."
+            ) from err
+        _step("done")
+        self._manifest = manifest
+
+
+def _io_error(action: str, path: Path, err: OSError) -> GoldenError:
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        reason += " (the disk is full)"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        reason += " (the directory is not writable)"
+    return GoldenError(f"cannot {action} {path}: {reason}")
+
+
+def _guard(action: str, path: Path, op: Callable[[], object]) -> None:
+    """Run one I/O step; an OSError becomes one GoldenError naming the path and the cause."""
+    try:
+        op()
+    except OSError as err:
+        raise _io_error(action, path, err) from err

@@ -303,6 +303,27 @@ VARIANTS: Mapping[str, Variant] = {
 }
 
 
+def _param_shapes(case: Case) -> dict[str, tuple[int, ...]]:
+    n, d, h, f = case.num_models, case.d_in, case.hidden, case.features
+    if case.variant == "shared_model":
+        return {"kernel": (d, f), "bias": (f,)}
+    if case.variant == "mlp_ensemble":
+        return {"layer1.kernel": (n, d, h), "layer1.bias": (n, h), "layer2.kernel": (n, h, f), "layer2.bias": (n, f)}
+    return {"kernel": (n, d, f), "bias": (n, f)}
+
+
+def layout(case: Case) -> dict[str, tuple[tuple[int, ...], str]]:
+    """What a case's golden file must hold: member name -> (shape, dtype name), written out
+    from the case's sizes (independently of any model), to check stored arrays at load."""
+    variant = VARIANTS[case.variant]
+    n, d = case.num_models, case.d_in
+    inputs = {"x": (d,)} if variant.member_input is _shared_x else {"xs": (n, d)}  # one x, or one per lane
+    shapes = {f"input:{k}": v for k, v in inputs.items()}
+    shapes.update({f"param:{k}": v for k, v in _param_shapes(case).items()})
+    shapes["output"] = variant.output_shape(case)
+    return {key: (shape, case.dtype) for key, shape in shapes.items()}
+
+
 def magnitude(case: Case, inputs: Arrays, params: Arrays) -> np.ndarray:
     """M per output element, shaped like the output: the scale of its rounding error."""
     variant = VARIANTS[case.variant]
