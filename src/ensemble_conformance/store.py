@@ -571,8 +571,7 @@ class GoldenStore:
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-        _guard("write", self.manifest_path, lambda: _write_bytes(self.manifest_path, text.encode()))
-        _step("manifest")
+        _guard("write", self.manifest_path, lambda: _write_bytes(self.manifest_path, text.encode()), "manifest")
 
     def _commit(self, txn: Transaction) -> None:
         manifest = self._read_manifest()  # fresh: never a copy cached before the lock
@@ -601,29 +600,25 @@ class GoldenStore:
         try:
             for path, data in writes:
                 stage = path.with_name(f".{path.name}{STAGED_SUFFIX}")
-                _guard("write", stage, lambda s=stage, d=data: _write_bytes(s, d))
                 staged.append(stage)
-                _step(f"stage:{path.name}")
+                _guard("write", stage, lambda s=stage, d=data: _write_bytes(s, d), f"stage:{path.name}")
             journal = json.dumps({"format_version": FORMAT_VERSION, "files": files, "manifest": manifest}, indent=1)
-            _guard("write", self.journal_path, lambda: _write_bytes(self.journal_path, journal.encode()))
-            _fsync_dir(self.directory)
+            _guard("write", self.journal_path, lambda: _write_bytes(self.journal_path, journal.encode()), "journal")
         except BaseException:
-            for stage in staged:  # before the commit point: the old goldens stand
-                stage.unlink(missing_ok=True)
+            for leftover in [*staged, self.journal_path]:  # before the commit point: the old goldens stand
+                leftover.unlink(missing_ok=True)
             raise
-        _step("journal")
+        _fsync_dir(self.directory)
         # Past the commit point: a failure leaves the journal, and the next transaction
         # completes it (the suite says so meanwhile).
         try:
             for name, digest in files.items():
                 target = self.directory / name
                 if digest is None:
-                    _guard("remove", target, lambda t=target: t.unlink(missing_ok=True))
-                    _step(f"remove:{name}")
+                    _guard("remove", target, lambda t=target: t.unlink(missing_ok=True), f"remove:{name}")
                 else:
                     stage = self.directory / f".{name}{STAGED_SUFFIX}"
-                    _guard("rename", stage, lambda s=stage, t=target: os.replace(s, t))
-                    _step(f"rename:{name}")
+                    _guard("rename", stage, lambda s=stage, t=target: os.replace(s, t), f"rename:{name}")
             _fsync_dir(self.directory)
             self._write_manifest(manifest)
             _guard("remove", self.journal_path, lambda: self.journal_path.unlink())
@@ -645,9 +640,12 @@ def _io_error(action: str, path: Path, err: OSError) -> GoldenError:
     return GoldenError(f"cannot {action} {path}: {reason}")
 
 
-def _guard(action: str, path: Path, op: Callable[[], object]) -> None:
-    """Run one I/O step; an OSError becomes one GoldenError naming the path and the cause."""
+def _guard(action: str, path: Path, op: Callable[[], object], step: str = "") -> None:
+    """Run one I/O step (then the injection point ``step``); an OSError becomes one
+    GoldenError naming the path and the cause."""
     try:
         op()
+        if step:
+            _step(step)
     except OSError as err:
         raise _io_error(action, path, err) from err
