@@ -2,6 +2,7 @@
 
     pytest conformance [--golden-dir DIR] [--impl module:function] [--backend cpu|cuda|rocm|tpu]
                        [--precision default|highest] [--emulate gpu|tpu] [--sharded 8]
+                       [--case-timeout SECONDS] [--known-drift FILE] [--report-json PATH]
 
 The engine (golden store, comparison, failure messages) lives in the package and knows
 nothing of pytest; this file only wires it in.
@@ -10,7 +11,12 @@ nothing of pytest; this file only wires it in.
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,10 @@ from ensemble_conformance.cases import CASES
 from ensemble_conformance.pins import EPOCHS
 from ensemble_conformance.regen import regen_session
 from ensemble_conformance.runner import load_impl
-from ensemble_conformance.store import GoldenError, GoldenStore
+from ensemble_conformance.sharding import shardable
+from ensemble_conformance.store import GoldenError, GoldenStore, atomic_writer
 from ensemble_conformance.tolerances import PRECISIONS, Numerics, precision_name
-from ensemble_conformance.variants import CoreFunction
+from ensemble_conformance.variants import CoreFunction, layout
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu"}
@@ -78,6 +85,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="golden comparisons expected to fail (case-id pattern  # reason); strict: a pass is an error",
     )
     group.addoption(
+        "--case-timeout",
+        default=300.0,
+        type=float,
+        metavar="SECONDS",
+        help="fail a test whose case runs longer than this (default 300; 0 turns the limit off)",
+    )
+    group.addoption(
         "--report-json",
         default=None,
         metavar="PATH",
@@ -113,19 +127,83 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} (it must be set before jax starts), "
                 "or use `nox -s sharded`."
             )
+        if not shardable(devices):
+            raise pytest.UsageError(
+                f"--sharded {devices}: no case has a member count divisible by {devices}, so nothing would be "
+                "tested. Use a device count that divides 8 or 64 (2, 4 or 8)."
+            )
+    timeout = config.getoption("--case-timeout")
+    if timeout < 0:
+        raise pytest.UsageError(f"--case-timeout must be 0 (off) or a positive number of seconds, got {timeout:g}")
     spec = config.getoption("--impl")
     if spec:
         try:
             config.stash[_IMPL] = load_impl(spec)
         except ValueError as err:
             raise pytest.UsageError(str(err)) from err
-    config.stash[_STORE] = GoldenStore(config.getoption("--golden-dir"), regen_hint=_regen_hint(config))
+    store = GoldenStore(config.getoption("--golden-dir"), regen_hint=_regen_hint(config), layout=layout)
+    config.stash[_STORE] = store
+    if not hasattr(config, "workerinput"):
+        _check_before_the_run(config, store)
     drift_file = config.getoption("--known-drift")
     if drift_file:
         try:
             config.stash[_KNOWN] = known_drift.parse(Path(drift_file))
         except (OSError, ValueError) as err:
             raise pytest.UsageError(f"--known-drift: {err}") from err
+
+
+def _compares_goldens(config: pytest.Config) -> bool:
+    """False only for a run restricted to the golden-free checks (``-m oracle``)."""
+    return not re.fullmatch(r"\s*oracle\s*", config.option.markexpr or "")
+
+
+def _check_before_the_run(config: pytest.Config, store: GoldenStore) -> None:
+    """Say once, before any case, what would fail every case: a golden directory or manifest
+    that is missing, unreadable or half-regenerated, or a --report-json path that cannot be
+    written."""
+    problems = store.problems()
+    if problems and _compares_goldens(config):
+        raise pytest.UsageError("\n".join(problems) + "\n(run only the golden-free checks with -m oracle)")
+    path = config.getoption("--report-json")
+    if path:
+        target = Path(path)
+        if target.is_dir():
+            raise pytest.UsageError(f"--report-json {path}: is a directory; give a file path")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_writer(target.parent / f".{target.name}.probe"):
+                pass
+            (target.parent / f".{target.name}.probe").unlink()
+        except OSError as err:
+            raise pytest.UsageError(f"--report-json {path}: cannot write there ({err.strerror or err})") from err
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fail a test whose case runs past --case-timeout, naming the case (SIGALRM: an
+    implementation stuck in Python code is interrupted where it is)."""
+    limit = item.config.getoption("--case-timeout")
+    if not limit or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    case = getattr(item, "callspec", None)
+    name = case.id if case is not None else item.nodeid
+
+    def expire(signum: int, frame: object) -> None:
+        pytest.fail(
+            f"ensemble-conformance: case {name} ran past --case-timeout={limit:g} s: the implementation under "
+            "test hangs or is far too slow. Raise the limit with --case-timeout SECONDS (0 turns it off).",
+            pytrace=False,
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _assert_backend(wanted: str) -> None:
@@ -338,8 +416,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "cases": cases,
     }
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    try:
+        with atomic_writer(target) as f:
+            f.write((json.dumps(report, indent=2, sort_keys=True, default=str) + "\n").encode())
+    except OSError as err:
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        print(f"ensemble-conformance: cannot write --report-json {path}: {err.strerror or err}", file=sys.stderr)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -357,6 +439,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(
             f"--known-drift line {entry.line}: {entry.pattern!r} matches no case; remove it", yellow=True
         )
+    leftovers = store.leftovers()
+    if leftovers:
+        terminalreporter.section("files left by a killed regeneration", sep="-", yellow=True)
+        for path in leftovers:
+            terminalreporter.write_line(f"{path}: not a golden; the next regeneration removes it")
     if unused:
         terminalreporter.section("unused golden files", sep="-", yellow=True)
         for case_id in unused:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 
 WORST_SHOWN = 5
@@ -39,6 +40,17 @@ def ulp_distance(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     e_nan, a_nan = np.isnan(expected.astype(np.float64)), np.isnan(actual.astype(np.float64))
     dist = np.where(e_nan | a_nan, np.inf, dist)
     return np.where(e_nan & a_nan, 0.0, dist)
+
+
+def non_finite(a: np.ndarray) -> tuple[int, tuple[int, ...] | None]:
+    """How many NaN or infinite elements ``a`` holds, and the index of the first."""
+    if a.dtype.kind != "f" and a.dtype != ml_dtypes.bfloat16:
+        return 0, None
+    bad = ~np.isfinite(a.astype(np.float64))
+    count = int(bad.sum())
+    if not count:
+        return 0, None
+    return count, tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape))
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,21 @@ def compare(
         return ArrayReport(name, rule, axes, problem=f"dtype {actual.dtype}, golden has {expected.dtype}")
     if expected.shape != actual.shape:
         return ArrayReport(name, rule, axes, problem=f"shape {actual.shape}, golden has {expected.shape}")
+    count, first = non_finite(actual)
+    if count:
+        shown = view_shape if view_shape and int(np.prod(view_shape)) == actual.size else actual.shape
+        flat = int(np.ravel_multi_index(first or (), actual.shape))
+        where = _label(tuple(int(i) for i in np.unravel_index(flat, shown)), axes)
+        return ArrayReport(
+            name,
+            rule,
+            axes,
+            problem=f"{count} of {actual.size} computed elements are NaN or infinite (the first at {where}); "
+            "the golden is finite, so this is a broken computation, never rounding",
+            size=int(actual.size),
+            n_bad=count,
+            max_abs=float("inf"),
+        )
     e64, a64 = expected.astype(np.float64), actual.astype(np.float64)
     ulps = ulp_distance(expected, actual)
     both_nan = np.isnan(e64) & np.isnan(a64)

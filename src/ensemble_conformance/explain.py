@@ -1,6 +1,8 @@
 """Why a golden no longer matches. Free of pytest.
 
 Tried in this order, the first that applies is the cause:
+  0. non-finite       the run produced NaN or infinity (goldens are checked finite at
+                      load): a broken computation, never rounding.
   1. prng-config      the golden was made under another PRNG setting
                       (jax_threefry_partitionable, jax_default_prng_impl); re-run under the
                       golden's setting, the case matches. Restoring that setting restores
@@ -26,7 +28,7 @@ import numpy as np
 
 from ensemble_conformance.cases import Case
 from ensemble_conformance.check import check_case
-from ensemble_conformance.compare import ulp_distance
+from ensemble_conformance.compare import non_finite, ulp_distance
 from ensemble_conformance.oracles import OracleResult, forward_bound, run_oracles
 from ensemble_conformance.runner import compute
 from ensemble_conformance.store import GoldenRecord
@@ -38,6 +40,7 @@ ENV_VAR = {"jax_threefry_partitionable": "JAX_THREEFRY_PARTITIONABLE", "jax_defa
 
 
 class Cause(str, enum.Enum):
+    NON_FINITE = "non-finite"
     PRNG_CONFIG = "prng-config"
     SEMANTICS = "semantics-broken"
     FLOAT_ROUNDING = "float-rounding"
@@ -119,6 +122,15 @@ def explain(
     numerics: Numerics = CPU,
 ) -> Explanation:
     """Classify why ``computed`` does not match ``golden`` (see the module docstring)."""
+    arrays = {"output": computed.output, **{f"param {k}": v for k, v in (computed.params or {}).items()}}
+    broken = {name: non_finite(value) for name, value in arrays.items()}
+    broken = {name: found for name, found in broken.items() if found[0]}
+    if broken:
+        return Explanation(
+            Cause.NON_FINITE,
+            f"the run produced NaN or infinity in {', '.join(broken)}",
+            tuple(f"{name}: {count} element(s), the first at index {first}" for name, (count, first) in broken.items()),
+        )
     settings = _prng_differences(env_now, env_golden)
     if settings:
         with jax_settings(settings):

@@ -33,6 +33,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,6 +41,7 @@ import ml_dtypes
 import numpy as np
 
 from ensemble_conformance.cases import Case
+from ensemble_conformance.compare import non_finite
 from ensemble_conformance.pins import REFERENCE, Pins
 
 FORMAT_VERSION = 1
@@ -50,7 +52,7 @@ STAGED_SUFFIX = ".staged"
 META_KEY = "__meta__"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-ENTRY_FIELDS = {"file": str, "sha256": str, "variant": str, "tolerance_class": str, "environment": str}
+ENTRY_FIELDS = ("file", "sha256", "variant", "tolerance_class", "environment")  # each a string
 
 # What each stored array must look like: member name -> (shape, dtype name).
 Layout = Mapping[str, tuple[tuple[int, ...], str]]
@@ -164,17 +166,6 @@ def _decode(path: Path, key: str, a: np.ndarray, dtype: str) -> np.ndarray:
     return a
 
 
-def non_finite(a: np.ndarray) -> tuple[int, tuple[int, ...] | None]:
-    """How many NaN or infinite elements ``a`` holds, and the index of the first."""
-    if a.dtype.kind != "f" and a.dtype != ml_dtypes.bfloat16:
-        return 0, None
-    bad = ~np.isfinite(a.astype(np.float64))
-    count = int(bad.sum())
-    if not count:
-        return 0, None
-    return count, tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape))
-
-
 def encode_npz(record: GoldenRecord) -> bytes:
     """The file's bytes: a deterministic, uncompressed .npz with a JSON metadata member."""
     members: dict[str, np.ndarray] = {}
@@ -232,9 +223,7 @@ def decode_npz(path: Path, case: Case, layout: Layout | None = None) -> GoldenRe
             f"{path}: made for case {meta.get('case')}, but the grid now defines {asdict(case)}; regenerate it"
         )
     if set(dtypes) != set(raw):
-        raise GoldenIntegrityError(
-            f"{path}: the metadata lists arrays {sorted(dtypes)}, the file holds {sorted(raw)}"
-        )
+        raise GoldenIntegrityError(f"{path}: the metadata lists arrays {sorted(dtypes)}, the file holds {sorted(raw)}")
     arrays = {key: _decode(path, key, value, dtypes[key]) for key, value in raw.items()}
     if layout is not None:
         _check_layout(path, arrays, layout)
@@ -270,14 +259,14 @@ def validate_manifest(data: Any, path: Path) -> dict[str, Any]:
 
     if not isinstance(data, dict):
         raise bad("the top level", f"is a {type(data).__name__}, not an object")
-    for key, kind in (("environments", dict), ("cases", dict)):
-        if not isinstance(data.get(key), kind):
+    for key in ("environments", "cases"):
+        if not isinstance(data.get(key), dict):
             raise bad(f"key {key!r}", "is missing or not an object")
     for case_id, entry in data["cases"].items():
         if not isinstance(entry, dict):
             raise bad(f"cases[{case_id!r}]", "is not an object")
-        for name, kind in ENTRY_FIELDS.items():
-            if not isinstance(entry.get(name), kind):
+        for name in ENTRY_FIELDS:
+            if not isinstance(entry.get(name), str):
                 raise bad(f"cases[{case_id!r}]", f"has no {name!r} string")
         if not _SHA256.match(entry["sha256"]):
             raise bad(f"cases[{case_id!r}]['sha256']", "is not 64 lowercase hex digits")
@@ -516,9 +505,7 @@ class GoldenStore:
             os.close(fd)
 
     @contextmanager
-    def transaction(
-        self, timeout: float = 0.0, on_wait: Callable[[str], None] | None = None
-    ) -> Iterator[Transaction]:
+    def transaction(self, timeout: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[Transaction]:
         """Lock the directory, complete an interrupted regeneration, remove leftovers,
         re-read the manifest; on a clean exit commit the staged writes all at once."""
         with self.lock(timeout, on_wait):
@@ -551,9 +538,9 @@ class GoldenStore:
             for name, digest in files.items():
                 target, staged = self.directory / name, self.directory / f".{name}{STAGED_SUFFIX}"
                 if digest is None:
-                    _guard("remove", target, lambda t=target: t.unlink(missing_ok=True))
+                    _guard("remove", target, partial(target.unlink, missing_ok=True))
                 elif staged.exists():
-                    _guard("rename", staged, lambda s=staged, t=target: os.replace(s, t))
+                    _guard("rename", staged, partial(os.replace, staged, target))
                 elif not target.exists() or sha256_of(target) != digest:
                     raise GoldenIntegrityError(
                         f"{target}: the interrupted regeneration's new file is gone; restore {self.directory} "
@@ -563,7 +550,7 @@ class GoldenStore:
             _guard("remove", self.journal_path, lambda: self.journal_path.unlink())
             done.append(f"completed an interrupted regeneration ({len(files)} file(s))")
         for path in self.leftovers():
-            _guard("remove", path, lambda p=path: p.unlink(missing_ok=True))
+            _guard("remove", path, partial(path.unlink, missing_ok=True))
             done.append(f"removed {path.name}, left by a killed regeneration")
         self._manifest = None
         self.manifest()
@@ -601,7 +588,7 @@ class GoldenStore:
             for path, data in writes:
                 stage = path.with_name(f".{path.name}{STAGED_SUFFIX}")
                 staged.append(stage)
-                _guard("write", stage, lambda s=stage, d=data: _write_bytes(s, d), f"stage:{path.name}")
+                _guard("write", stage, partial(_write_bytes, stage, data), f"stage:{path.name}")
             journal = json.dumps({"format_version": FORMAT_VERSION, "files": files, "manifest": manifest}, indent=1)
             _guard("write", self.journal_path, lambda: _write_bytes(self.journal_path, journal.encode()), "journal")
         except BaseException:
@@ -615,10 +602,10 @@ class GoldenStore:
             for name, digest in files.items():
                 target = self.directory / name
                 if digest is None:
-                    _guard("remove", target, lambda t=target: t.unlink(missing_ok=True), f"remove:{name}")
+                    _guard("remove", target, partial(target.unlink, missing_ok=True), f"remove:{name}")
                 else:
                     stage = self.directory / f".{name}{STAGED_SUFFIX}"
-                    _guard("rename", stage, lambda s=stage, t=target: os.replace(s, t), f"rename:{name}")
+                    _guard("rename", stage, partial(os.replace, stage, target), f"rename:{name}")
             _fsync_dir(self.directory)
             self._write_manifest(manifest)
             _guard("remove", self.journal_path, lambda: self.journal_path.unlink())

@@ -317,8 +317,10 @@ def layout(case: Case) -> dict[str, tuple[tuple[int, ...], str]]:
     from the case's sizes (independently of any model), to check stored arrays at load."""
     variant = VARIANTS[case.variant]
     n, d = case.num_models, case.d_in
-    inputs = {"x": (d,)} if variant.member_input is _shared_x else {"xs": (n, d)}  # one x, or one per lane
-    shapes = {f"input:{k}": v for k, v in inputs.items()}
+    inputs: dict[str, tuple[int, ...]] = (
+        {"x": (d,)} if variant.member_input is _shared_x else {"xs": (n, d)}
+    )  # one x, or one per lane
+    shapes: dict[str, tuple[int, ...]] = {f"input:{k}": v for k, v in inputs.items()}
     shapes.update({f"param:{k}": v for k, v in _param_shapes(case).items()})
     shapes["output"] = variant.output_shape(case)
     return {key: (shape, case.dtype) for key, shape in shapes.items()}
