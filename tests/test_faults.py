@@ -239,3 +239,30 @@ def test_leftover_temporary_files_are_listed_then_removed_by_the_next_regenerati
     with store.transaction() as txn:
         assert sorted(txn.recovered) == sorted(f"removed {p.name}, left by a killed regeneration" for p in stray)
     assert not any(p.exists() for p in stray)
+
+
+def test_regeneration_reports_a_full_disk_in_one_message_and_keeps_the_goldens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ensemble_conformance import regen
+
+    case_id = FAULT_CASES[1].id
+    assert regen.main(["--golden-dir", str(tmp_path), case_id]) == 0
+    before = (tmp_path / f"{case_id}.npz").read_bytes(), (tmp_path / "manifest.json").read_bytes()
+    capsys.readouterr()
+
+    def full(step: str) -> None:
+        if step.startswith("write:"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    store_module.FAULT = full
+    try:
+        code = regen.main(["--golden-dir", str(tmp_path), case_id, FAULT_CASES[0].id])
+    finally:
+        store_module.FAULT = None
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "No space left on device (the disk is full)" in err and str(tmp_path) in err
+    assert f"the goldens in {tmp_path} are as they were before this run" in err
+    assert "Traceback" not in err
+    assert before == ((tmp_path / f"{case_id}.npz").read_bytes(), (tmp_path / "manifest.json").read_bytes())
