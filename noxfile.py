@@ -60,6 +60,7 @@ RESULTS = ROOT / "results"
 nox.options.default_venv_backend = "uv|virtualenv" if shutil.which("uv") else "virtualenv"
 nox.options.sessions = ["conformance"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True  # not only on CI: a skipped session is no pass
 
 # jax's persistent compilation cache. Every case has its own shapes, so a cold run spends
 # most of its time compiling (eager ops compile per shape too); a warm run reuses those

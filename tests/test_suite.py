@@ -24,9 +24,10 @@ SEED0_FILTER = "ensemble-s0- and not mlp_"
 def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
     run = suite("-n", "2", "--backend", "cpu")
     assert run.returncode == 0, run.output[-3000:]
-    assert run.ids_with("passed") == {
-        f"{test}[{c.id}]" for c in CASES for test in ("test_matches_golden", "test_oracles")
-    }
+    core = {f"{test}[{c.id}]" for c in CASES for test in ("test_matches_golden", "test_oracles")}
+    assert core <= run.ids_with("passed")
+    assert run.ids_with("failed") == set() and run.ids_with("skipped") == set()
+    assert any(test.startswith("test_seed") for test in run.ids_with("passed"))  # conformance/test_seeds.py
     assert "ensemble-conformance: 146 cases" in run.output
     assert "unused golden files" not in run.output
 

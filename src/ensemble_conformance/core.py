@@ -55,6 +55,9 @@ def vmap_over_ensemble(seed: Any, x: Any, num_models: Any, features: Any) -> jax
 
     Args:
       seed: real number, cast with int() (3.9 means 3); must fit a signed 64-bit int.
+        Not every bit counts: with jax_enable_x64 off (the default) only seed mod 2**32
+        selects the ensemble (0, 2**32 and -2**63 give one ensemble, -1 the same as
+        2**32 - 1); with x64 on all 64 bits do. ``validation.effective_seed`` computes it.
       x: non-empty 1-D floating array (D_in,), the one sample every member sees.
       num_models: real number, cast with int(); N >= 1.
       features: real number, cast with int(); F >= 1.
@@ -63,12 +66,16 @@ def vmap_over_ensemble(seed: Any, x: Any, num_models: Any, features: Any) -> jax
       A 1-D array of shape (N * F,): member 0's F outputs, then member 1's, and so on.
 
     Raises:
-      ValueError: an argument is out of range; the message names it.
+      ValueError: an argument is out of range; the message names it. Also when the
+        ensemble's estimated memory (``validation.ensemble_bytes``) exceeds the limit
+        (``ENSEMBLE_CONFORMANCE_MAX_BYTES``, by default a fraction of the device's memory),
+        checked before anything is allocated.
     """
     seed_int = validation.seed(seed)
     n = validation.count(num_models, "num_models")
     f = validation.count(features, "features")
     x = validation.vector(x)
+    validation.ensemble_fits(n, x, f)
     ensemble = build_ensemble(seed_int, x.shape[-1], n, f)
     out = forward_shared_input(ensemble, x)
     return out.reshape(-1)

@@ -6,7 +6,9 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from flax import nnx
@@ -64,28 +66,60 @@ def emulated_core(function: CoreFunction, emulated: emulation.Emulation) -> Core
 def load_impl(spec: str) -> CoreFunction:
     """``module:function`` or ``path/to/file.py:function`` -> the function.
 
-    Raises ValueError with what went wrong and the accepted forms.
+    Raises ValueError with what went wrong and the accepted forms; an exception raised
+    while importing (a syntax error, a failed import, anything the module's top level
+    raises) becomes a ValueError carrying the last lines of its traceback, so the suite
+    stops with a usage error instead of pytest's INTERNALERROR.
     """
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
         raise ValueError(f"--impl must look like 'package.module:function' or 'path/file.py:function', got {spec!r}")
-    if target.endswith(".py"):
-        path = Path(target).resolve()
-        if not path.is_file():
-            raise ValueError(f"--impl {spec!r}: no file {path}")
-        name = f"_ensemble_conformance_impl_{path.stem}"
-        loader = importlib.util.spec_from_file_location(name, path)
-        if loader is None or loader.loader is None:
-            raise ValueError(f"--impl {spec!r}: cannot import {path}")
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[name] = module
-        loader.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as err:
-            raise ValueError(f"--impl {spec!r}: cannot import module {target!r} ({err})") from err
+    module = _import_file(spec, target) if target.endswith(".py") else _import_module(spec, target)
     function = getattr(module, attr, None)
     if not callable(function):
         raise ValueError(f"--impl {spec!r}: module {target!r} has no callable {attr!r}")
     return function
+
+
+def _import_file(spec: str, target: str) -> ModuleType:
+    path = Path(target).resolve()
+    if not path.is_file():
+        raise ValueError(f"--impl {spec!r}: no file {path}")
+    name = f"_ensemble_conformance_impl_{path.stem}"
+    loader = importlib.util.spec_from_file_location(name, path)
+    if loader is None or loader.loader is None:
+        raise ValueError(f"--impl {spec!r}: cannot import {path}")
+    module = importlib.util.module_from_spec(loader)
+    sys.modules[name] = module
+    try:
+        loader.loader.exec_module(module)
+    except Exception as err:
+        sys.modules.pop(name, None)
+        raise ValueError(f"--impl {spec!r}: importing {path} failed:\n{_import_error(err, path)}") from err
+    return module
+
+
+def _import_module(spec: str, target: str) -> ModuleType:
+    try:
+        return importlib.import_module(target)
+    except Exception as err:
+        raise ValueError(f"--impl {spec!r}: cannot import module {target!r}:\n{_import_error(err)}") from err
+
+
+IMPORT_TRACEBACK_FRAMES = 4  # the innermost frames: the user's line, and what it called
+
+
+def _import_error(err: BaseException, origin: Path | None = None) -> str:
+    """The last lines of the import's traceback: its innermost frames outside the import
+    machinery and this file, led by the last one in ``origin`` (the user's file) when
+    the error was raised deeper, then the exception (a SyntaxError: file, line, caret)."""
+    trace = traceback.TracebackException.from_exception(err)
+    own = {__file__, getattr(sys.modules.get("importlib"), "__file__", None)}
+    frames = [f for f in trace.stack if f.filename not in own and not f.filename.startswith("<frozen importlib")]
+    shown = frames[-IMPORT_TRACEBACK_FRAMES:]
+    users = [f for f in frames if origin is not None and f.filename == str(origin)]
+    if users and users[-1] not in shown:
+        shown = [users[-1], *frames[-(IMPORT_TRACEBACK_FRAMES - 1) :]]
+    trace.stack = traceback.StackSummary.from_list(shown)
+    lines = "".join(trace.format(chain=False)).rstrip().splitlines()
+    return "\n".join("  " + line for line in lines)
