@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import ml_dtypes
 import numpy as np
@@ -93,6 +93,17 @@ class GoldenRecord:
     inputs: dict[str, np.ndarray]
     output: np.ndarray
     params: dict[str, np.ndarray]
+
+    @classmethod
+    def from_arrays(cls, path: Path, case: Case, arrays: Mapping[str, np.ndarray]) -> GoldenRecord:
+        if "output" not in arrays:
+            raise GoldenIntegrityError(f"{path}: no 'output' array")
+        return cls(
+            case=case,
+            inputs={k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("input:")},
+            output=arrays["output"],
+            params={k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("param:")},
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {f"input:{k}": v for k, v in self.inputs.items()}
@@ -166,13 +177,31 @@ def _decode(path: Path, key: str, a: np.ndarray, dtype: str) -> np.ndarray:
     return a
 
 
-def encode_npz(record: GoldenRecord) -> bytes:
+class Storable(Protocol):
+    """What the store writes: a case (``id``, ``variant``, ``dtype``, a dataclass) and its
+    named arrays; a scenario's record adds its outcome (values, raises, unavailable)."""
+
+    @property
+    def case(self) -> Any: ...
+
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+
+def _spec(case: Any) -> Any:
+    """A case's fields as its JSON metadata holds them (tuples become lists)."""
+    return json.loads(json.dumps(asdict(case)))
+
+
+def encode_npz(record: Storable) -> bytes:
     """The file's bytes: a deterministic, uncompressed .npz with a JSON metadata member."""
     members: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for key, value in record.arrays().items():
         members[key], dtypes[key] = _encode(np.ascontiguousarray(value))
     meta = {"format_version": FORMAT_VERSION, "case_id": record.case.id, "case": asdict(record.case), "dtypes": dtypes}
+    outcome = getattr(record, "outcome_meta", None)
+    if outcome is not None:  # only scenarios: the core cases' files keep their bytes
+        meta["outcome"] = outcome
     members[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -202,8 +231,9 @@ def _check_layout(path: Path, arrays: Mapping[str, np.ndarray], layout: Layout) 
             )
 
 
-def decode_npz(path: Path, case: Case, layout: Layout | None = None) -> GoldenRecord:
-    """Read and verify one golden file: metadata, members, shapes, dtypes, finiteness."""
+def read_npz(path: Path, case: Any, layout: Layout | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read and verify one golden file: metadata, members, shapes, dtypes, finiteness.
+    Returns its arrays and its metadata."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             raw = {key: npz[key] for key in npz.files}
@@ -218,9 +248,9 @@ def decode_npz(path: Path, case: Case, layout: Layout | None = None) -> GoldenRe
         raise GoldenIntegrityError(f"{path}: metadata member {META_KEY!r} missing or broken ({err})") from err
     if meta.get("case_id") != case.id:
         raise GoldenIntegrityError(f"{path}: holds case {meta.get('case_id')!r}, expected {case.id!r}")
-    if meta.get("case") != asdict(case):
+    if meta.get("case") != _spec(case):
         raise GoldenIntegrityError(
-            f"{path}: made for case {meta.get('case')}, but the grid now defines {asdict(case)}; regenerate it"
+            f"{path}: made for case {meta.get('case')}, but the grid now defines {_spec(case)}; regenerate it"
         )
     if set(dtypes) != set(raw):
         raise GoldenIntegrityError(f"{path}: the metadata lists arrays {sorted(dtypes)}, the file holds {sorted(raw)}")
@@ -234,14 +264,12 @@ def decode_npz(path: Path, case: Case, layout: Layout | None = None) -> GoldenRe
                 f"{path}: array {key!r} holds {count} NaN or infinite value(s), the first at index {first}; "
                 "a golden must be finite. Restore the file from version control or regenerate it."
             )
-    if "output" not in arrays:
-        raise GoldenIntegrityError(f"{path}: no 'output' array")
-    return GoldenRecord(
-        case=case,
-        inputs={k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("input:")},
-        output=arrays["output"],
-        params={k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("param:")},
-    )
+    return arrays, meta
+
+
+def decode_npz(path: Path, case: Case, layout: Layout | None = None) -> GoldenRecord:
+    """One core case's golden: its inputs, output and parameters."""
+    return GoldenRecord.from_arrays(path, case, read_npz(path, case, layout)[0])
 
 
 def environment_id(env: dict[str, Any]) -> str:
@@ -291,7 +319,7 @@ class Transaction:
     staged: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
 
-    def write(self, record: GoldenRecord, env: dict[str, Any]) -> bool:
+    def write(self, record: Storable, env: dict[str, Any]) -> bool:
         """Stage one case's golden. Returns False when the file already holds exactly these
         bytes and the manifest already lists them (nothing to rewrite)."""
         data = encode_npz(record)
@@ -428,7 +456,11 @@ class GoldenStore:
         return dict(manifest["environments"].get(entry["environment"], {}))
 
     def load(self, case: Case) -> GoldenRecord:
-        """The verified golden of a case. Raises GoldenMissingError / GoldenIntegrityError."""
+        """The verified golden of a core case. Raises GoldenMissingError / GoldenIntegrityError."""
+        return GoldenRecord.from_arrays(self.path_for(case.id), case, self.load_arrays(case)[0])
+
+    def load_arrays(self, case: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The verified arrays and metadata of any case's golden (a core case or a scenario)."""
         if self.interrupted():
             raise self._interrupted_error()
         path = self.path_for(case.id)
@@ -451,7 +483,8 @@ class GoldenStore:
                 f"control (git checkout -- {path}) or regenerate it with "
                 f"`{self.regen_command([case.id])}`."
             )
-        return decode_npz(path, case, self.layout(case) if self.layout is not None else None)
+        layout = self.layout(case) if self.layout is not None and isinstance(case, Case) else None
+        return read_npz(path, case, layout)
 
     def stored_ids(self) -> list[str]:
         """Case ids of every .npz in the directory, sorted."""
@@ -513,7 +546,7 @@ class GoldenStore:
             yield txn
             self._commit(txn)
 
-    def write(self, record: GoldenRecord, env: dict[str, Any]) -> bool:
+    def write(self, record: Storable, env: dict[str, Any]) -> bool:
         """Store one case's golden in a transaction of its own."""
         with self.transaction() as txn:
             return txn.write(record, env)
