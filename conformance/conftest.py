@@ -24,9 +24,11 @@ import pytest
 
 from ensemble_conformance import environment, known_drift
 from ensemble_conformance.cases import CASES
+from ensemble_conformance.environment import MODES
 from ensemble_conformance.pins import EPOCHS
 from ensemble_conformance.regen import regen_session
 from ensemble_conformance.runner import load_impl
+from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
 from ensemble_conformance.sharding import shardable
 from ensemble_conformance.store import GoldenError, GoldenStore, atomic_writer
 from ensemble_conformance.tolerances import PRECISIONS, Numerics, precision_name
@@ -85,6 +87,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="golden comparisons expected to fail (case-id pattern  # reason); strict: a pass is an error",
     )
     group.addoption(
+        "--nnx-mode",
+        default=None,
+        choices=sorted(MODES),
+        help="the flax transform mode the run must be in (set by NNX_GRAPH_MODE/NNX_GRAPH_UPDATES before "
+        "it starts); the run stops at once if it is not",
+    )
+    group.addoption(
         "--case-timeout",
         default=300.0,
         type=float,
@@ -112,6 +121,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "golden: compares a case with its golden file")
     config.addinivalue_line("markers", "oracle: golden-free checks of a case")
     config.addinivalue_line("markers", "sharded: the member axis sharded over --sharded devices")
+    config.addinivalue_line("markers", "lifecycle: a lifecycle scenario (dropout, training, BatchNorm, scan, ...)")
+    mode = config.getoption("--nnx-mode")
+    if mode is not None and environment.nnx_mode() != mode:
+        graph, updates = MODES[mode]
+        raise pytest.UsageError(
+            f"--nnx-mode {mode} was asked for, but flax runs in {environment.nnx_mode()!r} mode. flax reads the "
+            f"mode once, at import: start the run with NNX_GRAPH_MODE={str(graph).lower()} "
+            f"NNX_GRAPH_UPDATES={str(updates).lower()} (or use `nox -s modes`)."
+        )
     wanted = config.getoption("--backend")
     if wanted is not None:
         _assert_backend(wanted)
@@ -268,9 +286,13 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.stash[_NUMERICS].emulated:
-        # Oracles judge the real computation of the machine they run on, not an emulation.
-        kept = [item for item in items if item.get_closest_marker("oracle") is None]
-        dropped = [item for item in items if item.get_closest_marker("oracle") is not None]
+        # Oracles judge the real computation of the machine they run on, not an emulation;
+        # the lifecycle scenarios run whole programs, which the emulation does not rewrite.
+        def native(item: pytest.Item) -> bool:
+            return any(item.get_closest_marker(m) is not None for m in ("oracle", "lifecycle"))
+
+        kept = [item for item in items if not native(item)]
+        dropped = [item for item in items if native(item)]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = kept
@@ -301,16 +323,20 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     store = config.stash[_STORE]
     env = env_now(config)
     lines = [
-        f"ensemble-conformance: {len(CASES)} cases, goldens in {store.directory}",
+        f"ensemble-conformance: {len(CASES)} cases, {len(SCENARIO_CASES)} lifecycle scenarios, "
+        f"goldens in {store.directory}",
         f"  now:    {environment.versions_line(env)}",
         f"          backend {env['backend']} ({env['device_kind']}, {env['device_count']} device(s)), "
         f"threefry_partitionable={env['jax_threefry_partitionable']}, prng={env['jax_default_prng_impl']}, "
         f"x64={env['jax_enable_x64']}, matmul_precision={env['jax_default_matmul_precision']}, "
+        f"nnx_mode={env['nnx_mode']}, "
         f"XLA_FLAGS={env['XLA_FLAGS']!r}",
         f"  judged as: {config.stash[_NUMERICS].describe()} (tolerances.py)",
     ]
     if config.stash[_NUMERICS].emulated:
-        lines.append("    emulated numerics: golden comparisons only; the oracles are deselected")
+        lines.append(
+            "    emulated numerics: golden comparisons of the core cases only; oracles and lifecycle deselected"
+        )
     try:
         envs = store.manifest().get("environments", {})
     except GoldenError as err:
@@ -331,6 +357,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 _DRIFT: dict[str, list[str]] = {}
 _RESTORE: dict[str, str] = {}
 _RESULTS: dict[str, dict[str, Any]] = {}  # case id -> figures for --report-json
+_SCENARIOS: set[str] = set()  # the lifecycle scenario ids among them
 
 
 def _case_id(report: pytest.TestReport) -> str:
@@ -343,7 +370,15 @@ def _record(report: pytest.TestReport) -> None:
     test = report.nodeid.split("::")[-1].split("[", 1)[0]
     case_id = _case_id(report)
     entry = _RESULTS.setdefault(case_id, {})
-    kind = {"test_matches_golden": "golden", "test_oracles": "oracles"}.get(test, test)
+    if test.startswith("test_scenario_"):
+        _SCENARIOS.add(case_id)
+    kind = {
+        "test_matches_golden": "golden",
+        "test_oracles": "oracles",
+        "test_scenario_matches_golden": "golden",
+        "test_scenario_expected_outcome": "expected",
+        "test_scenario_oracles": "oracles",
+    }.get(test, test)
     if report.when == "call" or report.failed or report.skipped:
         entry[kind] = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
     for name, value in report.user_properties:
@@ -414,6 +449,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "causes": causes,
         },
         "cases": cases,
+        "scenarios": {case_id: _RESULTS[case_id] for case_id in sorted(_SCENARIOS)},
     }
     target = Path(path)
     try:
@@ -430,7 +466,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     _drift_summary(terminalreporter)
     store = config.stash[_STORE]
     try:
-        unused = store.unused(case.id for case in CASES)
+        unused = store.unused([*(case.id for case in CASES), *(case.id for case in SCENARIO_CASES)])
     except GoldenError as err:
         terminalreporter.write_line(f"ensemble-conformance: cannot list unused goldens: {err}", red=True)
         return

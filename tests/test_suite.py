@@ -26,7 +26,9 @@ def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
     assert run.returncode == 0, run.output[-3000:]
     core = {f"{test}[{c.id}]" for c in CASES for test in ("test_matches_golden", "test_oracles")}
     assert core <= run.ids_with("passed")
-    assert run.ids_with("failed") == set() and run.ids_with("skipped") == set()
+    assert run.ids_with("failed") == set()
+    # Only lifecycle recipes that raise on the reference pins have no values for their oracles.
+    assert all(test.startswith("test_scenario_oracles[") for test in run.ids_with("skipped"))
     assert any(test.startswith("test_seed") for test in run.ids_with("passed"))  # conformance/test_seeds.py
     assert "ensemble-conformance: 146 cases" in run.output
     assert "unused golden files" not in run.output

@@ -18,10 +18,12 @@ ENV_VARS = (
     "JAX_DEFAULT_PRNG_IMPL",
     "JAX_ENABLE_X64",
     "JAX_DEFAULT_MATMUL_PRECISION",
+    "NNX_GRAPH_MODE",
+    "NNX_GRAPH_UPDATES",
 )
 
 # The keys whose difference between now and a golden is worth showing in a failure.
-VERSION_KEYS = ("python", "jax", "jaxlib", "flax", "numpy")
+VERSION_KEYS = ("python", "jax", "jaxlib", "flax", "numpy", "optax", "orbax-checkpoint")
 SETTING_KEYS = (
     "backend",
     "device_kind",
@@ -29,6 +31,7 @@ SETTING_KEYS = (
     "jax_default_prng_impl",
     "jax_enable_x64",
     "jax_default_matmul_precision",
+    "nnx_mode",
     "XLA_FLAGS",
 )
 
@@ -47,6 +50,27 @@ def _config(name: str) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+# flax's transform modes: (nnx_graph_mode, nnx_graph_updates), set by NNX_GRAPH_MODE and
+# NNX_GRAPH_UPDATES before the process starts (flax >= 0.12.5; earlier releases: graph).
+# flax's own vmap ensemble test runs all three.
+MODES: dict[str, tuple[bool, bool]] = {
+    "graph": (True, True),
+    "graph-no-updates": (True, False),
+    "tree": (False, False),
+}
+
+
+def nnx_mode() -> str:
+    """flax's transform mode in this process: a name from MODES."""
+    from flax import config
+
+    flags = (bool(getattr(config, "nnx_graph_mode", True)), bool(getattr(config, "nnx_graph_updates", True)))
+    for name, value in MODES.items():
+        if value == flags:
+            return name
+    return f"graph_mode={flags[0]}, graph_updates={flags[1]}"
+
+
 def fingerprint() -> dict[str, Any]:
     """The running environment as a flat JSON-able dict. Initialises jax's backend."""
     import jax
@@ -62,6 +86,8 @@ def fingerprint() -> dict[str, Any]:
         "flax": _version("flax"),
         "numpy": _version("numpy"),
         "ml_dtypes": _version("ml_dtypes"),
+        "optax": _version("optax"),
+        "orbax-checkpoint": _version("orbax-checkpoint"),
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
@@ -69,6 +95,7 @@ def fingerprint() -> dict[str, Any]:
         "jax_default_prng_impl": _config("jax_default_prng_impl"),
         "jax_enable_x64": _config("jax_enable_x64"),
         "jax_default_matmul_precision": _config("jax_default_matmul_precision"),
+        "nnx_mode": nnx_mode(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         "env": {name: os.environ[name] for name in ENV_VARS if name in os.environ},
     }

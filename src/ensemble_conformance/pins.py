@@ -12,19 +12,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Pins:
-    """A Python interpreter plus exact jax, jaxlib and flax releases."""
+    """A Python interpreter plus exact jax, jaxlib and flax releases, and the optax and
+    orbax-checkpoint the lifecycle scenarios train and checkpoint with (empty: not pinned,
+    those scenarios are not run on this pin)."""
 
     python: str
     jax: str
     jaxlib: str
     flax: str
+    optax: str = ""
+    orbax: str = ""
 
     def requirements(self) -> list[str]:
         """pip requirement strings that install exactly these releases."""
-        return [f"jax=={self.jax}", f"jaxlib=={self.jaxlib}", f"flax=={self.flax}"]
+        extra = [f"optax=={self.optax}"] * bool(self.optax) + [f"orbax-checkpoint=={self.orbax}"] * bool(self.orbax)
+        return [f"jax=={self.jax}", f"jaxlib=={self.jaxlib}", f"flax=={self.flax}", *extra]
+
+    @property
+    def lifecycle(self) -> bool:
+        """Whether this pin runs the lifecycle scenarios (it pins optax and orbax-checkpoint)."""
+        return bool(self.optax and self.orbax)
 
     def as_dict(self) -> dict[str, str]:
-        return {"python": self.python, "jax": self.jax, "jaxlib": self.jaxlib, "flax": self.flax}
+        pins = {"python": self.python, "jax": self.jax, "jaxlib": self.jaxlib, "flax": self.flax}
+        return pins | ({"optax": self.optax, "orbax-checkpoint": self.orbax} if self.lifecycle else {})
 
     @property
     def id(self) -> str:
@@ -44,11 +55,12 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 
 # The newest releases on 2026-11-25. jax >= 0.11 and flax 0.12.12 need Python >= 3.12.
-REFERENCE = Pins(python="3.12", jax="0.12.0.1", jaxlib="0.12.0.1", flax="0.12.12")
+REFERENCE = Pins(python="3.12", jax="0.12.0.1", jaxlib="0.12.0.1", flax="0.12.12", optax="0.2.8", orbax="0.12.8")
 
 # jax settings the goldens are made under: the defaults of the reference jax. Regeneration
 # refuses to run when any of these differs, since each one changes the stored values.
 REFERENCE_SETTINGS: dict[str, object] = {
+    "nnx_mode": "graph",  # flax's default transform mode (NNX_GRAPH_MODE, NNX_GRAPH_UPDATES unset)
     "jax_threefry_partitionable": True,
     "jax_default_prng_impl": "threefry2x32",
     "jax_enable_x64": False,

@@ -36,6 +36,8 @@ def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionab
     """Why this environment is not the epoch's reference one; empty when it is."""
     pins = epoch.reference
     wanted: dict[str, Any] = {"jax": pins.jax, "jaxlib": pins.jaxlib, "flax": pins.flax}
+    if pins.lifecycle:
+        wanted.update({"optax": pins.optax, "orbax-checkpoint": pins.orbax})
     wanted.update(epoch.settings)
     problems = [f"{k}: {env.get(k)!r}, the reference is {v!r}" for k, v in wanted.items() if env.get(k) != v]
     python_minor = ".".join(str(env.get("python", "")).split(".")[:2])
@@ -88,17 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    epoch = EPOCHS[args.epoch]
+    scenario_cases = _scenario_cases(epoch)
+    scenario_ids = {c.id: c for c in scenario_cases}
     if args.list:
-        print("\n".join(case.id for case in CASES))
+        print("\n".join([*(case.id for case in CASES), *scenario_ids]))
         return 0
     if args.all and args.ids:
         parser.error("give case ids or --all, not both")
     try:
-        cases = select(args.ids) if args.ids else list(CASES)
+        cases = select([i for i in args.ids if i not in scenario_ids]) if args.ids else list(CASES)
     except ValueError as err:
         parser.error(str(err))
-
-    epoch = EPOCHS[args.epoch]
+    scenarios = [scenario_ids[i] for i in args.ids if i in scenario_ids] if args.ids else list(scenario_cases)
     env = environment.fingerprint()
     mismatches = reference_mismatches(env, epoch)
     if mismatches:
@@ -118,11 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.dry_run:
             _regenerate(args, store, cases, env, Transaction(store))
+            _regenerate_scenarios(args, store, scenarios, env, Transaction(store))
+            _prune(args, store, [*(c.id for c in CASES), *scenario_ids], Transaction(store))
             return 0
         with store.transaction(args.lock_timeout, on_wait=lambda line: print(line, file=sys.stderr)) as txn:
             for line in txn.recovered:
                 print(f"{store.directory}: {line}")
             _regenerate(args, store, cases, env, txn)
+            _regenerate_scenarios(args, store, scenarios, env, txn)
+            _prune(args, store, [*(c.id for c in CASES), *scenario_ids], txn)
             print(f"writing {len(txn.staged)} golden(s) and {store.manifest_path} ...")
     except GoldenError as err:
         print(f"regen: {err}", file=sys.stderr)
@@ -166,16 +174,65 @@ def _regenerate(
         counts[key] += 1
         print(f"{case.id}: {state if changed or golden is None else 'unchanged'}")
 
-    for case_id in store.unused(c.id for c in CASES):
+    print(
+        f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
+        f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)"
+    )
+
+
+def _prune(args: argparse.Namespace, store: GoldenStore, known: list[str], txn: Transaction) -> None:
+    for case_id in store.unused(known):
         if args.prune and not args.dry_run:
             txn.remove(case_id)
             print(f"{case_id}: removed (no case uses it)")
         else:
             print(f"{case_id}: no case uses this golden (pass --prune to delete it)")
-    print(
-        f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
-        f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)"
-    )
+
+
+def _scenario_cases(epoch: Epoch) -> Sequence[Any]:
+    """The lifecycle scenarios, on an epoch whose pins include optax and orbax-checkpoint."""
+    if not epoch.reference.lifecycle:
+        return ()
+    from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+
+    return SCENARIO_CASES
+
+
+def _regenerate_scenarios(
+    args: argparse.Namespace, store: GoldenStore, scenarios: Sequence[Any], env: dict[str, Any], txn: Transaction
+) -> None:
+    """Run every lifecycle scenario and stage its outcome (values, or the error it raises)."""
+    if not scenarios:
+        return
+    from ensemble_conformance.scenarios.lifecycle import PROGRAMS, ScenarioRecord, golden_outcome, judge
+    from ensemble_conformance.scenarios.program import run_program
+
+    rewrite_all = args.all or bool(args.ids)
+    numerics = Numerics(str(env["backend"]), precision_name(env["jax_default_matmul_precision"]))
+    kept = 0
+    for case in scenarios:
+        now = run_program(PROGRAMS[case.program], case.p)
+        state = f"new ({now.describe()})"
+        golden = None
+        try:
+            arrays, meta = store.load_arrays(case)
+            golden = golden_outcome(arrays, meta, str(store.path_for(case.id)))
+        except GoldenMissingError:
+            pass
+        except (GoldenError, ValueError) as err:
+            state = f"replacing damaged file ({str(err).splitlines()[0]})"
+        if golden is not None:
+            verdict = judge(golden, now, numerics)
+            if verdict.ok and not rewrite_all:
+                kept += 1
+                continue
+            state = "; ".join(verdict.lines()) or "within tolerance"
+        if args.dry_run:
+            print(f"{case.id}: would write ({state})")
+            continue
+        changed = txn.write(ScenarioRecord(case, now), env)
+        print(f"{case.id}: {state if changed or golden is None else 'unchanged'}")
+    print(f"{len(scenarios)} scenario(s): {kept} kept (within tolerance)")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,87 @@ def precision_name(setting: object) -> str:
         name = name[len("precision.") :]
     aliases = {"float32": "highest", "fastest": "default", "bfloat16": "default", "tensorfloat32": "high"}
     return aliases.get(name, name)
+
+
+# The lifecycle scenarios' arrays (scenarios/), classed by the first component of their
+# key path. Exact classes hold integers (key data, counts, shapes). ULP classes hold
+# values drawn by an initializer, as the core cases' parameters. Scaled classes allow
+#
+#     |actual - golden| <= k * u * (|golden| + S)
+#
+# per element, where S is the largest |golden| in the array: the scenarios' sums have at
+# most D_in + 2 <= 10 terms of comparable size (inputs and weights O(1), sizes <= 8), so
+# S stands in for M (variants.py) up to that factor, which k absorbs. u is the unit of the
+# run's (backend, precision) float32 entry above, so TF32 or bfloat16 operands on a GPU
+# or TPU at DEFAULT widen these as they widen the forward's.
+
+
+@dataclass(frozen=True)
+class ArrayClass:
+    name: str
+    exact: bool = False
+    ulps: int | None = None
+    k: float = 0.0
+    reason: str = ""
+
+    def rule(self, unit: str) -> str:
+        if self.exact:
+            return "exact"
+        if self.ulps is not None:
+            return f"within {self.ulps} ULP"
+        return f"|d| <= {self.k:g} * u * (|golden| + max|golden|); u = {UNIT_ROUNDOFF[unit]:.3g} ({unit})"
+
+
+LIFECYCLE_CLASSES: dict[str, ArrayClass] = {
+    c.name: c
+    for c in (
+        ArrayClass("rng", exact=True, reason="PRNG key data and call counts: threefry integer arithmetic"),
+        ArrayClass("shapes", exact=True, reason="shapes from nnx.eval_shape: integers"),
+        ArrayClass("params", ulps=4, reason="initializer draws: " + _PARAMS_F32),
+        ArrayClass(
+            "restored",
+            ulps=4,
+            reason="a checkpoint round trip of initializer draws (bit-equal to the original within a run, "
+            "which the oracle checks); against the golden the draws' 4 ULP",
+        ),
+        ArrayClass(
+            "out",
+            k=16,
+            reason="forward outputs: a Linear's sum of <= 10 terms (gamma_10 <= 10u relative to M) and "
+            "dropout's scaling (one more rounding); k = 16 is the CPU forward entry's",
+        ),
+        ArrayClass(
+            "grads",
+            k=32,
+            reason="gradients: the backward of a Linear is an outer product (exact products, one rounding) "
+            "and a sum over a batch of <= 8 for the bias, after the forward's own error: twice the forward's k",
+        ),
+        ArrayClass(
+            "stats",
+            k=32,
+            reason="BatchNorm statistics: mean and variance over a batch of <= 8 (a sum, then a sum of squared "
+            "deviations that inherits the mean's error), blended with momentum: twice the forward's k",
+        ),
+        ArrayClass(
+            "train",
+            k=128,
+            reason="parameters and losses after K <= 3 optimizer steps: each adam step divides by "
+            "sqrt(v) + eps, which turns a gradient's relative rounding into the update's, and errors add "
+            "over K steps and through the forward of the next loss: 8x the forward's k. A gradient element "
+            "within rounding of 0 can flip its first update's sign (2 lr): such a flip fails, as it should "
+            "across releases whose training diverges",
+        ),
+    )
+}
+
+
+def lifecycle_class(key: str) -> ArrayClass:
+    """The class of a scenario array by its key path's first component; unknown is an error."""
+    head = key.split("/", 1)[0]
+    try:
+        return LIFECYCLE_CLASSES[head]
+    except KeyError:
+        raise ToleranceError(
+            f"scenario array {key!r}: no tolerance class {head!r}; the classes in tolerances.py are "
+            f"{', '.join(LIFECYCLE_CLASSES)}"
+        ) from None

@@ -1,0 +1,106 @@
+"""The ensemble's lifecycle after init (scenarios/): dropout keys, gradients, training,
+BatchNorm, scan over layers, checkpoints and the split forms, each a recipe as users
+write it. Three checks per scenario case:
+
+- test_scenario_matches_golden: the outcome now against the golden made on the
+  reference pins in flax's default mode: the same kind (values, raises, unavailable)
+  and error, and every array within its tolerance class (tolerances.py);
+- test_scenario_expected_outcome: the outcome this release is expected to give in this
+  transform mode (lifecycle.EXPECTED, with reasons);
+- test_scenario_oracles: the golden-free checks of the recipe's values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ensemble_conformance.scenarios.lifecycle import (
+    PROGRAMS,
+    SCENARIO_CASES,
+    ScenarioCase,
+    expected,
+    golden_outcome,
+    judge,
+)
+from ensemble_conformance.scenarios.program import Outcome, run_program
+from ensemble_conformance.store import GoldenError, GoldenStore
+from ensemble_conformance.tolerances import Numerics
+
+pytestmark = pytest.mark.lifecycle
+PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
+_RUNS: dict[str, Outcome] = {}
+
+
+def outcome_of(case: ScenarioCase) -> Outcome:
+    """One run per case and process: the golden and expectation tests judge the same run."""
+    if case.id not in _RUNS:
+        _RUNS[case.id] = run_program(PROGRAMS[case.program], case.p)
+    return _RUNS[case.id]
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("case", PARAMS)
+def test_scenario_matches_golden(
+    case: ScenarioCase,
+    golden_store: GoldenStore,
+    numerics: Numerics,
+    env: dict[str, Any],
+    record_property: Callable[[str, object], None],
+) -> None:
+    path = golden_store.path_for(case.id)
+    try:
+        arrays, meta = golden_store.load_arrays(case)
+        golden = golden_outcome(arrays, meta, str(path))
+    except (GoldenError, ValueError) as err:
+        pytest.fail(f"ensemble-conformance: {err}", pytrace=False)
+    now = outcome_of(case)
+    record_property("outcome", now.describe())
+    verdict = judge(golden, now, numerics)
+    if verdict.ok:
+        return
+    record_property("outcome_change", verdict.change or "values moved")
+    program = PROGRAMS[case.program]
+    lines = [
+        f"ensemble-conformance: scenario {case.id} does not match its golden {path}",
+        f"  recipe: {program.doc}",
+        f"  mode now: {env.get('nnx_mode')}; golden made in: {golden_store.environment_of(case.id).get('nnx_mode')}",
+        *("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
+        "  If this change is intended, regenerate on the reference pins:",
+        f"    {golden_store.regen_command([case.id])}",
+    ]
+    pytest.fail("\n".join(lines), pytrace=False)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("case", PARAMS)
+def test_scenario_expected_outcome(case: ScenarioCase, env: dict[str, Any]) -> None:
+    mode = str(env.get("nnx_mode"))
+    want = expected(case.program, mode)
+    now = outcome_of(case)
+    if not want.holds(now):
+        pytest.fail(
+            f"ensemble-conformance: scenario {case.id} in mode {mode}: expected {want.describe()}"
+            f"{f' ({want.reason})' if want.reason else ''}; got {now.describe()}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("case", PARAMS)
+def test_scenario_oracles(case: ScenarioCase) -> None:
+    if outcome_of(case).kind != "values":
+        pytest.skip(f"no values to judge: {outcome_of(case).describe()}")
+    failures = []
+    for oracle in PROGRAMS[case.program].oracles:
+        try:
+            oracle(case.p)
+        except AssertionError as err:
+            failures.append(f"{oracle.__name__}: {err}")
+    if failures:
+        pytest.fail(
+            f"ensemble-conformance: scenario {case.id}: golden-free checks fail:\n  " + "\n  ".join(failures),
+            pytrace=False,
+        )

@@ -1,0 +1,211 @@
+"""The lifecycle scenarios as one ordered table of cases with stable ids, the environment
+that picks each transform mode, what each recipe is expected to do on the reference pins
+in each mode (``EXPECTED``: data with reasons, never special cases in code), and how a
+run is judged against its golden (``judge``: outcome first, then array by array).
+
+A case id is the program's name and its parameters, e.g.
+``dropout_own_keys-d3-f4-n4-rate0p5-seed0``; the mode is the run's, shown in the report
+header and the fingerprint, since flax reads it once, before the process starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ensemble_conformance.compare import ArrayReport, compare
+from ensemble_conformance.environment import MODES
+from ensemble_conformance.scenarios import checkpoint, construction, dropout, layers, training
+from ensemble_conformance.scenarios.program import Outcome, Program
+from ensemble_conformance.tolerances import UNIT_ROUNDOFF, Numerics, lifecycle_class
+
+PROGRAMS: Mapping[str, Program] = {
+    program.name: program
+    for module in (dropout, training, layers, construction, checkpoint)
+    for program in module.PROGRAMS
+}
+
+MODE_ENV: Mapping[str, dict[str, str]] = {
+    name: {"NNX_GRAPH_MODE": str(graph).lower(), "NNX_GRAPH_UPDATES": str(updates).lower()}
+    for name, (graph, updates) in MODES.items()
+}
+
+
+def _fmt(value: Any) -> str:
+    text = f"{value:.10g}" if isinstance(value, float) else str(value)
+    return text.replace(".", "p").replace("-", "m")
+
+
+@dataclass(frozen=True)
+class ScenarioCase:
+    """One program with one parameter set. ``params`` is sorted (key, value) pairs."""
+
+    program: str
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def id(self) -> str:
+        return "-".join([self.program, *(f"{k}{_fmt(v)}" for k, v in self.params)])
+
+    @property
+    def p(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def variant(self) -> str:  # the manifest's name for what made a golden
+        return self.program
+
+    @property
+    def dtype(self) -> str:  # the manifest's tolerance class: per array, by key path
+        return "lifecycle"
+
+
+SCENARIO_CASES: tuple[ScenarioCase, ...] = tuple(
+    ScenarioCase(name, tuple(sorted(params.items()))) for name, program in PROGRAMS.items() for params in program.grid
+)
+
+if len({c.id for c in SCENARIO_CASES}) != len(SCENARIO_CASES):  # pragma: no cover - a broken grid must not import
+    raise RuntimeError("scenario case ids are not unique")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What a recipe does on the reference pins in one mode: an outcome kind, the start of
+    the normalized error where it raises, and why."""
+
+    kind: str  # "values" or "raises"
+    error: str = ""  # a prefix of Outcome.error, e.g. "ValueError"
+    reason: str = ""
+
+    def holds(self, outcome: Outcome) -> bool:
+        return outcome.kind == self.kind and outcome.error.startswith(self.error)
+
+    def describe(self) -> str:
+        return self.kind + (f" {self.error}..." if self.error else "")
+
+
+VALUES = Expectation("values")
+
+
+def _raises(error: str, reason: str) -> Expectation:
+    return Expectation("raises", error, reason)
+
+
+_STATE_AXES_TREE = "tree mode (and graph mode without graph updates) refuses StateAxes in in_axes"
+_CONTEXT_TREE = "tree mode (and graph mode without graph updates): Rngs is no context manager"
+_FOLD_IN = "from flax 0.11 each member keeps its own (N,) key; re-splitting on the forward hands fold_in a key array"
+
+# What each recipe does on the reference pins, per mode; a program not listed gives values
+# in every mode. The reasons are flax's changes (shared/research/lifecycle-facts.md).
+EXPECTED: Mapping[str, Mapping[str, Expectation]] = {
+    "dropout_split_rngs_forward": dict.fromkeys(MODES, _raises("ValueError", _FOLD_IN)),
+    "dropout_split_only_state_axes": {
+        "graph": _raises("ValueError", _FOLD_IN),
+        "graph-no-updates": _raises("ValueError", _STATE_AXES_TREE),
+        "tree": _raises("ValueError", _STATE_AXES_TREE),
+    },
+    "scan_resplit_forward": dict.fromkeys(MODES, _raises("ValueError", _FOLD_IN + " (flax #5158)")),
+    "batchnorm_shared_stats": {
+        "graph": _raises("ValueError", "a BatchStat broadcast (axis None) is updated per member inside vmap"),
+        "graph-no-updates": _raises("ValueError", _STATE_AXES_TREE),
+        "tree": _raises("ValueError", _STATE_AXES_TREE),
+    },
+    "split_rngs_context_init": {
+        "graph": VALUES,
+        "graph-no-updates": _raises("TypeError", _CONTEXT_TREE),
+        "tree": _raises("TypeError", _CONTEXT_TREE),
+    },
+    "state_axes_init": {
+        "graph": VALUES,
+        "graph-no-updates": _raises("ValueError", _STATE_AXES_TREE),
+        "tree": _raises("ValueError", _STATE_AXES_TREE),
+    },
+}
+
+
+def expected(program: str, mode: str) -> Expectation:
+    """What ``program`` is expected to do on the reference pins in ``mode``."""
+    return EXPECTED.get(program, {}).get(mode, VALUES)
+
+
+@dataclass(frozen=True)
+class ScenarioRecord:
+    """A scenario's golden: its outcome (values, raises or unavailable) and its arrays."""
+
+    case: ScenarioCase
+    outcome: Outcome
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.outcome.arrays)
+
+    @property
+    def outcome_meta(self) -> dict[str, str]:
+        return {"kind": self.outcome.kind, "error": self.outcome.error}
+
+
+def golden_outcome(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], path: str) -> Outcome:
+    """The Outcome a scenario's golden file records."""
+    recorded = meta.get("outcome")
+    if not isinstance(recorded, dict) or recorded.get("kind") not in ("values", "raises", "unavailable"):
+        raise ValueError(f"{path}: no valid 'outcome' in its metadata (values, raises or unavailable)")
+    if recorded["kind"] != "values" and arrays:
+        raise ValueError(f"{path}: records {recorded['kind']} but holds arrays")
+    return Outcome(recorded["kind"], dict(arrays), str(recorded.get("error", "")))
+
+
+def _exact(name: str, golden: np.ndarray, actual: np.ndarray) -> ArrayReport:
+    if golden.dtype != actual.dtype or golden.shape != actual.shape:
+        problem = f"{actual.dtype}{list(actual.shape)}, golden has {golden.dtype}{list(golden.shape)}"
+        return ArrayReport(name, "exact", (), problem=problem)
+    bad = golden != actual
+    return ArrayReport(name, "exact", (), size=int(golden.size), n_bad=int(bad.sum()))
+
+
+def compare_arrays(key: str, golden: np.ndarray, actual: np.ndarray, numerics: Numerics) -> ArrayReport:
+    """One scenario array against its golden, by the tolerance class its key path names."""
+    cls = lifecycle_class(key)
+    unit = numerics.tolerance("float32").unit
+    if cls.exact or golden.dtype.kind not in "f":
+        return _exact(key, golden, actual)
+    if cls.ulps is not None:
+        return compare(key, golden, actual, rule=cls.rule(unit), max_ulps=cls.ulps)
+    magnitude = np.abs(golden.astype(np.float64))
+    allowed = cls.k * UNIT_ROUNDOFF[unit] * (magnitude + magnitude.max(initial=0.0))
+    return compare(key, golden, actual, rule=cls.rule(unit), allowed_abs=allowed)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A scenario run now against its golden: a change of outcome, or per-array reports."""
+
+    change: str  # "" when the outcome kind and error are the golden's
+    reports: tuple[ArrayReport, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.change and all(r.ok for r in self.reports)
+
+    def lines(self) -> list[str]:
+        out = [self.change] if self.change else []
+        out.extend(r.describe() for r in self.reports if not r.ok)
+        return out
+
+
+def judge(golden: Outcome, now: Outcome, numerics: Numerics) -> Verdict:
+    """Compare outcomes: a flip between values and an error (either way), another error,
+    or the values array by array."""
+    if golden.kind != now.kind or golden.error != now.error:
+        return Verdict(f"outcome changed: golden: {golden.describe()}; now: {now.describe()}")
+    if now.kind != "values":
+        return Verdict("")
+    reports = [
+        compare_arrays(key, golden.arrays[key], now.arrays[key], numerics)
+        for key in sorted(set(golden.arrays) & set(now.arrays))
+    ]
+    for key in sorted(set(golden.arrays) ^ set(now.arrays)):
+        where = "golden only" if key in golden.arrays else "now only"
+        reports.append(ArrayReport(key, "present in both", (), problem=f"array present in {where}"))
+    return Verdict("", tuple(reports))
