@@ -15,6 +15,8 @@
     nox -s sharded           # ensembles sharded over 8 simulated CPU devices vs the unsharded goldens
     nox -s resolve_backends  # resolve (never install) the CUDA and TPU install lines
     nox -s bench             # speed: vmapped ensemble vs N separate models (-- --quick: small)
+    nox -s modes             # the suite in flax's three transform modes: changes must be the forecast
+    nox -s future_defaults   # tree mode, deprecations as errors: what of an ensemble would break
 
 Sessions use uv to build their environments when uv is installed (pip otherwise).
 Arguments after `--` go to pytest (conformance, tests) or to the regeneration command.
@@ -52,6 +54,7 @@ def _load(name: str):  # type: ignore[no-untyped-def]
 PINS = _load("pins")
 BISECTION = _load("bisection")
 BACKENDS = _load("backends")
+ENVIRONMENT = _load("environment")
 REFERENCE = PINS.REFERENCE
 MATRIX = PINS.MATRIX
 EPOCHS = PINS.EPOCHS
@@ -214,8 +217,11 @@ def matrix_report(session: nox.Session) -> None:
 
 
 def _backend_requirements(backend: Any, jax: str, jaxlib: str, flax: str) -> list[str]:
-    """jax's install line for the backend, with jaxlib and flax pinned."""
-    return [backend.install_line(jax), f"jaxlib=={jaxlib}", f"flax=={flax}"]
+    """jax's install line for the backend, with jaxlib and flax pinned, and the optax and
+    orbax-checkpoint of a known pin with those (else the lifecycle scenarios are not run)."""
+    known = next((p for p in MATRIX if (p.flax, p.jax) == (flax, jax) and p.lifecycle), None)
+    lifecycle = [r for r in known.requirements() if r.startswith(("optax", "orbax"))] if known else []
+    return [backend.install_line(jax), f"jaxlib=={jaxlib}", f"flax=={flax}", *lifecycle]
 
 
 def _require_hardware(session: nox.Session, backend: Any) -> None:
@@ -274,6 +280,38 @@ def backend(session: nox.Session, name: str) -> None:
         if differ:
             session.error(f"XLA CPU was expected to ignore the matmul precision; {len(differ)} case(s) differ")
         session.log("DEFAULT and HIGHEST precision give the same bits on CPU, as the tolerance table states")
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def modes(session: nox.Session) -> None:
+    """The suite in flax's three transform modes vs the default-mode goldens; changes must be the forecast."""
+    _install_reference(session, "test")
+    reports = []
+    for mode, (graph, updates) in ENVIRONMENT.MODES.items():
+        flags = {"NNX_GRAPH_MODE": str(graph).lower(), "NNX_GRAPH_UPDATES": str(updates).lower()}
+        reports.append(str(RESULTS / "modes" / f"{mode}.json"))
+        _run_suite(
+            session, "--nnx-mode", mode, f"--report-json={reports[-1]}", env={**CPU_ENV, **flags}, success_codes=[0, 1]
+        )
+    session.run("python", "-m", "ensemble_conformance.modes", *reports, env=CPU_ENV)
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def future_defaults(session: nox.Session) -> None:
+    """Tree mode with deprecations as errors (flax's planned defaults): what of an ensemble would break."""
+    _install_reference(session, "test")
+    out = str(RESULTS / "modes" / "future.json")
+    tree = {"NNX_GRAPH_MODE": "false", "NNX_GRAPH_UPDATES": "false"}
+    _run_suite(
+        session,
+        "--nnx-mode",
+        "tree",
+        "--future-warnings",
+        f"--report-json={out}",
+        env={**CPU_ENV, **tree},
+        success_codes=[0, 1],
+    )
+    session.run("python", "-m", "ensemble_conformance.modes", "--future", out, env=CPU_ENV)
 
 
 EMULATED = [("gpu", "default"), ("gpu", "highest"), ("tpu", "default"), ("tpu", "highest")]

@@ -10,6 +10,7 @@ nothing of pytest; this file only wires it in.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -28,7 +29,6 @@ from ensemble_conformance.environment import MODES
 from ensemble_conformance.pins import EPOCHS
 from ensemble_conformance.regen import regen_session
 from ensemble_conformance.runner import load_impl
-from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
 from ensemble_conformance.sharding import shardable
 from ensemble_conformance.store import GoldenError, GoldenStore, atomic_writer
 from ensemble_conformance.tolerances import PRECISIONS, Numerics, precision_name
@@ -85,6 +85,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="FILE",
         help="golden comparisons expected to fail (case-id pattern  # reason); strict: a pass is an error",
+    )
+    group.addoption(
+        "--patch",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="call this function (no arguments) in every process before any case: it may change jax, flax, "
+        "optax or orbax behaviour, as a broken release would (the lifecycle mutants use it)",
+    )
+    group.addoption(
+        "--future-warnings",
+        action="store_true",
+        help="turn DeprecationWarning and FutureWarning into errors while the lifecycle scenarios run: a "
+        "recipe that warns now is recorded as raising, as it will once the deprecation lands",
     )
     group.addoption(
         "--nnx-mode",
@@ -153,6 +166,12 @@ def pytest_configure(config: pytest.Config) -> None:
     timeout = config.getoption("--case-timeout")
     if timeout < 0:
         raise pytest.UsageError(f"--case-timeout must be 0 (off) or a positive number of seconds, got {timeout:g}")
+    patch = config.getoption("--patch")
+    if patch:
+        try:
+            load_impl(patch, option="--patch")()
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from err
     spec = config.getoption("--impl")
     if spec:
         try:
@@ -277,9 +296,29 @@ def _configure_numerics(config: pytest.Config) -> None:
     config.stash[_NUMERICS] = Numerics(emulate or backend, precision, emulated=emulate is not None)
 
 
+LIFECYCLE_DEPENDENCIES = ("optax", "orbax.checkpoint")
+
+
+def lifecycle_missing() -> list[str]:
+    """The packages the lifecycle scenarios train and checkpoint with that are not installed
+    (the reference pins install them; a pin without them does not run those scenarios)."""
+    return [name for name in LIFECYCLE_DEPENDENCIES if importlib.util.find_spec(name.split(".")[0]) is None]
+
+
+def scenario_ids() -> list[str]:
+    if lifecycle_missing():
+        return []
+    from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+
+    return [case.id for case in SCENARIO_CASES]
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """The sharded tests need a multi-device jax, set up before it starts: only with --sharded."""
+    """The sharded tests need a multi-device jax, set up before it starts: only with --sharded.
+    The lifecycle scenarios need optax and orbax-checkpoint."""
     if collection_path.name == "test_sharded.py" and config.getoption("--sharded") is None:
+        return True
+    if collection_path.name == "test_lifecycle.py" and lifecycle_missing():
         return True
     return None
 
@@ -323,7 +362,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     store = config.stash[_STORE]
     env = env_now(config)
     lines = [
-        f"ensemble-conformance: {len(CASES)} cases, {len(SCENARIO_CASES)} lifecycle scenarios, "
+        f"ensemble-conformance: {len(CASES)} cases, {len(scenario_ids())} lifecycle scenarios, "
         f"goldens in {store.directory}",
         f"  now:    {environment.versions_line(env)}",
         f"          backend {env['backend']} ({env['device_kind']}, {env['device_count']} device(s)), "
@@ -345,8 +384,17 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         for env_id, golden_env in sorted(envs.items()):
             lines.append(f"  golden: {environment.versions_line(golden_env)} on {golden_env.get('backend')} ({env_id})")
             lines.extend(f"    differs: {d}" for d in environment.differences(env, golden_env))
+    if lifecycle_missing():
+        lines.append(
+            f"  lifecycle scenarios: not collected, {' and '.join(lifecycle_missing())} not installed "
+            "(the reference pins install them)"
+        )
     spec = config.getoption("--impl")
     lines.append(f"  implementation: {spec or 'ensemble_conformance.vmap_over_ensemble (the package)'}")
+    if config.getoption("--patch"):
+        lines.append(f"  patched before the run: {config.getoption('--patch')}")
+    if config.getoption("--future-warnings"):
+        lines.append("  lifecycle scenarios run with DeprecationWarning and FutureWarning as errors")
     if spec:
         lines.append("    its parameters are not observable: ensemble cases compare its outputs only")
     return lines
@@ -466,7 +514,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     _drift_summary(terminalreporter)
     store = config.stash[_STORE]
     try:
-        unused = store.unused([*(case.id for case in CASES), *(case.id for case in SCENARIO_CASES)])
+        known = [case.id for case in CASES] + scenario_ids()
+        if lifecycle_missing():  # not collected: their goldens are not unused
+            known += [i for i, e in store.manifest()["cases"].items() if e["tolerance_class"] == "lifecycle"]
+        unused = store.unused(known)
     except GoldenError as err:
         terminalreporter.write_line(f"ensemble-conformance: cannot list unused goldens: {err}", red=True)
         return

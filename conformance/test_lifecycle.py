@@ -12,6 +12,7 @@ write it. Three checks per scenario case:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,14 +32,33 @@ from ensemble_conformance.tolerances import Numerics
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
-_RUNS: dict[str, Outcome] = {}
+_RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
 
 
-def outcome_of(case: ScenarioCase) -> Outcome:
-    """One run per case and process: the golden and expectation tests judge the same run."""
+def run_case(case: ScenarioCase, future: bool) -> tuple[Outcome, tuple[str, ...]]:
+    """One run per case and process (the golden and expectation tests judge the same run),
+    with the DeprecationWarnings and FutureWarnings it emitted; with ``future`` those
+    warnings are errors, so a recipe that warns is recorded as raising."""
     if case.id not in _RUNS:
-        _RUNS[case.id] = run_program(PROGRAMS[case.program], case.p)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            if future:
+                warnings.simplefilter("error", DeprecationWarning)
+                warnings.simplefilter("error", FutureWarning)
+            outcome = run_program(PROGRAMS[case.program], case.p)
+        emitted = {
+            f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}"
+            for w in seen
+            if issubclass(w.category, (DeprecationWarning, FutureWarning))
+        }
+        _RUNS[case.id] = outcome, tuple(sorted(emitted))
     return _RUNS[case.id]
+
+
+@pytest.fixture
+def outcome_of(pytestconfig: pytest.Config) -> Callable[[ScenarioCase], Outcome]:
+    future = bool(pytestconfig.getoption("--future-warnings"))
+    return lambda case: run_case(case, future)[0]
 
 
 @pytest.mark.golden
@@ -49,6 +69,7 @@ def test_scenario_matches_golden(
     numerics: Numerics,
     env: dict[str, Any],
     record_property: Callable[[str, object], None],
+    pytestconfig: pytest.Config,
 ) -> None:
     path = golden_store.path_for(case.id)
     try:
@@ -56,8 +77,9 @@ def test_scenario_matches_golden(
         golden = golden_outcome(arrays, meta, str(path))
     except (GoldenError, ValueError) as err:
         pytest.fail(f"ensemble-conformance: {err}", pytrace=False)
-    now = outcome_of(case)
+    now, emitted = run_case(case, bool(pytestconfig.getoption("--future-warnings")))
     record_property("outcome", now.describe())
+    record_property("warnings", list(emitted))
     verdict = judge(golden, now, numerics)
     if verdict.ok:
         return
@@ -76,7 +98,9 @@ def test_scenario_matches_golden(
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", PARAMS)
-def test_scenario_expected_outcome(case: ScenarioCase, env: dict[str, Any]) -> None:
+def test_scenario_expected_outcome(
+    case: ScenarioCase, env: dict[str, Any], outcome_of: Callable[[ScenarioCase], Outcome]
+) -> None:
     mode = str(env.get("nnx_mode"))
     want = expected(case.program, mode)
     now = outcome_of(case)
@@ -90,7 +114,7 @@ def test_scenario_expected_outcome(case: ScenarioCase, env: dict[str, Any]) -> N
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", PARAMS)
-def test_scenario_oracles(case: ScenarioCase) -> None:
+def test_scenario_oracles(case: ScenarioCase, outcome_of: Callable[[ScenarioCase], Outcome]) -> None:
     if outcome_of(case).kind != "values":
         pytest.skip(f"no values to judge: {outcome_of(case).describe()}")
     failures = []

@@ -63,7 +63,7 @@ def emulated_core(function: CoreFunction, emulated: emulation.Emulation) -> Core
     return run
 
 
-def load_impl(spec: str) -> CoreFunction:
+def load_impl(spec: str, option: str = "--impl") -> CoreFunction:
     """``module:function`` or ``path/to/file.py:function`` -> the function.
 
     Raises ValueError with what went wrong and the accepted forms; an exception raised
@@ -73,37 +73,37 @@ def load_impl(spec: str) -> CoreFunction:
     """
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ValueError(f"--impl must look like 'package.module:function' or 'path/file.py:function', got {spec!r}")
-    module = _import_file(spec, target) if target.endswith(".py") else _import_module(spec, target)
+        raise ValueError(f"{option} must look like 'package.module:function' or 'path/file.py:function', got {spec!r}")
+    module = _import_file(spec, target, option) if target.endswith(".py") else _import_module(spec, target, option)
     function = getattr(module, attr, None)
     if not callable(function):
-        raise ValueError(f"--impl {spec!r}: module {target!r} has no callable {attr!r}")
+        raise ValueError(f"{option} {spec!r}: module {target!r} has no callable {attr!r}")
     return function
 
 
-def _import_file(spec: str, target: str) -> ModuleType:
+def _import_file(spec: str, target: str, option: str) -> ModuleType:
     path = Path(target).resolve()
     if not path.is_file():
-        raise ValueError(f"--impl {spec!r}: no file {path}")
+        raise ValueError(f"{option} {spec!r}: no file {path}")
     name = f"_ensemble_conformance_impl_{path.stem}"
     loader = importlib.util.spec_from_file_location(name, path)
     if loader is None or loader.loader is None:
-        raise ValueError(f"--impl {spec!r}: cannot import {path}")
+        raise ValueError(f"{option} {spec!r}: cannot import {path}")
     module = importlib.util.module_from_spec(loader)
     sys.modules[name] = module
     try:
         loader.loader.exec_module(module)
     except Exception as err:
         sys.modules.pop(name, None)
-        raise ValueError(f"--impl {spec!r}: importing {path} failed:\n{_import_error(err, path)}") from err
+        raise ValueError(f"{option} {spec!r}: importing {path} failed:\n{_import_error(err, path)}") from err
     return module
 
 
-def _import_module(spec: str, target: str) -> ModuleType:
+def _import_module(spec: str, target: str, option: str) -> ModuleType:
     try:
         return importlib.import_module(target)
     except Exception as err:
-        raise ValueError(f"--impl {spec!r}: cannot import module {target!r}:\n{_import_error(err)}") from err
+        raise ValueError(f"{option} {spec!r}: cannot import module {target!r}:\n{_import_error(err)}") from err
 
 
 IMPORT_TRACEBACK_FRAMES = 4  # the innermost frames: the user's line, and what it called
