@@ -85,6 +85,12 @@ def _install_reference(session: nox.Session, *extras: str) -> None:
     session.install(target, *REFERENCE.requirements())
 
 
+def _lifecycle_selection(pins: Any) -> list[str]:
+    """The lifecycle scenarios run on pins that pin optax and orbax-checkpoint (the reference
+    pins); their expected outcomes on older releases are not tabled yet, so others skip them."""
+    return [] if pins.lifecycle else ["-m", "not lifecycle"]
+
+
 def _run_suite(session: nox.Session, *args: str, env: dict[str, str] = CPU_ENV, **kwargs: Any) -> None:
     """pytest over conformance/ on CPU with xdist, then the session's own arguments."""
     session.run("pytest", "conformance", "--backend", "cpu", "-n", "auto", *args, *session.posargs, env=env, **kwargs)
@@ -168,13 +174,14 @@ def legacy_prng(session: nox.Session) -> None:
     once jax_threefry_partitionable=True."""
     session.install(".[test]", *(f"{k}=={v}" for k, v in LEGACY.items() if k != "python"))
     junit = Path(session.create_tmp()) / "legacy.xml"
-    _run_suite(session, f"--junitxml={junit}", success_codes=[1])
+    legacy = _lifecycle_selection(EPOCHS["legacy"].reference)
+    _run_suite(session, f"--junitxml={junit}", *legacy, success_codes=[1])
     causes = _golden_causes(junit)
     wrong = {case: cause for case, cause in causes.items() if cause != "prng-config"}
     if not causes or wrong:
         session.error(f"expected every golden to fail with cause prng-config; {len(causes)} failed, others: {wrong}")
     session.log(f"{len(causes)} golden comparisons failed, all with cause prng-config")
-    _run_suite(session, env={**CPU_ENV, "JAX_THREEFRY_PARTITIONABLE": "1"})
+    _run_suite(session, *legacy, env={**CPU_ENV, "JAX_THREEFRY_PARTITIONABLE": "1"})
 
 
 @nox.session(python=EPOCHS["legacy"].reference.python, default=False)
@@ -193,7 +200,8 @@ def matrix(session: nox.Session, pin: str) -> None:
     out = RESULTS / "matrix" / f"{pins.id}-cpu.json"
     known = ROOT / "conformance" / "known-drift" / f"{pins.id}.txt"
     drift = [f"--known-drift={known}"] if known.exists() else []
-    _run_suite(session, "--golden-dir", EPOCHS[pins.epoch].golden_dir, f"--report-json={out}", *drift)
+    selection = _lifecycle_selection(pins)
+    _run_suite(session, "--golden-dir", EPOCHS[pins.epoch].golden_dir, f"--report-json={out}", *drift, *selection)
 
 
 @nox.session(python=REFERENCE.python, default=False)
@@ -441,6 +449,7 @@ def gate(session: nox.Session) -> None:
         "--golden-dir",
         args.golden_dir,
         f"--report-json={out / 'result.json'}",
+        *_lifecycle_selection(known or PINS.Pins(python, args.jax, args.jax, args.flax)),
         env={**chosen.env(), **JAX_CACHE},
         external=True,
         success_codes=[0, 1],

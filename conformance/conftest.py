@@ -10,7 +10,6 @@ nothing of pytest; this file only wires it in.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -29,6 +28,7 @@ from ensemble_conformance.environment import MODES
 from ensemble_conformance.pins import EPOCHS
 from ensemble_conformance.regen import regen_session
 from ensemble_conformance.runner import load_impl
+from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
 from ensemble_conformance.sharding import shardable
 from ensemble_conformance.store import GoldenError, GoldenStore, atomic_writer
 from ensemble_conformance.tolerances import PRECISIONS, Numerics, precision_name
@@ -296,29 +296,9 @@ def _configure_numerics(config: pytest.Config) -> None:
     config.stash[_NUMERICS] = Numerics(emulate or backend, precision, emulated=emulate is not None)
 
 
-LIFECYCLE_DEPENDENCIES = ("optax", "orbax.checkpoint")
-
-
-def lifecycle_missing() -> list[str]:
-    """The packages the lifecycle scenarios train and checkpoint with that are not installed
-    (the reference pins install them; a pin without them does not run those scenarios)."""
-    return [name for name in LIFECYCLE_DEPENDENCIES if importlib.util.find_spec(name.split(".")[0]) is None]
-
-
-def scenario_ids() -> list[str]:
-    if lifecycle_missing():
-        return []
-    from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
-
-    return [case.id for case in SCENARIO_CASES]
-
-
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """The sharded tests need a multi-device jax, set up before it starts: only with --sharded.
-    The lifecycle scenarios need optax and orbax-checkpoint."""
+    """The sharded tests need a multi-device jax, set up before it starts: only with --sharded."""
     if collection_path.name == "test_sharded.py" and config.getoption("--sharded") is None:
-        return True
-    if collection_path.name == "test_lifecycle.py" and lifecycle_missing():
         return True
     return None
 
@@ -362,7 +342,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     store = config.stash[_STORE]
     env = env_now(config)
     lines = [
-        f"ensemble-conformance: {len(CASES)} cases, {len(scenario_ids())} lifecycle scenarios, "
+        f"ensemble-conformance: {len(CASES)} cases, {len(SCENARIO_CASES)} lifecycle scenarios, "
         f"goldens in {store.directory}",
         f"  now:    {environment.versions_line(env)}",
         f"          backend {env['backend']} ({env['device_kind']}, {env['device_count']} device(s)), "
@@ -384,11 +364,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         for env_id, golden_env in sorted(envs.items()):
             lines.append(f"  golden: {environment.versions_line(golden_env)} on {golden_env.get('backend')} ({env_id})")
             lines.extend(f"    differs: {d}" for d in environment.differences(env, golden_env))
-    if lifecycle_missing():
-        lines.append(
-            f"  lifecycle scenarios: not collected, {' and '.join(lifecycle_missing())} not installed "
-            "(the reference pins install them)"
-        )
     spec = config.getoption("--impl")
     lines.append(f"  implementation: {spec or 'ensemble_conformance.vmap_over_ensemble (the package)'}")
     if config.getoption("--patch"):
@@ -469,7 +444,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     env = env_now(config)
     store = config.stash[_STORE]
     cases = {case.id: {"variant": case.variant, **_RESULTS[case.id]} for case in CASES if case.id in _RESULTS}
-    statuses = [v for entry in cases.values() for k, v in entry.items() if k in ("golden", "oracles")]
+    scenarios = {case_id: _RESULTS[case_id] for case_id in sorted(_SCENARIOS)}
+    checks = ("golden", "oracles", "expected")
+    statuses = [v for entry in [*cases.values(), *scenarios.values()] for k, v in entry.items() if k in checks]
     causes: dict[str, int] = {}
     for entry in cases.values():
         if "drift_cause" in entry:
@@ -490,6 +467,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "exit_status": int(exitstatus),
         "summary": {
             "cases": len(cases),
+            "scenarios": len(scenarios),
             "passed": statuses.count("passed"),
             "failed": statuses.count("failed"),
             "skipped": statuses.count("skipped"),
@@ -497,7 +475,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "causes": causes,
         },
         "cases": cases,
-        "scenarios": {case_id: _RESULTS[case_id] for case_id in sorted(_SCENARIOS)},
+        "scenarios": scenarios,
     }
     target = Path(path)
     try:
@@ -514,10 +492,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     _drift_summary(terminalreporter)
     store = config.stash[_STORE]
     try:
-        known = [case.id for case in CASES] + scenario_ids()
-        if lifecycle_missing():  # not collected: their goldens are not unused
-            known += [i for i, e in store.manifest()["cases"].items() if e["tolerance_class"] == "lifecycle"]
-        unused = store.unused(known)
+        unused = store.unused([*(case.id for case in CASES), *(case.id for case in SCENARIO_CASES)])
     except GoldenError as err:
         terminalreporter.write_line(f"ensemble-conformance: cannot list unused goldens: {err}", red=True)
         return
