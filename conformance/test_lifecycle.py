@@ -81,6 +81,7 @@ def test_scenario_matches_golden(
     record_property("outcome", now.describe())
     record_property("warnings", list(emitted))
     verdict = judge(golden, now, numerics)
+    record_property("max_ulp_by_class", verdict.worst_ulps())
     if verdict.ok:
         return
     record_property("outcome_change", verdict.change or "values moved")

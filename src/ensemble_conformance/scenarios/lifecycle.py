@@ -188,6 +188,14 @@ class Verdict:
     def ok(self) -> bool:
         return not self.change and all(r.ok for r in self.reports)
 
+    def worst_ulps(self) -> dict[str, float]:
+        """Per tolerance class, the largest ULP distance measured (for --report-json)."""
+        worst: dict[str, float] = {}
+        for report in self.reports:
+            head = report.name.split("/", 1)[0]
+            worst[head] = max(worst.get(head, 0.0), report.max_ulp)
+        return worst
+
     def lines(self) -> list[str]:
         out = [self.change] if self.change else []
         out.extend(r.describe() for r in self.reports if not r.ok)
