@@ -13,7 +13,9 @@
 - Files are read with ``allow_pickle=False`` after their sha256 is checked against the
   manifest, and every member is checked against what the case implies (names, shapes,
   dtypes) and for NaN or infinity. bfloat16 arrays are stored as their uint16 bits.
-- This module knows nothing of pytest.
+- This module knows nothing of pytest, flax or the cases: a case is anything with an
+  ``id``, a ``variant``, a ``dtype`` (its tolerance class) and dataclass fields; the
+  caller's ``layout`` says what a case's arrays must look like (None: not checked).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from typing import IO, Any, Protocol
 import ml_dtypes
 import numpy as np
 
-from ensemble_conformance.cases import Case
 from ensemble_conformance.compare import non_finite
 from ensemble_conformance.pins import REFERENCE, Pins
 
@@ -89,13 +90,13 @@ class GoldenLockError(GoldenError):
 class GoldenRecord:
     """Everything stored for one case: its inputs, its output and every member's params."""
 
-    case: Case
+    case: Any  # a core case (cases.Case): id, variant, dtype, its sizes
     inputs: dict[str, np.ndarray]
     output: np.ndarray
     params: dict[str, np.ndarray]
 
     @classmethod
-    def from_arrays(cls, path: Path, case: Case, arrays: Mapping[str, np.ndarray]) -> GoldenRecord:
+    def from_arrays(cls, path: Path, case: Any, arrays: Mapping[str, np.ndarray]) -> GoldenRecord:
         if "output" not in arrays:
             raise GoldenIntegrityError(f"{path}: no 'output' array")
         return cls(
@@ -267,7 +268,7 @@ def read_npz(path: Path, case: Any, layout: Layout | None = None) -> tuple[dict[
     return arrays, meta
 
 
-def decode_npz(path: Path, case: Case, layout: Layout | None = None) -> GoldenRecord:
+def decode_npz(path: Path, case: Any, layout: Layout | None = None) -> GoldenRecord:
     """One core case's golden: its inputs, output and parameters."""
     return GoldenRecord.from_arrays(path, case, read_npz(path, case, layout)[0])
 
@@ -352,7 +353,7 @@ class GoldenStore:
         directory: Path | str,
         regen_hint: str = "nox -s regen --",
         reference: Pins = REFERENCE,
-        layout: Callable[[Case], Layout] | None = None,
+        layout: Callable[[Any], Layout | None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.regen_hint = regen_hint
@@ -455,7 +456,7 @@ class GoldenStore:
             return {}
         return dict(manifest["environments"].get(entry["environment"], {}))
 
-    def load(self, case: Case) -> GoldenRecord:
+    def load(self, case: Any) -> GoldenRecord:
         """The verified golden of a core case. Raises GoldenMissingError / GoldenIntegrityError."""
         return GoldenRecord.from_arrays(self.path_for(case.id), case, self.load_arrays(case)[0])
 
@@ -483,7 +484,7 @@ class GoldenStore:
                 f"control (git checkout -- {path}) or regenerate it with "
                 f"`{self.regen_command([case.id])}`."
             )
-        layout = self.layout(case) if self.layout is not None and isinstance(case, Case) else None
+        layout = self.layout(case) if self.layout is not None else None
         return read_npz(path, case, layout)
 
     def stored_ids(self) -> list[str]:
