@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ensemble_conformance.cases import CASES, CASES_BY_ID, Case
+from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
 from ensemble_conformance.store import (
     GoldenError,
     GoldenIntegrityError,
@@ -21,6 +22,7 @@ from ensemble_conformance.store import (
     encode_npz,
     sha256_of,
 )
+from ensemble_conformance.variants import layout
 
 ENV = {"jax": "test", "backend": "cpu"}
 F32_CASE = CASES_BY_ID["ensemble-s0-n2-d7-f5"]
@@ -170,12 +172,15 @@ def test_corrupt_manifest_fails_with_a_message(tmp_path: Path) -> None:
 
 
 def test_committed_goldens_match_their_manifest_and_the_case_grid() -> None:
-    store = GoldenStore(Path(__file__).resolve().parent.parent / "golden")
-    assert store.unused(c.id for c in CASES) == []
-    assert sorted(store.manifest()["cases"]) == sorted(c.id for c in CASES)
+    store = GoldenStore(Path(__file__).resolve().parent.parent / "golden", layout=layout)
+    ids = [c.id for c in CASES] + [c.id for c in SCENARIO_CASES]
+    assert store.unused(ids) == []
+    assert sorted(store.manifest()["cases"]) == sorted(ids)
     for case in CASES:
-        record = store.load(case)  # verifies the hash and the case metadata
+        record = store.load(case)  # verifies the hash, the case metadata and the layout
         assert record.output.dtype.name == case.dtype
+    for scenario in SCENARIO_CASES:
+        store.load_arrays(scenario)
 
 
 def test_committed_legacy_epoch_goldens_are_complete_and_were_made_before_the_flip() -> None:
