@@ -11,7 +11,6 @@ nothing of pytest; this file only wires it in.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import signal
 import sys
@@ -191,8 +190,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _compares_goldens(config: pytest.Config) -> bool:
-    """False only for a run restricted to the golden-free checks (``-m oracle``)."""
-    return not re.fullmatch(r"\s*oracle\s*", config.option.markexpr or "")
+    """False for a run whose -m expression selects no golden comparison (``-m oracle``,
+    ``-m "lifecycle and oracle"``): it needs no golden directory."""
+    from _pytest.mark.expression import Expression
+
+    expr = config.option.markexpr
+    if not expr:
+        return True
+    compiled = Expression.compile(expr)
+    return any(
+        compiled.evaluate(lambda name, *_, marks=marks, **__: name in marks)
+        for marks in ({"golden"}, {"golden", "lifecycle"})
+    )
 
 
 def _check_before_the_run(config: pytest.Config, store: GoldenStore) -> None:

@@ -62,13 +62,16 @@ def test_rounding_is_round_to_nearest_even_on_the_bits(bits: int) -> None:
 
 
 def test_the_interpreter_changes_nothing_but_the_dots() -> None:
-    """With a dot that is lax.dot_general itself, emulated runs give the goldens' bits."""
+    """With a dot that is lax.dot_general itself, emulated runs give the native run's bits
+    (the native run, not the golden: XLA CPU's dot for D_in = 128 rounds differently on
+    another CPU model, within tolerance, measured up to 192 ULP for shared_model)."""
     plain = emulation.Emulation("cpu", "default", "lax.dot_general", lax.dot_general)
     for case in SAMPLE:
         golden = STORE.load(case)
+        native = compute_with(case, golden.inputs, None, None).output
         out = compute_with(case, golden.inputs, None, plain).output
         assert out.dtype == golden.output.dtype and out.shape == golden.output.shape, case.id
-        assert golden.output.tobytes() == out.tobytes(), case.id
+        assert native.tobytes() == out.tobytes(), case.id
 
 
 def test_every_backend_precision_and_dtype_has_one_entry_with_its_reason() -> None:
