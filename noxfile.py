@@ -4,7 +4,7 @@
     nox -s tests             # the project's own tests of its harness
     nox -s regen -- [IDS | --all] [--force] [--prune]
     nox -s lint              # ruff and mypy
-    nox -s mutation          # kill rates of tests/mutants.py, with goldens and oracles alone
+    nox -s mutation          # kill rates of tests/mutants.py and tests/lifecycle_mutants.py
     nox -s legacy_prng       # jax 0.4.38 + flax 0.10.2 against the goldens: cause prng-config
     nox -s matrix            # every supported release pin (select one: nox -s "matrix(flax0.9.0-jax0.4.31)")
     nox -s matrix_report     # merge results/matrix/*.json into a markdown table and an HTML heatmap
@@ -135,19 +135,24 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=REFERENCE.python, default=False)
 def mutation(session: nox.Session) -> None:
-    """Kill rates of the mutants in tests/mutants.py, with goldens and with oracles alone."""
+    """Kill rates with goldens and with oracles alone: the core mutants of tests/mutants.py
+    (--impl, results/mutation.json), then the lifecycle mutants and harmless variants of
+    tests/lifecycle_mutants.py (--patch, results/lifecycle-mutation.json).
+
+    ``nox -s mutation -- core ARGS`` or ``-- lifecycle ARGS`` runs one of them with ARGS
+    (e.g. ``--mutants NAME``); other arguments go to both."""
     _install_reference(session, "test")
     (ROOT / "results").mkdir(exist_ok=True)
-    session.run(
-        "python",
-        "-m",
-        "ensemble_conformance.mutation",
-        "tests/mutants.py",
-        "--json",
-        "results/mutation.json",
-        *session.posargs,
-        env=CPU_ENV,
-    )
+    args = list(session.posargs)
+    which = ("core", "lifecycle")
+    if args and args[0] in which:
+        which, args = (args[0],), args[1:]
+    runs = {
+        "core": ("tests/mutants.py", "--json", "results/mutation.json"),
+        "lifecycle": ("tests/lifecycle_mutants.py", "--patch", "--json", "results/lifecycle-mutation.json"),
+    }
+    for name in which:
+        session.run("python", "-m", "ensemble_conformance.mutation", *runs[name], *args, env=CPU_ENV)
 
 
 # The release before jax's PRNG default flip (0.5.0), as measured in the project's notes.
