@@ -107,7 +107,7 @@ def conformance(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the project's own tests of its harness (tests/) on the reference pins."""
     _install_reference(session, "test", "bench")  # bench: tests/test_bench.py draws the plot
-    session.run("pytest", "tests", *session.posargs, env=CPU_ENV)
+    session.run("pytest", "tests", "-n", "2", *session.posargs, env=CPU_ENV)  # two workers: this machine's cores
 
 
 @nox.session(python=REFERENCE.python, default=False)
