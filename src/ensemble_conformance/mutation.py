@@ -117,6 +117,21 @@ class MutantResult:
     failed_cases_oracles_only: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @classmethod
+    def from_runs(cls, name: str, doc: str, full: SuiteRun, alone: SuiteRun, checks: list[str]) -> MutantResult:
+        """One mutant's figures from its run with goldens and its run with the oracles alone."""
+        return cls(
+            name,
+            doc,
+            cases=len(full.cases()),
+            failed_with_goldens=len(full.cases_with("failed")),
+            failed_oracles_only=len(alone.cases_with("failed")),
+            oracle_checks=checks,
+            failed_cases=sorted(full.cases_with("failed")),
+            failed_cases_oracles_only=sorted(alone.cases_with("failed")),
+            seconds=full.seconds + alone.seconds,
+        )
+
     @property
     def killed_with_goldens(self) -> bool:
         return self.failed_with_goldens > 0
@@ -168,17 +183,7 @@ def measure(path: Path, mod: ModuleType, names: Sequence[str], k_expr: str, work
             alone = _checked(
                 run_suite("-n", workers, "-k", k_expr, "-m", "oracle", "--golden-dir", empty, "--impl", impl), impl
             )
-            result = MutantResult(
-                name,
-                _doc(mod, name),
-                cases=len(full.cases()),
-                failed_with_goldens=len(full.cases_with("failed")),
-                failed_oracles_only=len(alone.cases_with("failed")),
-                oracle_checks=_oracle_names(alone.output),
-                failed_cases=sorted(full.cases_with("failed")),
-                failed_cases_oracles_only=sorted(alone.cases_with("failed")),
-                seconds=full.seconds + alone.seconds,
-            )
+            result = MutantResult.from_runs(name, _doc(mod, name), full, alone, _oracle_names(alone.output))
             _progress(result)
             results.append(result)
     return results
@@ -239,17 +244,7 @@ def measure_patches(
     with tempfile.TemporaryDirectory() as empty:
         for name in names:
             full, alone = lifecycle_runs(f"{path}:{name}", k_expr, workers, empty)
-            result = MutantResult(
-                name,
-                _doc(mod, name),
-                cases=len(full.cases()),
-                failed_with_goldens=len(full.cases_with("failed")),
-                failed_oracles_only=len(alone.cases_with("failed")),
-                oracle_checks=scenario_checks(alone),
-                failed_cases=sorted(full.cases_with("failed")),
-                failed_cases_oracles_only=sorted(alone.cases_with("failed")),
-                seconds=full.seconds + alone.seconds,
-            )
+            result = MutantResult.from_runs(name, _doc(mod, name), full, alone, scenario_checks(alone))
             _progress(result)
             results.append(result)
     return results
