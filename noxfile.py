@@ -300,8 +300,8 @@ def modes(session: nox.Session) -> None:
     """The suite in flax's three transform modes vs the default-mode goldens; changes must be the forecast."""
     _install_reference(session, "test")
     reports = []
-    for mode, (graph, updates) in ENVIRONMENT.MODES.items():
-        flags = {"NNX_GRAPH_MODE": str(graph).lower(), "NNX_GRAPH_UPDATES": str(updates).lower()}
+    for mode in ENVIRONMENT.MODES:
+        flags = ENVIRONMENT.mode_env(mode)
         reports.append(str(RESULTS / "modes" / f"{mode}.json"))
         _run_suite(
             session, "--nnx-mode", mode, f"--report-json={reports[-1]}", env={**CPU_ENV, **flags}, success_codes=[0, 1]
@@ -314,7 +314,7 @@ def future_defaults(session: nox.Session) -> None:
     """Tree mode with deprecations as errors (flax's planned defaults): what of an ensemble would break."""
     _install_reference(session, "test")
     out = str(RESULTS / "modes" / "future.json")
-    tree = {"NNX_GRAPH_MODE": "false", "NNX_GRAPH_UPDATES": "false"}
+    tree = ENVIRONMENT.mode_env("tree")
     _run_suite(
         session,
         "--nnx-mode",

@@ -136,11 +136,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "lifecycle: a lifecycle scenario (dropout, training, BatchNorm, scan, ...)")
     mode = config.getoption("--nnx-mode")
     if mode is not None and environment.nnx_mode() != mode:
-        graph, updates = MODES[mode]
+        start = " ".join(f"{k}={v}" for k, v in environment.mode_env(mode).items())
         raise pytest.UsageError(
             f"--nnx-mode {mode} was asked for, but flax runs in {environment.nnx_mode()!r} mode. flax reads the "
-            f"mode once, at import: start the run with NNX_GRAPH_MODE={str(graph).lower()} "
-            f"NNX_GRAPH_UPDATES={str(updates).lower()} (or use `nox -s modes`)."
+            f"mode once, at import: start the run with {start} (or use `nox -s modes`)."
         )
     wanted = config.getoption("--backend")
     if wanted is not None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ensemble_conformance import modes
+from ensemble_conformance.environment import mode_env
 from ensemble_conformance.mutation import SuiteRun
 from ensemble_conformance.scenarios.lifecycle import (
     PROGRAMS,
@@ -28,7 +29,7 @@ from tests.conftest import GOLDEN
 
 Suite = Callable[..., SuiteRun]
 ENV = {"jax": "test", "backend": "cpu"}
-TREE = {"NNX_GRAPH_MODE": "false", "NNX_GRAPH_UPDATES": "false"}
+TREE = mode_env("tree")
 VALUES = Outcome("values", {"out/call0": np.array([1.0, -2.0], np.float32), "rng/count": np.array([3], np.uint32)})
 RAISES = Outcome("raises", error="ValueError: fold_in accepts a single key")
 

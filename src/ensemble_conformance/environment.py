@@ -60,6 +60,12 @@ MODES: dict[str, tuple[bool, bool]] = {
 }
 
 
+def mode_env(mode: str) -> dict[str, str]:
+    """The environment variables that start a process in ``mode`` (a name from MODES)."""
+    graph, updates = MODES[mode]
+    return {"NNX_GRAPH_MODE": str(graph).lower(), "NNX_GRAPH_UPDATES": str(updates).lower()}
+
+
 def nnx_mode() -> str:
     """flax's transform mode in this process: a name from MODES."""
     from flax import config

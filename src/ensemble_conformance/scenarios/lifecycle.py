@@ -1,7 +1,7 @@
-"""The lifecycle scenarios as one ordered table of cases with stable ids, the environment
-that picks each transform mode, what each recipe is expected to do on the reference pins
-in each mode (``EXPECTED``: data with reasons, never special cases in code), and how a
-run is judged against its golden (``judge``: outcome first, then array by array).
+"""The lifecycle scenarios as one ordered table of cases with stable ids, what each recipe
+is expected to do on the reference pins in each mode (``EXPECTED``: data with reasons,
+never special cases in code), and how a run is judged against its golden (``judge``:
+outcome first, then array by array).
 
 A case id is the program's name and its parameters, e.g.
 ``dropout_own_keys-d3-f4-n4-rate0p5-seed0``; the mode is the run's, shown in the report
@@ -26,11 +26,6 @@ PROGRAMS: Mapping[str, Program] = {
     program.name: program
     for module in (dropout, training, layers, construction, checkpoint)
     for program in module.PROGRAMS
-}
-
-MODE_ENV: Mapping[str, dict[str, str]] = {
-    name: {"NNX_GRAPH_MODE": str(graph).lower(), "NNX_GRAPH_UPDATES": str(updates).lower()}
-    for name, (graph, updates) in MODES.items()
 }
 
 
