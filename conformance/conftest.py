@@ -21,17 +21,17 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance import environment, known_drift
-from ensemble_conformance.cases import CASES
-from ensemble_conformance.environment import MODES
-from ensemble_conformance.pins import EPOCHS
-from ensemble_conformance.regen import regen_session
-from ensemble_conformance.runner import load_impl
+from ensemble_conformance.golden import environment, known_drift
+from ensemble_conformance.golden.environment import MODES
+from ensemble_conformance.golden.pins import EPOCHS
+from ensemble_conformance.golden.store import GoldenError, GoldenStore, atomic_writer
+from ensemble_conformance.golden.tolerances import PRECISIONS, Numerics, precision_name
+from ensemble_conformance.scenarios.cases import CASES
 from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
-from ensemble_conformance.sharding import shardable
-from ensemble_conformance.store import GoldenError, GoldenStore, atomic_writer
-from ensemble_conformance.tolerances import PRECISIONS, Numerics, precision_name
-from ensemble_conformance.variants import CoreFunction, layout
+from ensemble_conformance.scenarios.runner import load_impl
+from ensemble_conformance.scenarios.sharding import shardable
+from ensemble_conformance.scenarios.variants import CoreFunction, layout
+from ensemble_conformance.tooling.regen import regen_session
 
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu"}

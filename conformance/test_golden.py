@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance.cases import CASES, Case
-from ensemble_conformance.check import check_case, failure_message
-from ensemble_conformance.explain import explain
-from ensemble_conformance.runner import compute
-from ensemble_conformance.store import GoldenError, GoldenStore
-from ensemble_conformance.tolerances import Numerics
-from ensemble_conformance.variants import CoreFunction
+from ensemble_conformance.golden.store import GoldenError, GoldenStore
+from ensemble_conformance.golden.tolerances import Numerics
+from ensemble_conformance.scenarios.cases import CASES, Case
+from ensemble_conformance.scenarios.check import check_case, failure_message
+from ensemble_conformance.scenarios.explain import explain
+from ensemble_conformance.scenarios.runner import compute
+from ensemble_conformance.scenarios.variants import CoreFunction
 
 
 @pytest.mark.golden

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from ensemble_conformance.golden.store import GoldenError, GoldenStore
+from ensemble_conformance.golden.tolerances import Numerics
 from ensemble_conformance.scenarios.lifecycle import (
     PROGRAMS,
     SCENARIO_CASES,
@@ -27,8 +29,6 @@ from ensemble_conformance.scenarios.lifecycle import (
     judge,
 )
 from ensemble_conformance.scenarios.program import Outcome, run_program
-from ensemble_conformance.store import GoldenError, GoldenStore
-from ensemble_conformance.tolerances import Numerics
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]

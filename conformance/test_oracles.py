@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
-from ensemble_conformance.cases import CASES, Case
-from ensemble_conformance.oracles import oracle_message, run_oracles
-from ensemble_conformance.runner import make_inputs
-from ensemble_conformance.store import GoldenError, GoldenStore
-from ensemble_conformance.tolerances import Numerics
-from ensemble_conformance.variants import Arrays, CoreFunction
+from ensemble_conformance.golden.store import GoldenError, GoldenStore
+from ensemble_conformance.golden.tolerances import Numerics
+from ensemble_conformance.scenarios.cases import CASES, Case
+from ensemble_conformance.scenarios.oracles import oracle_message, run_oracles
+from ensemble_conformance.scenarios.runner import make_inputs
+from ensemble_conformance.scenarios.variants import Arrays, CoreFunction
 
 
 def _inputs(case: Case, store: GoldenStore) -> Arrays:

@@ -15,10 +15,10 @@ from typing import Any
 import jax
 import pytest
 
-from ensemble_conformance import seeds, validation
-from ensemble_conformance.core import vmap_over_ensemble
-from ensemble_conformance.oracles import OracleResult
-from ensemble_conformance.variants import CoreFunction
+from ensemble_conformance.scenarios import seeds, validation
+from ensemble_conformance.scenarios.core import vmap_over_ensemble
+from ensemble_conformance.scenarios.oracles import OracleResult
+from ensemble_conformance.scenarios.variants import CoreFunction
 
 
 def _fail_unless(results: list[OracleResult]) -> None:
@@ -43,7 +43,7 @@ def test_the_pairs_hold_both_kinds_with_x64_off() -> None:
 
 def _run_with_x64_on(spec: str | None) -> dict[str, Any]:
     """The oracles in a fresh interpreter with JAX_ENABLE_X64=1 on CPU, as JSON."""
-    command = [sys.executable, "-m", "ensemble_conformance.seeds", *(["--impl", spec] if spec else [])]
+    command = [sys.executable, "-m", "ensemble_conformance.scenarios.seeds", *(["--impl", spec] if spec else [])]
     env = {**os.environ, "JAX_ENABLE_X64": "1", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(command, cwd=Path.cwd(), env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

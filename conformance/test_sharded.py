@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from ensemble_conformance.cases import Case
-from ensemble_conformance.check import check_case, failure_message
-from ensemble_conformance.sharding import ensemble_mesh, run_sharded, shardable
-from ensemble_conformance.store import GoldenStore
-from ensemble_conformance.tolerances import Numerics
+from ensemble_conformance.golden.store import GoldenStore
+from ensemble_conformance.golden.tolerances import Numerics
+from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.check import check_case, failure_message
+from ensemble_conformance.scenarios.sharding import ensemble_mesh, run_sharded, shardable
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

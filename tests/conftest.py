@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from ensemble_conformance.mutation import SuiteRun, run_suite
+from ensemble_conformance.tooling.mutation import SuiteRun, run_suite
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden"

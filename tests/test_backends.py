@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from ensemble_conformance import backends
-from ensemble_conformance.mutation import SuiteRun
-from ensemble_conformance.pins import REFERENCE
+from ensemble_conformance.backends import platforms as backends
+from ensemble_conformance.golden.pins import REFERENCE
+from ensemble_conformance.tooling.mutation import SuiteRun
 from tests.conftest import REPO
 
 Suite = Callable[..., SuiteRun]

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from ensemble_conformance.cases import CASES, CASES_BY_ID, D_IN, FEATURES, NUM_MODELS, SEEDS, select
-from ensemble_conformance.variants import VARIANTS
+from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID, D_IN, FEATURES, NUM_MODELS, SEEDS, select
+from ensemble_conformance.scenarios.variants import VARIANTS
 
-LIST_IDS = "from ensemble_conformance.cases import CASES; print('\\n'.join(c.id for c in CASES))"
+LIST_IDS = "from ensemble_conformance.scenarios.cases import CASES; print('\\n'.join(c.id for c in CASES))"
 
 
 def test_ids_are_unique() -> None:

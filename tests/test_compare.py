@@ -8,12 +8,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ensemble_conformance.cases import CASES_BY_ID
-from ensemble_conformance.check import check_case, failure_message
-from ensemble_conformance.compare import compare, ulp_distance
-from ensemble_conformance.store import GoldenStore
-from ensemble_conformance.tolerances import CPU
-from ensemble_conformance.variants import Computed
+from ensemble_conformance.golden.compare import compare, ulp_distance
+from ensemble_conformance.golden.store import GoldenStore
+from ensemble_conformance.golden.tolerances import CPU
+from ensemble_conformance.scenarios.cases import CASES_BY_ID
+from ensemble_conformance.scenarios.check import check_case, failure_message
+from ensemble_conformance.scenarios.variants import Computed
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 

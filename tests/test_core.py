@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ensemble_conformance import build_ensemble, validation, vmap_over_ensemble
-from ensemble_conformance.tolerances import UNIT_ROUNDOFF, lookup
+from ensemble_conformance import build_ensemble, vmap_over_ensemble
+from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, lookup
+from ensemble_conformance.scenarios import validation
 
 X = jnp.linspace(-1.0, 1.0, 7, dtype=jnp.float32)
 

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ensemble_conformance import emulation
-from ensemble_conformance.cases import CASES, Case
-from ensemble_conformance.check import check_case, forward_allowance
-from ensemble_conformance.mutation import SuiteRun
-from ensemble_conformance.runner import compute, compute_with, emulated_core
-from ensemble_conformance.store import GoldenRecord, GoldenStore
-from ensemble_conformance.tolerances import BACKENDS, DTYPES, PRECISIONS, TOLERANCES, Numerics
-from ensemble_conformance.variants import Computed, run_ensemble_with
+from ensemble_conformance.backends import emulation
+from ensemble_conformance.golden.store import GoldenRecord, GoldenStore
+from ensemble_conformance.golden.tolerances import BACKENDS, DTYPES, PRECISIONS, TOLERANCES, Numerics
+from ensemble_conformance.scenarios.cases import CASES, Case
+from ensemble_conformance.scenarios.check import check_case, forward_allowance
+from ensemble_conformance.scenarios.runner import compute, compute_with, emulated_core
+from ensemble_conformance.scenarios.variants import Computed, run_ensemble_with
+from ensemble_conformance.tooling.mutation import SuiteRun
 from tests import mutants
 from tests.conftest import GOLDEN
 

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble_conformance.cases import CASES_BY_ID
-from ensemble_conformance.check import check_case
-from ensemble_conformance.explain import Cause, explain, jax_settings
-from ensemble_conformance.oracles import forward_bound
-from ensemble_conformance.runner import compute
-from ensemble_conformance.store import GoldenRecord, GoldenStore
-from ensemble_conformance.tolerances import CPU, lookup
-from ensemble_conformance.variants import magnitude
+from ensemble_conformance.golden.store import GoldenRecord, GoldenStore
+from ensemble_conformance.golden.tolerances import CPU, lookup
+from ensemble_conformance.scenarios.cases import CASES_BY_ID
+from ensemble_conformance.scenarios.check import check_case
+from ensemble_conformance.scenarios.explain import Cause, explain, jax_settings
+from ensemble_conformance.scenarios.oracles import forward_bound
+from ensemble_conformance.scenarios.runner import compute
+from ensemble_conformance.scenarios.variants import magnitude
 from tests import mutants
 
 STORE = GoldenStore(Path(__file__).resolve().parent.parent / "golden")

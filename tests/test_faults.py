@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_conformance import store as store_module
-from ensemble_conformance.cases import CASES, CASES_BY_ID, Case
-from ensemble_conformance.store import GoldenError, GoldenLockError, GoldenRecord, GoldenStore, sha256_of
+from ensemble_conformance.golden import store as store_module
+from ensemble_conformance.golden.store import GoldenError, GoldenLockError, GoldenRecord, GoldenStore, sha256_of
+from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID, Case
 
 REPO = Path(__file__).resolve().parent.parent  # not tests.conftest: the killed children skip jax
 ENV = {"jax": "test", "backend": "cpu"}
@@ -106,7 +106,7 @@ def _repair_and_expect_new(directory: Path) -> None:
 
 _KILL = """
 import os, sys
-from ensemble_conformance import store
+from ensemble_conformance.golden import store
 from tests.test_faults import regenerate
 target = sys.argv[2]
 store.FAULT = lambda step: os._exit(137) if step == target else None
@@ -185,7 +185,8 @@ def test_a_read_only_directory_stops_before_writing_with_one_clear_message(
 
 _REGEN = """
 import sys
-from ensemble_conformance import regen, store
+from ensemble_conformance.tooling import regen
+from ensemble_conformance.golden import store
 store.FAULT = lambda step: __import__("time").sleep(0.05) if step.startswith("stage:") else None
 sys.exit(regen.main(["--golden-dir", sys.argv[1], "--lock-timeout", "300", *sys.argv[2:]]))
 """
@@ -244,7 +245,7 @@ def test_leftover_temporary_files_are_listed_then_removed_by_the_next_regenerati
 def test_regeneration_reports_a_full_disk_in_one_message_and_keeps_the_goldens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ensemble_conformance import regen
+    from ensemble_conformance.tooling import regen
 
     case_id = FAULT_CASES[1].id
     assert regen.main(["--golden-dir", str(tmp_path), case_id]) == 0

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_conformance.mutation import SuiteRun
-from ensemble_conformance.runner import load_impl
+from ensemble_conformance.scenarios.runner import load_impl
+from ensemble_conformance.tooling.mutation import SuiteRun
 
 RAISES = """\
 import math
@@ -34,7 +34,7 @@ def f(seed, x, num_models, features:
 """
 
 BAD_IMPORT = """\
-from ensemble_conformance.core import vmap_over_ensembel
+from ensemble_conformance.scenarios.core import vmap_over_ensembel
 
 
 def f(seed, x, num_models, features):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_conformance import known_drift
-from ensemble_conformance.cases import CASES
-from ensemble_conformance.mutation import SuiteRun
+from ensemble_conformance.golden import known_drift
+from ensemble_conformance.scenarios.cases import CASES
+from ensemble_conformance.tooling.mutation import SuiteRun
 
 Suite = Callable[..., SuiteRun]
 

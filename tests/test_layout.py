@@ -1,33 +1,75 @@
-"""The golden engine stands alone: its modules import each other and nothing else of the
-package, and neither pytest nor flax at import time (the scenarios and tools build on it,
-never the reverse; the fingerprint reads jax and flax inside its function)."""
+"""The package's parts import one way: golden (the engine) <- backends <- scenarios <-
+tooling. A module may import its own part and the parts before it, never one after it,
+anywhere in the file (a lazy import inside a function counts too). The golden engine
+imports neither pytest nor flax, optax or orbax at import time, and the modules the
+noxfile reads (under nox's own interpreter) import without jax."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "ensemble_conformance"
-ENGINE = ("store", "compare", "tolerances", "environment", "pins", "known_drift")
+PARTS = ("golden", "backends", "scenarios", "tooling")  # each may import those before it
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
 
 
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.parse(path.read_text()).body:  # module level: what importing it pulls in
+def _own_parts(path: Path, module_level_only: bool = False) -> dict[str, set[str]]:
+    """part -> modules of it imported by the file; also "" -> third-party top-level names."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    found: dict[str, set[str]] = {}
+    for node in nodes:
+        names: list[str] = []
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            if node.module == "ensemble_conformance":
-                names.update(f"ensemble_conformance.{alias.name}" for alias in node.names)
-    return names
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "ensemble_conformance" and len(parts) > 1:
+                found.setdefault(parts[1], set()).add(name)
+            else:
+                found.setdefault("", set()).add(parts[0])
+    return found
 
 
-@pytest.mark.parametrize("module", ENGINE)
-def test_the_golden_engine_imports_only_itself(module: str) -> None:
-    imported = _imports(PACKAGE / f"{module}.py")
-    own = {name.split(".")[1] for name in imported if name.startswith("ensemble_conformance.")}
-    assert own <= set(ENGINE), f"{module} imports {sorted(own - set(ENGINE))}"
-    assert not {name.split(".")[0] for name in imported} & {"pytest", "flax", "optax", "orbax"}
+def test_every_module_is_in_a_part() -> None:
+    assert MODULES
+    stray = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    assert not stray, f"modules outside the parts {PARTS}: {stray}"
+    assert {p.parent.name for p in MODULES} == set(PARTS)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_imports_go_one_way(path: Path) -> None:
+    part = path.parent.name
+    allowed = set(PARTS[: PARTS.index(part) + 1])
+    imported = _own_parts(path)
+    own = set(imported) - {""}  # the parts it imports (the root's re-exports count as none of them)
+    assert own <= allowed, (
+        f"{part}/{path.name} imports from {sorted(own - allowed)}: a part may import only "
+        f"itself and {PARTS[: PARTS.index(part)]}"
+    )
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "golden").glob("*.py")), ids=lambda p: p.stem)
+def test_the_golden_engine_imports_no_framework_at_import(path: Path) -> None:
+    third_party = _own_parts(path, module_level_only=True).get("", set())
+    assert not third_party & {"pytest", "jax", "flax", "optax", "orbax"}, f"golden/{path.name}: {third_party}"
+
+
+def test_what_the_noxfile_reads_imports_without_jax() -> None:
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import ensemble_conformance.tooling.sessions, ensemble_conformance.tooling.bisection;"
+        "import ensemble_conformance.golden.environment, ensemble_conformance.backends.platforms;"
+        "heavy = sorted(m for m in ('jax', 'flax', 'numpy', 'pytest') if m in sys.modules);"
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(PACKAGE.parent)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_conformance.mutation import SuiteRun, lifecycle_selection, main, scenario_checks
+from ensemble_conformance.tooling.mutation import SuiteRun, lifecycle_selection, main, scenario_checks
 
 pytest.importorskip("optax")
 pytest.importorskip("orbax.checkpoint")
@@ -30,7 +30,7 @@ from tests.lifecycle_mutants import LIFECYCLE_HARMLESS, LIFECYCLE_MUTANTS, PROGR
 Suite = Callable[..., SuiteRun]
 MUTANTS_FILE = "tests/lifecycle_mutants.py"
 
-# Measured with `python -m ensemble_conformance.mutation tests/lifecycle_mutants.py --patch`
+# Measured with `python -m ensemble_conformance.tooling.mutation tests/lifecycle_mutants.py --patch`
 # on the reference pins: the mutants some golden-free check catches with no golden file, and
 # the programs where it does. Three are caught by the goldens only:
 #   batchnorm_momentum_inverted: the BatchNorm oracles compare the stack with each member run
@@ -120,7 +120,7 @@ def test_harmless_variant_passes_every_lifecycle_check(suite: Suite, variant: st
 
 
 def test_the_command_measures_a_mutant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``python -m ensemble_conformance.mutation FILE --patch``: the kill table and its JSON."""
+    """``python -m ensemble_conformance.tooling.mutation FILE --patch``: the kill table and its JSON."""
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     out = tmp_path / "lifecycle-mutation.json"
     args = [MUTANTS_FILE, "--patch", "--mutants", "jit_draws_from_rngs", "--harmless", ""]

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_conformance import modes
-from ensemble_conformance.environment import mode_env
-from ensemble_conformance.mutation import SuiteRun
+from ensemble_conformance.golden.environment import mode_env
+from ensemble_conformance.golden.store import GoldenStore
+from ensemble_conformance.golden.tolerances import CPU, LIFECYCLE_CLASSES, Numerics, ToleranceError, lifecycle_class
 from ensemble_conformance.scenarios.lifecycle import (
     PROGRAMS,
     SCENARIO_CASES,
@@ -23,8 +23,8 @@ from ensemble_conformance.scenarios.lifecycle import (
     judge,
 )
 from ensemble_conformance.scenarios.program import Outcome, normalize_error, run_program
-from ensemble_conformance.store import GoldenStore
-from ensemble_conformance.tolerances import CPU, LIFECYCLE_CLASSES, Numerics, ToleranceError, lifecycle_class
+from ensemble_conformance.tooling import modes
+from ensemble_conformance.tooling.mutation import SuiteRun
 from tests.conftest import GOLDEN
 
 Suite = Callable[..., SuiteRun]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_conformance.cases import CASES
-from ensemble_conformance.mutation import CORE_CASES, SuiteRun
+from ensemble_conformance.scenarios.cases import CASES
+from ensemble_conformance.tooling.mutation import CORE_CASES, SuiteRun
 from tests.mutants import HARMLESS, MUTANTS
 
 Suite = Callable[..., SuiteRun]

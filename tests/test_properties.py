@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ensemble_conformance import vmap_over_ensemble
-from ensemble_conformance.cases import MLP_HIDDEN, Case
-from ensemble_conformance.oracles import oracle_message, run_oracles
-from ensemble_conformance.runner import make_inputs
-from ensemble_conformance.tolerances import CPU
-from ensemble_conformance.variants import VARIANTS
+from ensemble_conformance.golden.tolerances import CPU
+from ensemble_conformance.scenarios.cases import MLP_HIDDEN, Case
+from ensemble_conformance.scenarios.oracles import oracle_message, run_oracles
+from ensemble_conformance.scenarios.runner import make_inputs
+from ensemble_conformance.scenarios.variants import VARIANTS
 
 EXAMPLES = 20
 

@@ -11,12 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_conformance.cases import CASES_BY_ID
-from ensemble_conformance.check import check_case
-from ensemble_conformance.compare import compare
-from ensemble_conformance.explain import Cause, explain
-from ensemble_conformance.mutation import SuiteRun
-from ensemble_conformance.store import (
+from ensemble_conformance.golden.compare import compare
+from ensemble_conformance.golden.store import (
     JOURNAL,
     GoldenIntegrityError,
     GoldenRecord,
@@ -24,8 +20,12 @@ from ensemble_conformance.store import (
     encode_npz,
     sha256_of,
 )
-from ensemble_conformance.tolerances import CPU
-from ensemble_conformance.variants import Computed, layout
+from ensemble_conformance.golden.tolerances import CPU
+from ensemble_conformance.scenarios.cases import CASES_BY_ID
+from ensemble_conformance.scenarios.check import check_case
+from ensemble_conformance.scenarios.explain import Cause, explain
+from ensemble_conformance.scenarios.variants import Computed, layout
+from ensemble_conformance.tooling.mutation import SuiteRun
 from tests.conftest import GOLDEN
 
 Suite = Callable[..., SuiteRun]

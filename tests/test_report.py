@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance import report
+from ensemble_conformance.tooling import report
 
 
 def _result(flax: str, jax: str, cases: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ensemble_conformance import seeds, validation
+from ensemble_conformance.scenarios import seeds, validation
 
 ALIASING = [p for p in seeds.PAIRS if p.aliases(False)]
 DISTINCT = [p for p in seeds.PAIRS if not p.aliases(False)]

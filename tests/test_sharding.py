@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ensemble_conformance.cases import CASES
-from ensemble_conformance.mutation import SuiteRun
-from ensemble_conformance.sharding import AXIS, _layout_problem, ensemble_mesh, shardable
+from ensemble_conformance.scenarios.cases import CASES
+from ensemble_conformance.scenarios.sharding import AXIS, _layout_problem, ensemble_mesh, shardable
+from ensemble_conformance.tooling.mutation import SuiteRun
 
 Suite = Callable[..., SuiteRun]
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}

@@ -11,9 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ensemble_conformance.cases import CASES, CASES_BY_ID, Case
-from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
-from ensemble_conformance.store import (
+from ensemble_conformance.golden.store import (
     GoldenError,
     GoldenIntegrityError,
     GoldenMissingError,
@@ -22,7 +20,9 @@ from ensemble_conformance.store import (
     encode_npz,
     sha256_of,
 )
-from ensemble_conformance.variants import layout
+from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID, Case
+from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+from ensemble_conformance.scenarios.variants import layout
 
 ENV = {"jax": "test", "backend": "cpu"}
 F32_CASE = CASES_BY_ID["ensemble-s0-n2-d7-f5"]

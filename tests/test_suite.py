@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_conformance.cases import CASES
-from ensemble_conformance.mutation import SuiteRun
+from ensemble_conformance.scenarios.cases import CASES
+from ensemble_conformance.tooling.mutation import SuiteRun
 from tests.conftest import GOLDEN, REPO
 from tests.mutants import SEED_PITFALLS
 

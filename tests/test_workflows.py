@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ensemble_conformance.pins import MATRIX
+from ensemble_conformance.golden.pins import MATRIX
 from tests.conftest import REPO
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))

@@ -7,6 +7,13 @@ Public API (everything else is internal):
   GoldenStore         the golden files and their manifest
   check_case          compare one run with its golden
   REFERENCE           the reference pins
+  SCENARIO_CASES      the lifecycle scenario cases; PROGRAMS, the programs they run
+
+The parts, each importing only those before it:
+  golden/     the golden engine: store, compare, tolerances, environment, pins, known drift
+  backends/   the platforms (CPU, CUDA, TPU) and emulated GPU/TPU numerics
+  scenarios/  the core function, its case grid and oracles; the lifecycle programs
+  tooling/    regeneration, reports, gate, bisection, modes, mutation, benchmark, sessions
 
 The names are loaded on first use, so tools that need no jax (the reports, the pins)
 import without it.
@@ -18,13 +25,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CASES": "cases",
-    "Case": "cases",
-    "check_case": "check",
-    "build_ensemble": "core",
-    "vmap_over_ensemble": "core",
-    "REFERENCE": "pins",
-    "GoldenStore": "store",
+    "CASES": "scenarios.cases",
+    "Case": "scenarios.cases",
+    "check_case": "scenarios.check",
+    "build_ensemble": "scenarios.core",
+    "vmap_over_ensemble": "scenarios.core",
+    "REFERENCE": "golden.pins",
+    "GoldenStore": "golden.store",
+    "PROGRAMS": "scenarios.lifecycle",
+    "SCENARIO_CASES": "scenarios.lifecycle",
 }
 
 __all__ = sorted(_EXPORTS)

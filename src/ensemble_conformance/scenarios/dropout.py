@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF
 from ensemble_conformance.scenarios.program import Params, Program, Unavailable, require, run_program
-from ensemble_conformance.tolerances import UNIT_ROUNDOFF
 
 Arrays = Mapping[str, np.ndarray]
 RunFn = Callable[[Params], Mapping[str, Any]]

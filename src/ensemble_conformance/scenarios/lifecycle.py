@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_conformance.compare import ArrayReport, compare
-from ensemble_conformance.environment import MODES
+from ensemble_conformance.golden.compare import ArrayReport, compare
+from ensemble_conformance.golden.environment import MODES
+from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, Numerics, lifecycle_class
 from ensemble_conformance.scenarios import checkpoint, construction, dropout, layers, training
 from ensemble_conformance.scenarios.program import Outcome, Program
-from ensemble_conformance.tolerances import UNIT_ROUNDOFF, Numerics, lifecycle_class
 
 PROGRAMS: Mapping[str, Program] = {
     program.name: program

@@ -1,9 +1,9 @@
 """Regenerate golden files on the reference pins.
 
-    python -m ensemble_conformance.regen              # missing, damaged or failing cases
-    python -m ensemble_conformance.regen ID [ID ...]  # these cases, whatever their state
-    python -m ensemble_conformance.regen --all        # every case
-    python -m ensemble_conformance.regen --list       # print the case ids
+    python -m ensemble_conformance.tooling.regen              # missing, damaged or failing cases
+    python -m ensemble_conformance.tooling.regen ID [ID ...]  # these cases, whatever their state
+    python -m ensemble_conformance.tooling.regen --all        # every case
+    python -m ensemble_conformance.tooling.regen --list       # print the case ids
 
 Prints, per case, what changed. Refuses to run when the environment differs from the
 reference pins (versions, backend, PRNG and precision settings) unless --force.
@@ -22,14 +22,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ensemble_conformance import environment
-from ensemble_conformance.cases import CASES, Case, select
-from ensemble_conformance.check import check_case
-from ensemble_conformance.pins import EPOCHS, Epoch
-from ensemble_conformance.runner import compute, make_inputs
-from ensemble_conformance.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore, Transaction
-from ensemble_conformance.tolerances import Numerics, precision_name
-from ensemble_conformance.variants import layout
+from ensemble_conformance.golden import environment
+from ensemble_conformance.golden.pins import EPOCHS, Epoch
+from ensemble_conformance.golden.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore, Transaction
+from ensemble_conformance.golden.tolerances import Numerics, precision_name
+from ensemble_conformance.scenarios.cases import CASES, Case, select
+from ensemble_conformance.scenarios.check import check_case
+from ensemble_conformance.scenarios.runner import compute, make_inputs
+from ensemble_conformance.scenarios.variants import layout
 
 
 def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionable"]) -> list[str]:
@@ -64,7 +64,7 @@ def _summary(outcome_reports: Sequence[Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.regen",
+        prog="python -m ensemble_conformance.tooling.regen",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

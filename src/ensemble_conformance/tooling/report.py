@@ -1,7 +1,7 @@
 """Reports from the suite's JSON results (``pytest conformance --report-json``).
 
-    python -m ensemble_conformance.report gate RESULT.json [--markdown OUT.md]
-    python -m ensemble_conformance.report matrix R1.json R2.json ... [--markdown OUT.md] [--html OUT.html]
+    python -m ensemble_conformance.tooling.report gate RESULT.json [--markdown OUT.md]
+    python -m ensemble_conformance.tooling.report matrix R1.json R2.json ... [--markdown OUT.md] [--html OUT.html]
 
 ``gate``: one run as a pull-request comment or CI step summary: verdict, versions against
 the goldens', drift causes, and every failing case with its cause and figures.
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ensemble_conformance.pins import version_tuple
+from ensemble_conformance.golden.pins import version_tuple
 
 Result = dict[str, Any]
 
@@ -195,7 +195,7 @@ th {{ background: #f4f4f4; text-align: left; }}
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.report",
+        prog="python -m ensemble_conformance.tooling.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

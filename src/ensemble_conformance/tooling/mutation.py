@@ -2,8 +2,8 @@
 core function (``--impl``), or against broken releases of flax, optax and orbax simulated
 by patches (``--patch``), and count which ones it catches.
 
-    python -m ensemble_conformance.mutation tests/mutants.py [--mutants A,B] [-k EXPR]
-    python -m ensemble_conformance.mutation tests/lifecycle_mutants.py --patch [--mutants A,B]
+    python -m ensemble_conformance.tooling.mutation tests/mutants.py [--mutants A,B] [-k EXPR]
+    python -m ensemble_conformance.tooling.mutation tests/lifecycle_mutants.py --patch [--mutants A,B]
                                             [--harmless A,B] [-k EXPR]
 
 Core mutants (a module with a ``MUTANTS`` tuple of implementations of the core function):
@@ -283,13 +283,13 @@ def scenario_margin(spec: str, golden_dir: str = "golden") -> dict[str, object]:
 
     import numpy as np
 
-    from ensemble_conformance.compare import ulp_distance
-    from ensemble_conformance.runner import load_impl
+    from ensemble_conformance.golden.compare import ulp_distance
+    from ensemble_conformance.golden.store import GoldenStore
+    from ensemble_conformance.golden.tolerances import CPU, UNIT_ROUNDOFF, lifecycle_class
     from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, golden_outcome
     from ensemble_conformance.scenarios.program import run_program
-    from ensemble_conformance.store import GoldenStore
-    from ensemble_conformance.tolerances import CPU, UNIT_ROUNDOFF, lifecycle_class
-    from ensemble_conformance.variants import layout
+    from ensemble_conformance.scenarios.runner import load_impl
+    from ensemble_conformance.scenarios.variants import layout
 
     patch = cast("Callable[[], object]", load_impl(spec, option="--patch"))
     patch()
@@ -336,7 +336,7 @@ def harmless_margin(spec: str, golden_dir: Path, timeout: float = 1800) -> dict[
     """``scenario_margin(spec)`` in a fresh interpreter, so the patch stays there."""
     code = (
         "import json, sys\n"
-        "from ensemble_conformance.mutation import scenario_margin\n"
+        "from ensemble_conformance.tooling.mutation import scenario_margin\n"
         "print('MARGIN ' + json.dumps(scenario_margin(sys.argv[1], sys.argv[2])))\n"
     )
     proc = subprocess.run(
@@ -432,7 +432,7 @@ def harmless_markdown(results: Sequence[HarmlessResult]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.mutation",
+        prog="python -m ensemble_conformance.tooling.mutation",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

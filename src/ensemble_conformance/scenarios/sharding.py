@@ -20,8 +20,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ensemble_conformance.cases import CASES, Case
-from ensemble_conformance.variants import VARIANTS, Arrays, Computed, host
+from ensemble_conformance.scenarios.cases import CASES, Case
+from ensemble_conformance.scenarios.variants import VARIANTS, Arrays, Computed, host
 
 AXIS = "ensemble"
 

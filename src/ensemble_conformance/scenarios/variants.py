@@ -31,9 +31,10 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from ensemble_conformance import derivation, emulation
-from ensemble_conformance.cases import Case
-from ensemble_conformance.core import forward_shared_input
+from ensemble_conformance.backends import emulation
+from ensemble_conformance.scenarios import derivation
+from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.core import forward_shared_input
 
 Arrays = dict[str, np.ndarray]
 CoreFunction = Callable[[Any, Any, Any, Any], Any]

@@ -42,8 +42,8 @@ from typing import IO, Any, Protocol
 import ml_dtypes
 import numpy as np
 
-from ensemble_conformance.compare import non_finite
-from ensemble_conformance.pins import REFERENCE, Pins
+from ensemble_conformance.golden.compare import non_finite
+from ensemble_conformance.golden.pins import REFERENCE, Pins
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -1,6 +1,6 @@
 """Speed of the stacked ensemble against N separate models, and against the machine's memory floor.
 
-    python -m ensemble_conformance.bench [--out DIR] [--sizes 1,8,64,256] [--d-in 256] [--features 256]
+    python -m ensemble_conformance.tooling.bench [--out DIR] [--sizes 1,8,64,256] [--d-in 256] [--features 256]
                                          [--repeats R] [--quick]
 
 What: for each ensemble size N, the time to build N ``nnx.Linear(D_in, F)`` and to run them on
@@ -43,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ensemble_conformance import environment
-from ensemble_conformance.core import build_ensemble, forward_shared_input
-from ensemble_conformance.store import atomic_writer
+from ensemble_conformance.golden import environment
+from ensemble_conformance.golden.store import atomic_writer
+from ensemble_conformance.scenarios.core import build_ensemble, forward_shared_input
 
 FORMAT_VERSION = 1
 SEED = 0
@@ -504,7 +504,7 @@ def _out_dir(text: str) -> Path:
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Config]:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.bench",
+        prog="python -m ensemble_conformance.tooling.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

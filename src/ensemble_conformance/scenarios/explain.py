@@ -26,14 +26,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from ensemble_conformance.cases import Case
-from ensemble_conformance.check import check_case
-from ensemble_conformance.compare import non_finite, ulp_distance
-from ensemble_conformance.oracles import OracleResult, forward_bound, run_oracles
-from ensemble_conformance.runner import compute
-from ensemble_conformance.store import GoldenRecord
-from ensemble_conformance.tolerances import CPU, ROUNDING_PARAM_ULPS, Numerics
-from ensemble_conformance.variants import Computed, CoreFunction
+from ensemble_conformance.golden.compare import non_finite, ulp_distance
+from ensemble_conformance.golden.store import GoldenRecord
+from ensemble_conformance.golden.tolerances import CPU, ROUNDING_PARAM_ULPS, Numerics
+from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.check import check_case
+from ensemble_conformance.scenarios.oracles import OracleResult, forward_bound, run_oracles
+from ensemble_conformance.scenarios.runner import compute
+from ensemble_conformance.scenarios.variants import Computed, CoreFunction
 
 PRNG_SETTINGS = ("jax_threefry_partitionable", "jax_default_prng_impl")
 ENV_VAR = {"jax_threefry_partitionable": "JAX_THREEFRY_PARTITIONABLE", "jax_default_prng_impl": "JAX_DEFAULT_PRNG_IMPL"}

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ensemble_conformance import validation
+from ensemble_conformance.scenarios import validation
 
 
 def build_ensemble(

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from ensemble_conformance import environment
-from ensemble_conformance.cases import Case
-from ensemble_conformance.compare import ArrayReport, compare
-from ensemble_conformance.store import GoldenRecord
-from ensemble_conformance.tolerances import Numerics
-from ensemble_conformance.variants import VARIANTS, Computed, magnitude
+from ensemble_conformance.golden import environment
+from ensemble_conformance.golden.compare import ArrayReport, compare
+from ensemble_conformance.golden.store import GoldenRecord
+from ensemble_conformance.golden.tolerances import Numerics
+from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.variants import VARIANTS, Computed, magnitude
 
 
 @dataclass(frozen=True)

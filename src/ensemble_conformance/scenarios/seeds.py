@@ -16,7 +16,7 @@ against it, and the core function (or an implementation under test) against it:
   seed_aliasing   two seeds build bit-identical ensembles exactly when their reductions
                   are equal
 
-``python -m ensemble_conformance.seeds [--impl SPEC]`` runs both over PAIRS and prints
+``python -m ensemble_conformance.scenarios.seeds [--impl SPEC]`` runs both over PAIRS and prints
 JSON, so a test can run them in a process with another jax_enable_x64.
 """
 
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from ensemble_conformance import validation
-from ensemble_conformance.core import vmap_over_ensemble
-from ensemble_conformance.oracles import OracleResult
-from ensemble_conformance.runner import load_impl
-from ensemble_conformance.variants import CoreFunction
+from ensemble_conformance.scenarios import validation
+from ensemble_conformance.scenarios.core import vmap_over_ensemble
+from ensemble_conformance.scenarios.oracles import OracleResult
+from ensemble_conformance.scenarios.runner import load_impl
+from ensemble_conformance.scenarios.variants import CoreFunction
 
 KeyData = Callable[[int], Sequence[int]]
 
@@ -162,7 +162,7 @@ def run_all(function: CoreFunction = vmap_over_ensemble, pairs: Sequence[SeedPai
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.seeds", description="the seed oracles as JSON"
+        prog="python -m ensemble_conformance.scenarios.seeds", description="the seed oracles as JSON"
     )
     parser.add_argument(
         "--impl", default=None, help="module:function or path/file.py:function (default: the package's)"

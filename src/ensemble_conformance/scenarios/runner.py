@@ -13,11 +13,11 @@ from types import ModuleType
 import numpy as np
 from flax import nnx
 
-from ensemble_conformance import emulation
-from ensemble_conformance.cases import Case
-from ensemble_conformance.core import vmap_over_ensemble
-from ensemble_conformance.tolerances import CPU, Numerics
-from ensemble_conformance.variants import VARIANTS, Arrays, Computed, CoreFunction, run_ensemble_with
+from ensemble_conformance.backends import emulation
+from ensemble_conformance.golden.tolerances import CPU, Numerics
+from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.core import vmap_over_ensemble
+from ensemble_conformance.scenarios.variants import VARIANTS, Arrays, Computed, CoreFunction, run_ensemble_with
 
 
 def make_inputs(case: Case) -> Arrays:

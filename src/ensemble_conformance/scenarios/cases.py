@@ -76,7 +76,8 @@ def select(ids: Iterable[str]) -> list[Case]:
             for u in unknown
         ]
         raise ValueError(
-            f"unknown case id(s): {'; '.join(hints)}. List every id with `python -m ensemble_conformance.regen --list`."
+            f"unknown case id(s): {'; '.join(hints)}. "
+            "List every id with `python -m ensemble_conformance.tooling.regen --list`."
         )
     chosen = set(wanted)
     return [c for c in CASES if c.id in chosen]

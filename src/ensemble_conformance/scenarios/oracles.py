@@ -47,12 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ensemble_conformance import derivation
-from ensemble_conformance.cases import Case
-from ensemble_conformance.compare import compare
-from ensemble_conformance.runner import compute
-from ensemble_conformance.tolerances import CPU, UNIT_ROUNDOFF, Numerics
-from ensemble_conformance.variants import VARIANTS, Arrays, CoreFunction, Variant, host, magnitude
+from ensemble_conformance.golden.compare import compare
+from ensemble_conformance.golden.tolerances import CPU, UNIT_ROUNDOFF, Numerics
+from ensemble_conformance.scenarios import derivation
+from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.runner import compute
+from ensemble_conformance.scenarios.variants import VARIANTS, Arrays, CoreFunction, Variant, host, magnitude
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def lookup(backend: str, precision: str, dtype: str) -> Tolerance:
         known = ", ".join("/".join(key) for key in TOLERANCES)
         raise ToleranceError(
             f"no tolerance for backend {backend!r} at matmul precision {precision!r} with dtype {dtype!r}; "
-            f"the table in ensemble_conformance/tolerances.py has: {known}. Add an entry with its "
+            f"the table in ensemble_conformance/golden/tolerances.py has: {known}. Add an entry with its "
             "numerical reason before comparing on this backend."
         ) from None
 

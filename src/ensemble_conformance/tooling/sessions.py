@@ -1,0 +1,254 @@
+"""The logic of the nox sessions, so that each session in noxfile.py stays a few lines:
+environments, selections, and the verdicts the sessions give on what the suite wrote.
+
+Standard library only at import (the noxfile runs under nox's own interpreter, where jax
+is not installed); every function here is tested in tests/test_sessions.py without nox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ensemble_conformance.backends.platforms import BACKENDS, Backend
+from ensemble_conformance.golden.pins import EPOCHS, MATRIX, REFERENCE, Pins
+
+
+def jax_cache(root: Path) -> dict[str, str]:
+    """jax's persistent compilation cache under ROOT/.cache/jax.
+
+    Every case has its own shapes, so a cold run spends most of its time compiling; a warm
+    run reuses those executables. Keys include the jax and jaxlib versions, backend, XLA
+    flags and the program itself, so no release, pin or setting ever runs another's code.
+    Delete .cache/jax for a cold run."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(root / ".cache" / "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def cpu_env(root: Path) -> dict[str, str]:
+    """The backend is chosen outside the process and asserted inside it (--backend)."""
+    return {"JAX_PLATFORMS": "cpu", **jax_cache(root)}
+
+
+# The release before jax's PRNG default flip (0.5.0), as measured in the project's notes.
+LEGACY = {"python": "3.11", "jax": "0.4.38", "jaxlib": "0.4.38", "flax": "0.10.2"}
+EMULATED = (("gpu", "default"), ("gpu", "highest"), ("tpu", "default"), ("tpu", "highest"))
+SHARDED_DEVICES = 8
+
+
+def lifecycle_selection(pins: Pins) -> list[str]:
+    """The lifecycle scenarios run on pins that pin optax and orbax-checkpoint (the reference
+    pins); their expected outcomes on older releases are not tabled yet, so others skip them."""
+    return [] if pins.lifecycle else ["-m", "not lifecycle"]
+
+
+def known_pins(flax: str, jax: str) -> Pins | None:
+    """The matrix's pin for this flax/jax pair, if it has one."""
+    return next((p for p in MATRIX if (p.flax, p.jax) == (flax, jax)), None)
+
+
+def backend_requirements(backend: Backend, jax: str, jaxlib: str, flax: str) -> list[str]:
+    """jax's install line for the backend, with jaxlib and flax pinned, and the optax and
+    orbax-checkpoint of a known pin with those (else the lifecycle scenarios are not run)."""
+    known = next((p for p in MATRIX if (p.flax, p.jax) == (flax, jax) and p.lifecycle), None)
+    lifecycle = [r for r in known.requirements() if r.startswith(("optax", "orbax"))] if known else []
+    return [backend.install_line(jax), f"jaxlib=={jaxlib}", f"flax=={flax}", *lifecycle]
+
+
+def matrix_run(root: Path, pins: Pins) -> list[str]:
+    """The suite's arguments for one matrix pin: its epoch's goldens, its result file, its
+    known-drift list when it has one, and its lifecycle selection."""
+    known = root / "conformance" / "known-drift" / f"{pins.id}.txt"
+    return [
+        "--golden-dir",
+        EPOCHS[pins.epoch].golden_dir,
+        f"--report-json={root / 'results' / 'matrix' / f'{pins.id}-cpu.json'}",
+        *([f"--known-drift={known}"] if known.exists() else []),
+        *lifecycle_selection(pins),
+    ]
+
+
+# --- legacy_prng: every golden must fail as prng-config -------------------------------
+
+
+def golden_causes(junit: Path) -> dict[str, str]:
+    """case id -> drift cause, for every failed golden comparison in a junit report."""
+    causes = {}
+    for testcase in ET.parse(junit).getroot().iter("testcase"):
+        name = testcase.get("name", "")
+        if not name.startswith("test_matches_golden[") or testcase.find("failure") is None:
+            continue
+        props = {p.get("name"): p.get("value") for p in testcase.iter("property")}
+        causes[name[len("test_matches_golden[") : -1]] = props.get("drift_cause") or "none"
+    return causes
+
+
+def legacy_problem(causes: Mapping[str, str]) -> str | None:
+    """Why a legacy-PRNG run is wrong, or None: every golden must have failed as prng-config."""
+    wrong = {case: cause for case, cause in causes.items() if cause != "prng-config"}
+    if causes and not wrong:
+        return None
+    return f"expected every golden to fail with cause prng-config; {len(causes)} failed, others: {wrong}"
+
+
+# --- backend(NAME): reruns bit-identical, CPU ignores the precision ------------------
+
+
+def output_hashes(path: Path) -> dict[str, str]:
+    """case id -> output hash, from a --report-json result."""
+    cases = json.loads(path.read_text())["cases"]
+    return {case: entry["output_sha256"] for case, entry in cases.items() if "output_sha256" in entry}
+
+
+def moved_cases(first: Mapping[str, str], again: Mapping[str, str]) -> list[str]:
+    """The cases of ``first`` whose hash is not the same in ``again`` (missing counts)."""
+    return sorted(case for case in first if again.get(case) != first[case])
+
+
+# --- resolve_backends ----------------------------------------------------------------
+
+
+def pinned_versions(locked: str) -> dict[str, str]:
+    """package (lower case) -> version, from a `uv pip compile` output."""
+    return {
+        line.split("==")[0].strip().lower(): line.split("==")[1].strip()
+        for line in locked.splitlines()
+        if "==" in line and not line.lstrip().startswith("#")
+    }
+
+
+def resolution_problem(name: str, backend: Backend, pinned: Mapping[str, str]) -> str | None:
+    """Why a backend's resolution is wrong (a plugin missing, another jax), or None."""
+    missing = [p for p in backend.expected_packages if p not in pinned]
+    if missing or pinned.get("jax") != REFERENCE.jax:
+        return f"{name}: the resolution lacks {missing} or pins jax {pinned.get('jax')} (expected {REFERENCE.jax})"
+    return None
+
+
+# --- environments outside nox's own (gate, bisect) -----------------------------------
+
+
+def venv_commands(venv: Path, python: str, uv: bool) -> tuple[list[str], list[str]]:
+    """The command that makes a virtual environment at ``venv`` for ``python`` (reusing one
+    already there) and the command prefix that installs into it."""
+    if uv:
+        create = ["uv", "venv", "--quiet", "--allow-existing", "-p", f"python{python}", str(venv)]
+        return create, ["uv", "pip", "install", "--quiet", "-p", str(venv / "bin" / "python")]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    return [f"python{python}", "-m", "venv", str(venv)], pip
+
+
+# --- gate ----------------------------------------------------------------------------
+
+
+def gate_parser(results: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nox -s gate --")
+    parser.add_argument("--flax", required=True, help="candidate flax release")
+    parser.add_argument("--jax", required=True, help="candidate jax release")
+    parser.add_argument("--jaxlib", default=None, help="jaxlib release (default: the jax one)")
+    parser.add_argument(
+        "--python", default=None, help=f"interpreter (default: the matrix's for this pair, else {REFERENCE.python})"
+    )
+    parser.add_argument("--backend", choices=list(BACKENDS), default="cpu")
+    parser.add_argument("--precision", choices=("default", "highest"), default="default", help="matmul precision")
+    parser.add_argument("--golden-dir", default=EPOCHS["partitionable"].golden_dir, help="baseline goldens")
+    parser.add_argument("--out", default=str(results / "gate"), help="where result.json and summary.md go")
+    return parser
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    """What the gate installs and runs for one candidate."""
+
+    python: str
+    venv_name: str
+    requirements: list[str]
+    pytest_args: list[str]
+
+
+def gate_plan(args: argparse.Namespace) -> GatePlan:
+    chosen = BACKENDS[args.backend]
+    known = known_pins(args.flax, args.jax)
+    python = args.python or (known.python if known else REFERENCE.python)
+    out = Path(args.out)
+    pins = known or Pins(python, args.jax, args.jaxlib or args.jax, args.flax)
+    return GatePlan(
+        python=python,
+        venv_name=f"gate-py{python}-flax{args.flax}-jax{args.jax}-{args.backend}",
+        requirements=backend_requirements(chosen, args.jax, args.jaxlib or args.jax, args.flax),
+        pytest_args=[
+            "conformance",
+            "--backend",
+            chosen.platform,
+            "--precision",
+            args.precision,
+            "-n",
+            "auto",
+            "--golden-dir",
+            args.golden_dir,
+            f"--report-json={out / 'result.json'}",
+            *lifecycle_selection(pins),
+        ],
+    )
+
+
+def gate_verdict(result_path: Path, flax: str, jax: str) -> tuple[bool, str]:
+    """(passed, one line) from the suite's result file; a missing file is a failure."""
+    if not result_path.exists():
+        return False, f"the suite did not write its result ({result_path})"
+    summary: dict[str, Any] = json.loads(result_path.read_text())["summary"]
+    if summary["failed"]:
+        where = result_path.parent / "summary.md"
+        return False, f"gate FAILED: {summary['failed']} checks fail on flax {flax} / jax {jax}; see {where}"
+    return True, f"gate PASSED: flax {flax} / jax {jax}, {summary['cases']} cases"
+
+
+# --- bisect --------------------------------------------------------------------------
+
+
+def bisect_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nox -s bisect --")
+    parser.add_argument("--package", choices=("flax", "jax"), default="flax", help="what to bisect (default flax)")
+    parser.add_argument("--good", required=True, help="a release whose results are the baseline")
+    parser.add_argument("--bad", required=True, help="a later release whose results differ")
+    parser.add_argument("--jax", default=REFERENCE.jax, help="the jax held fixed when bisecting flax")
+    parser.add_argument("--flax", default=REFERENCE.flax, help="the flax held fixed when bisecting jax")
+    parser.add_argument("--python", default=REFERENCE.python, help="interpreter")
+    return parser
+
+
+def bisect_pins(args: argparse.Namespace, release: str) -> tuple[str, str]:
+    """(flax, jax) for one step of the bisection: the bisected package at ``release``."""
+    return (args.flax, release) if args.package == "jax" else (release, args.jax)
+
+
+def held(args: argparse.Namespace) -> str:
+    return f"flax {args.flax}" if args.package == "jax" else f"jax {args.jax}"
+
+
+def write_bisect_record(results: Path, args: argparse.Namespace, first: str) -> Path:
+    record = {
+        "package": args.package,
+        "good": args.good,
+        "bad": args.bad,
+        "held": held(args),
+        "python": args.python,
+        "first_changed": first,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / "bisect.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def last_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    return lines[-1] if lines else "no output"

@@ -1,0 +1,124 @@
+"""The logic behind the nox sessions (ensemble_conformance.tooling.sessions), tested
+without nox: the verdicts on what the suite wrote, the selections and the plans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ensemble_conformance.backends.platforms import BACKENDS
+from ensemble_conformance.golden.pins import EPOCHS, MATRIX, REFERENCE, Pins
+from ensemble_conformance.tooling import sessions
+
+JUNIT = """<?xml version="1.0"?>
+<testsuites><testsuite>
+  <testcase name="test_matches_golden[a]"><properties><property name="drift_cause" value="{a}"/></properties>
+    <failure message="x"/></testcase>
+  <testcase name="test_matches_golden[b]"><properties><property name="drift_cause" value="{b}"/></properties>
+    <failure message="x"/></testcase>
+  <testcase name="test_matches_golden[c]"/>
+  <testcase name="test_oracles[a]"><failure message="x"/></testcase>
+</testsuite></testsuites>
+"""
+
+
+def _junit(tmp_path: Path, a: str, b: str) -> Path:
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT.format(a=a, b=b))
+    return path
+
+
+def test_legacy_verdict_needs_every_failure_to_be_prng_config(tmp_path: Path) -> None:
+    causes = sessions.golden_causes(_junit(tmp_path, "prng-config", "prng-config"))
+    assert causes == {"a": "prng-config", "b": "prng-config"}  # passes and other tests are not counted
+    assert sessions.legacy_problem(causes) is None
+    other = sessions.golden_causes(_junit(tmp_path, "prng-config", "rounding"))
+    problem = sessions.legacy_problem(other)
+    assert problem is not None and "'b': 'rounding'" in problem
+    assert sessions.legacy_problem({}) is not None  # nothing failed: the old PRNG was not seen
+
+
+def test_lifecycle_runs_only_where_optax_and_orbax_are_pinned() -> None:
+    assert sessions.lifecycle_selection(REFERENCE) == []
+    bare = Pins("3.12", REFERENCE.jax, REFERENCE.jaxlib, REFERENCE.flax)
+    assert sessions.lifecycle_selection(bare) == ["-m", "not lifecycle"]
+
+
+def test_backend_requirements_pin_jaxlib_flax_and_the_known_lifecycle_libraries() -> None:
+    lines = sessions.backend_requirements(BACKENDS["cuda12"], REFERENCE.jax, REFERENCE.jaxlib, REFERENCE.flax)
+    assert lines[0] == BACKENDS["cuda12"].install_line(REFERENCE.jax)
+    assert f"flax=={REFERENCE.flax}" in lines and f"jaxlib=={REFERENCE.jaxlib}" in lines
+    assert f"optax=={REFERENCE.optax}" in lines and f"orbax-checkpoint=={REFERENCE.orbax}" in lines
+    unknown = sessions.backend_requirements(BACKENDS["cpu"], "9.9.9", "9.9.9", "9.9.9")
+    assert not [r for r in unknown if r.startswith(("optax", "orbax"))]
+
+
+def test_matrix_run_uses_the_epoch_goldens_and_the_known_drift_list(tmp_path: Path) -> None:
+    pins = MATRIX[0]
+    (tmp_path / "conformance" / "known-drift").mkdir(parents=True)
+    args = sessions.matrix_run(tmp_path, pins)
+    assert args[:2] == ["--golden-dir", EPOCHS[pins.epoch].golden_dir]
+    assert not any(a.startswith("--known-drift") for a in args)
+    (tmp_path / "conformance" / "known-drift" / f"{pins.id}.txt").write_text("")
+    assert any(a.startswith("--known-drift=") for a in sessions.matrix_run(tmp_path, pins))
+
+
+def _result(path: Path, hashes: dict[str, str], failed: int = 0) -> Path:
+    cases = {case: {"output_sha256": h} for case, h in hashes.items()}
+    path.write_text(json.dumps({"cases": cases, "summary": {"failed": failed, "cases": len(cases)}}))
+    return path
+
+
+def test_moved_cases_names_changed_and_missing_hashes(tmp_path: Path) -> None:
+    first = sessions.output_hashes(_result(tmp_path / "a.json", {"x": "1", "y": "2", "z": "3"}))
+    again = sessions.output_hashes(_result(tmp_path / "b.json", {"x": "1", "y": "9"}))
+    assert sessions.moved_cases(first, again) == ["y", "z"]
+    assert sessions.moved_cases(first, first) == []
+
+
+def test_resolution_problem_names_missing_plugins_and_a_wrong_jax() -> None:
+    cuda = BACKENDS["cuda12"]
+    good = {p: "1" for p in cuda.expected_packages} | {"jax": REFERENCE.jax}
+    assert sessions.resolution_problem("cuda12", cuda, good) is None
+    missing = dict(good)
+    missing.pop(cuda.expected_packages[-1])
+    assert cuda.expected_packages[-1] in (sessions.resolution_problem("cuda12", cuda, missing) or "")
+    assert "0.0.1" in (sessions.resolution_problem("cuda12", cuda, {**good, "jax": "0.0.1"}) or "")
+    locked = "# via x\njax==0.12.0.1\n    # comment\nJax-Cuda12-Plugin==0.12.0.1\n"
+    assert sessions.pinned_versions(locked) == {"jax": "0.12.0.1", "jax-cuda12-plugin": "0.12.0.1"}
+
+
+def test_gate_plan_and_verdict(tmp_path: Path) -> None:
+    args = sessions.gate_parser(tmp_path).parse_args(["--flax", REFERENCE.flax, "--jax", REFERENCE.jax])
+    plan = sessions.gate_plan(args)
+    assert plan.python == REFERENCE.python
+    assert f"--report-json={tmp_path / 'gate' / 'result.json'}" in plan.pytest_args
+    assert "not lifecycle" not in plan.pytest_args  # the reference pins run the lifecycle
+    old = sessions.gate_parser(tmp_path).parse_args(["--flax", "0.10.7", "--jax", "0.6.2"])
+    assert "not lifecycle" in sessions.gate_plan(old).pytest_args
+    result = tmp_path / "result.json"
+    assert sessions.gate_verdict(result, "f", "j")[0] is False  # no result: never a pass
+    _result(result, {"x": "1"}, failed=0)
+    assert sessions.gate_verdict(result, "f", "j") == (True, "gate PASSED: flax f / jax j, 1 cases")
+    _result(result, {"x": "1"}, failed=2)
+    passed, line = sessions.gate_verdict(result, "f", "j")
+    assert not passed and "2 checks fail" in line
+
+
+@pytest.mark.parametrize("package", ["flax", "jax"])
+def test_bisect_holds_the_other_package(tmp_path: Path, package: str) -> None:
+    args = sessions.bisect_parser().parse_args(["--package", package, "--good", "1", "--bad", "2"])
+    flax, jax = sessions.bisect_pins(args, "1.5")
+    assert (flax if package == "flax" else jax) == "1.5"
+    assert (jax if package == "flax" else flax) == (REFERENCE.jax if package == "flax" else REFERENCE.flax)
+    record = json.loads(sessions.write_bisect_record(tmp_path, args, "1.5").read_text())
+    assert record["first_changed"] == "1.5" and record["package"] == package
+
+
+def test_venv_commands_with_and_without_uv(tmp_path: Path) -> None:
+    create, install = sessions.venv_commands(tmp_path / "v", "3.12", uv=True)
+    assert create[:2] == ["uv", "venv"] and install[-1] == str(tmp_path / "v" / "bin" / "python")
+    create, install = sessions.venv_commands(tmp_path / "v", "3.12", uv=False)
+    assert create[:3] == ["python3.12", "-m", "venv"] and install[0] == str(tmp_path / "v" / "bin" / "python")
