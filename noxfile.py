@@ -167,7 +167,8 @@ def matrix(session: nox.Session, pin: str) -> None:
     """The suite on one supported release pin, judged by its PRNG epoch's goldens."""
     pins = next(p for p in MATRIX if p.id == pin)
     session.install(".[test]", *pins.requirements())
-    _run_suite(session, *sessions.matrix_run(ROOT, pins))
+    for args, extra in sessions.matrix_runs(ROOT, pins):
+        _run_suite(session, *args, env={**CPU_ENV, **extra})
 
 
 @nox.session(python=REFERENCE.python, default=False)

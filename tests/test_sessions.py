@@ -55,14 +55,34 @@ def test_backend_requirements_pin_jaxlib_flax_and_the_known_lifecycle_libraries(
     assert not [r for r in unknown if r.startswith(("optax", "orbax"))]
 
 
-def test_matrix_run_uses_the_epoch_goldens_and_the_known_drift_list(tmp_path: Path) -> None:
-    pins = MATRIX[0]
+def test_matrix_runs_use_the_epoch_goldens_and_the_known_drift_list(tmp_path: Path) -> None:
+    pins = MATRIX[2]  # a partitionable-epoch pin: one run, lifecycle included
+    assert pins.epoch == "partitionable" and pins.lifecycle
     (tmp_path / "conformance" / "known-drift").mkdir(parents=True)
-    args = sessions.matrix_run(tmp_path, pins)
-    assert args[:2] == ["--golden-dir", EPOCHS[pins.epoch].golden_dir]
-    assert not any(a.startswith("--known-drift") for a in args)
+    [(args, extra)] = sessions.matrix_runs(tmp_path, pins)
+    assert args[:2] == ["--golden-dir", EPOCHS[pins.epoch].golden_dir] and not extra
+    assert not any(a.startswith("--known-drift") for a in args) and "-m" not in args
     (tmp_path / "conformance" / "known-drift" / f"{pins.id}.txt").write_text("")
-    assert any(a.startswith("--known-drift=") for a in sessions.matrix_run(tmp_path, pins))
+    [(args, _)] = sessions.matrix_runs(tmp_path, pins)
+    assert any(a.startswith("--known-drift=") for a in args)
+
+
+def test_legacy_pins_run_the_lifecycle_apart_under_the_partitionable_prng(tmp_path: Path) -> None:
+    pins = MATRIX[0]
+    assert pins.epoch == "legacy"
+    (core, core_env), (lifecycle, lifecycle_env) = sessions.matrix_runs(tmp_path, pins)
+    assert core[:2] == ["--golden-dir", EPOCHS["legacy"].golden_dir] and core[-2:] == ["-m", "not lifecycle"]
+    assert lifecycle[:2] == ["--golden-dir", EPOCHS["partitionable"].golden_dir] and lifecycle[-2:] == [
+        "-m",
+        "lifecycle",
+    ]
+    assert lifecycle_env == {"JAX_THREEFRY_PARTITIONABLE": "1"} and not core_env
+    reports = [a for a in (*core, *lifecycle) if a.startswith("--report-json=")]
+    assert len(set(reports)) == 2
+
+
+def test_every_matrix_pin_pins_optax_and_orbax() -> None:
+    assert all(p.lifecycle for p in MATRIX)
 
 
 def _result(path: Path, hashes: dict[str, str], failed: int = 0) -> Path:
@@ -96,8 +116,8 @@ def test_gate_plan_and_verdict(tmp_path: Path) -> None:
     assert plan.python == REFERENCE.python
     assert f"--report-json={tmp_path / 'gate' / 'result.json'}" in plan.pytest_args
     assert "not lifecycle" not in plan.pytest_args  # the reference pins run the lifecycle
-    old = sessions.gate_parser(tmp_path).parse_args(["--flax", "0.10.7", "--jax", "0.6.2"])
-    assert "not lifecycle" in sessions.gate_plan(old).pytest_args
+    unknown = sessions.gate_parser(tmp_path).parse_args(["--flax", "0.10.6", "--jax", "0.6.2"])
+    assert "not lifecycle" in sessions.gate_plan(unknown).pytest_args  # no optax/orbax known for it
     result = tmp_path / "result.json"
     assert sessions.gate_verdict(result, "f", "j")[0] is False  # no result: never a pass
     _result(result, {"x": "1"}, failed=0)

@@ -94,10 +94,11 @@ EPOCHS: dict[str, Epoch] = {
 # Each flax release with a jax it works with, on a Python both support (flax >= 0.10.5
 # needs jax >= 0.5.1; jax >= 0.11 and flax 0.12.12 need Python >= 3.12).
 MATRIX: tuple[Pins, ...] = (
-    Pins(python="3.11", jax="0.4.31", jaxlib="0.4.31", flax="0.9.0"),
-    Pins(python="3.11", jax="0.4.38", jaxlib="0.4.38", flax="0.10.2"),
-    Pins(python="3.11", jax="0.6.2", jaxlib="0.6.2", flax="0.10.7"),
-    Pins(python="3.12", jax="0.7.2", jaxlib="0.7.2", flax="0.11.2"),
-    Pins(python="3.12", jax="0.8.1", jaxlib="0.8.1", flax="0.12.0"),
+    # optax and orbax-checkpoint: the newest releases on the later of the flax and jax release days
+    Pins(python="3.11", jax="0.4.31", jaxlib="0.4.31", flax="0.9.0", optax="0.2.3", orbax="0.6.1"),
+    Pins(python="3.11", jax="0.4.38", jaxlib="0.4.38", flax="0.10.2", optax="0.2.4", orbax="0.10.2"),
+    Pins(python="3.11", jax="0.6.2", jaxlib="0.6.2", flax="0.10.7", optax="0.2.5", orbax="0.11.18"),
+    Pins(python="3.12", jax="0.7.2", jaxlib="0.7.2", flax="0.11.2", optax="0.2.6", orbax="0.11.25"),
+    Pins(python="3.12", jax="0.8.1", jaxlib="0.8.1", flax="0.12.0", optax="0.2.6", orbax="0.11.28"),
     REFERENCE,
 )

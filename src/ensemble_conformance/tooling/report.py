@@ -7,7 +7,11 @@
 the goldens', drift causes, and every failing case with its cause and figures.
 ``matrix``: many runs (releases x backends) merged into one table, and a self-contained
 HTML page (no scripts, no external files) with a heatmap of the drift per case group and
-release: the largest output ULP distance against the goldens, coloured on a log scale.
+release: the largest output ULP distance against the goldens, coloured on a log scale;
+then the lifecycle compatibility table: each recipe on each release (and transform
+mode) against the reference goldens: same, moved, changed, raises, no longer raises,
+other error, unavailable. Runs of one release split over several files (the legacy-PRNG
+pins run their lifecycle scenarios apart) are merged.
 """
 
 from __future__ import annotations
@@ -110,8 +114,35 @@ def _group_drift(result: Result, group: str) -> tuple[float, int, int, int]:
     return (max(ulps) if ulps else math.nan, failing, known, len(entries))
 
 
+def _mode(result: Result) -> str:
+    return str(result.get("environment", {}).get("nnx_mode") or "graph")
+
+
+def merge(results: Sequence[Result]) -> list[Result]:
+    """One result per (release, backend, precision, mode): the cases and scenarios of runs
+    split over several files, with their summaries added up."""
+    merged: dict[tuple[Any, ...], Result] = {}
+    for r in results:
+        pins = r["pins"]
+        key = (pins["flax"], pins["jax"], r.get("backend"), r.get("precision"), _mode(r), r.get("emulated"))
+        if key not in merged:
+            merged[key] = {**r, "cases": dict(r["cases"]), "scenarios": dict(r.get("scenarios", {}))}
+            merged[key]["summary"] = {**r["summary"], "causes": dict(r["summary"]["causes"])}
+            continue
+        into = merged[key]
+        into["cases"].update(r["cases"])
+        into["scenarios"].update(r.get("scenarios", {}))
+        for name, value in r["summary"].items():
+            if name == "causes":
+                for cause, n in value.items():
+                    into["summary"]["causes"][cause] = into["summary"]["causes"].get(cause, 0) + n
+            elif isinstance(value, int):
+                into["summary"][name] = into["summary"].get(name, 0) + value
+    return list(merged.values())
+
+
 def matrix_markdown(results: Sequence[Result]) -> str:
-    ordered = sorted(results, key=_sort_key)
+    ordered = sorted(merge(results), key=_sort_key)
     lines = [
         "| release | Python | backend | verdict | cases | checks failed | known drift | drift causes |",
         "|---|---|---|---|---|---|---|---|",
@@ -151,7 +182,7 @@ def _colour(ulp: float) -> str:
 
 
 def matrix_html(results: Sequence[Result]) -> str:
-    ordered = sorted(results, key=_sort_key)
+    ordered = sorted(merge(results), key=_sort_key)
     groups = _groups(ordered)
     head = "".join(f"<th>{html.escape(g)}</th>" for g in groups)
     rows = []
@@ -189,8 +220,104 @@ th {{ background: #f4f4f4; text-align: left; }}
 {chr(10).join(rows)}
 </table>
 <p class="legend">Scale: {legend}</p>
-</body></html>
+{compat_html_table(results)}</body></html>
 """
+
+
+# --- the lifecycle compatibility table -------------------------------------------------
+
+# How bad a class is, for a recipe whose cases differ: the worst one is shown.
+_SEVERITY = ("same", "moved", "available", "no longer raises", "other error", "unavailable", "changed", "raises")
+_COMPAT_COLOURS = {
+    "same": "#e8f5e9",
+    "moved": "#fff9c4",
+    "available": "#c8e6c9",
+    "no longer raises": "#bbdefb",
+    "other error": "#ffe0b2",
+    "unavailable": "#e0e0e0",
+    "changed": "#ffcc80",
+    "raises": "#ef9a9a",
+}
+
+
+def _column(result: Result) -> str:
+    mode = _mode(result)
+    return f"flax {result['pins']['flax']}" + ("" if mode == "graph" else f" ({mode})")
+
+
+def _shorten(outcome: str, width: int = 60) -> str:
+    """'raises ValueError: fold_in accepts ...' -> 'ValueError: fold_in accepts ...' cut at ``width``."""
+    text = outcome.split(" ", 1)[1] if " " in outcome else outcome
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
+def compat_cells(results: Sequence[Result]) -> tuple[list[str], list[str], dict[tuple[str, str], tuple[str, str]]]:
+    """(programs, columns, (program, column) -> (class, detail)) over the runs that hold
+    lifecycle scenarios. A recipe's cell is the worst class over its cases; the detail is
+    the shortened error (raises, other error), the missing API (unavailable) or the
+    largest ULP distance (moved)."""
+    runs = [r for r in sorted(merge(results), key=_sort_key) if r.get("scenarios")]
+    columns = [_column(r) for r in runs]
+    cells: dict[tuple[str, str], tuple[str, str]] = {}
+    programs: set[str] = set()
+    for r, column in zip(runs, columns, strict=True):
+        for case_id, entry in r["scenarios"].items():
+            program = case_id.split("-", 1)[0]
+            programs.add(program)
+            cls = str(entry.get("compat", "unknown"))
+            detail = ""
+            if cls in ("raises", "other error", "unavailable"):
+                detail = _shorten(str(entry.get("outcome", "")))
+            elif cls == "moved":
+                detail = f"{max(entry.get('max_ulp_by_class', {}).values(), default=0):.0f} ULP"
+            old = cells.get((program, column))
+            rank = _SEVERITY.index(cls) if cls in _SEVERITY else len(_SEVERITY)
+            if old is None or rank > (_SEVERITY.index(old[0]) if old[0] in _SEVERITY else len(_SEVERITY)):
+                cells[(program, column)] = (cls, detail)
+    return sorted(programs), columns, cells
+
+
+def compat_markdown(results: Sequence[Result]) -> str:
+    programs, columns, cells = compat_cells(results)
+    if not programs:
+        return ""
+    lines = [
+        "Lifecycle compatibility: each recipe against the goldens of the reference pins "
+        "(same, moved within tolerance, changed, raises, no longer raises, other error, unavailable):",
+        "",
+        "| recipe | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for program in programs:
+        row = []
+        for column in columns:
+            cls, detail = cells.get((program, column), ("-", ""))
+            row.append(cls + (f": {detail}" if detail else ""))
+        lines.append(f"| `{program}` | " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compat_html_table(results: Sequence[Result]) -> str:
+    programs, columns, cells = compat_cells(results)
+    if not programs:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    rows = []
+    for program in programs:
+        tds = []
+        for column in columns:
+            cls, detail = cells.get((program, column), ("-", ""))
+            colour = _COMPAT_COLOURS.get(cls, "#ffffff")
+            small = f"<br><small>{html.escape(detail)}</small>" if detail else ""
+            tds.append(f'<td style="background:{colour}" title="{html.escape(cls)}">{html.escape(cls)}{small}</td>')
+        rows.append(f"<tr><th><code>{html.escape(program)}</code></th>{''.join(tds)}</tr>")
+    legend = "".join(f'<span style="background:{c}">{html.escape(k)}</span>' for k, c in _COMPAT_COLOURS.items())
+    return (
+        "<h2>Lifecycle compatibility</h2>\n<p>Each recipe on each release against the goldens of the reference "
+        "pins; a recipe's cell is the worst class over its cases.</p>\n"
+        f'<table class="compat"><tr><th>recipe</th>{head}</tr>\n' + "\n".join(rows) + "\n</table>\n"
+        f'<p class="legend">{legend}</p>\n'
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         parser.error(str(err))
     text = matrix_markdown(results)
+    table = compat_markdown(results)
+    text += f"\n{table}" if table else ""
     if args.markdown:
         args.markdown.write_text(text)
     if args.html:
