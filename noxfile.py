@@ -292,13 +292,26 @@ def gate(session: nox.Session) -> None:
     args = sessions.gate_parser(RESULTS).parse_args(session.posargs)
     chosen = platforms.BACKENDS[args.backend]
     _require_hardware(session, chosen)
-    plan = sessions.gate_plan(args)
-    python = str(_venv(session, plan.python, plan.venv_name, plan.requirements) / "bin" / "python")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**chosen.env(), **JAX_CACHE}
-    session.run(python, "-m", "pytest", *plan.pytest_args, env=env, external=True, success_codes=[0, 1])
+    try:
+        baseline = sessions.baseline_plan(args)
+    except ValueError as err:
+        session.error(str(err))
+    if baseline is not None:  # the user's current release: its goldens judge the candidate
+        python = str(_venv(session, baseline.python, baseline.venv_name, baseline.requirements) / "bin" / "python")
+        goldens = str(out / "baseline-goldens")
+        shutil.rmtree(goldens, ignore_errors=True)
+        regen = ["-m", "ensemble_conformance.tooling.regen", "--all", "--force", "--golden-dir", goldens]
+        session.run(python, *regen, env={**CPU_ENV, **baseline.env}, external=True, silent=True)
+        session.run(python, "-m", "pytest", *baseline.pytest_args, "-q", env={**CPU_ENV, **baseline.env}, external=True)
+    plan = sessions.gate_plan(args)
+    python = str(_venv(session, plan.python, plan.venv_name, plan.requirements) / "bin" / "python")
+    session.run(
+        python, "-m", "pytest", *plan.pytest_args, env={**JAX_CACHE, **plan.env}, external=True, success_codes=[0, 1]
+    )
     report = ["-m", "ensemble_conformance.tooling.report", "gate", str(out / "result.json")]
+    report += ["--baseline", str(out / "baseline.json")] if baseline is not None else []
     session.run(python, *report, "--markdown", str(out / "summary.md"), external=True, success_codes=[0, 1])
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary and (out / "summary.md").exists():

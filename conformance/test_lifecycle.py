@@ -90,6 +90,9 @@ def test_scenario_matches_golden(
     cls = compat.classify(golden, now, verdict)
     record_property("max_ulp_by_class", verdict.worst_ulps())
     record_property("compat", cls)
+    remedy = compat.remedy(case.program, cls)
+    if remedy:
+        record_property("remedy", remedy)
     program = PROGRAMS[case.program]
     made_on = golden_store.environment_of(case.id).get("flax")
     era = compat.expectation(case.program, str(env.get("flax"))) if made_on == REFERENCE.flax else None

@@ -82,6 +82,10 @@ def test_an_era_holds_only_for_its_outcome_error_and_values() -> None:
 def test_every_flip_in_the_eras_has_a_remedy() -> None:
     flipping = {p for p, eras in compat.ERAS.items() if any(e.outcome != "values" or e.values != "same" for e in eras)}
     assert flipping <= set(compat.REMEDIES), sorted(flipping - set(compat.REMEDIES))
+    assert compat.remedy("dropout_own_keys", "same") is None
+    assert "flax 0.11" in (compat.remedy("dropout_own_keys", "no longer raises") or "")
+    assert compat.remedy("split_rngs_context_init", "changed") != compat.remedy("split_rngs_context_init", "raises")
+    assert compat.remedy("grad_sum_over_vmap", "changed") is None  # none known: the gate shows "-"
 
 
 def _run(flax: str, scenarios: dict[str, dict[str, Any]], mode: str = "graph") -> dict[str, Any]:
@@ -125,3 +129,28 @@ def test_runs_of_one_release_split_over_files_are_merged(split: bool) -> None:
     assert len(merged) == 1
     assert merged[0]["summary"]["passed"] == (3 if split else 2)
     assert bool(merged[0]["scenarios"]) == split
+
+
+def test_the_gate_names_changed_recipes_with_remedies_and_new_deprecations() -> None:
+    candidate = _run(
+        "0.11.2",
+        {
+            "dropout_split_rngs_forward-n1": {
+                "golden": "failed",
+                "compat": "raises",
+                "outcome": "raises ValueError: fold_in accepts a single key",
+                "remedy": compat.remedy("dropout_split_rngs_forward", "raises"),
+                "warnings": ["DeprecationWarning: old", "DeprecationWarning: new"],
+            },
+            "grad_sum_over_vmap-n1": {"golden": "passed", "compat": "same", "outcome": "values"},
+        },
+    )
+    baseline = _run("0.10.7", {"dropout_split_rngs_forward-n1": {"warnings": ["DeprecationWarning: old"]}})
+    lines = "\n".join(report.lifecycle_markdown(candidate, baseline))
+    assert "1 of 2 changed" in lines
+    assert (
+        "| `dropout_split_rngs_forward` | 1 | raises | ValueError: fold_in accepts a single key | flax >= 0.11" in lines
+    )
+    assert "grad_sum_over_vmap" not in lines
+    assert "DeprecationWarning: new" in lines and "DeprecationWarning: old" not in lines
+    assert "new against flax 0.10.7" in lines

@@ -30,7 +30,14 @@ from tests.conftest import GOLDEN
 Suite = Callable[..., SuiteRun]
 ENV = {"jax": "test", "backend": "cpu"}
 TREE = mode_env("tree")
-VALUES = Outcome("values", {"out/call0": np.array([1.0, -2.0], np.float32), "rng/count": np.array([3], np.uint32)})
+VALUES = Outcome(
+    "values",
+    {
+        "out/call0": np.array([1.0, -2.0], np.float32),
+        "rng/count": np.array([3], np.uint32),
+        "rng/shared_count": np.array(3, np.uint32),  # 0-d: a shared Rngs before flax 0.11
+    },
+)
 RAISES = Outcome("raises", error="ValueError: fold_in accepts a single key")
 
 
@@ -51,6 +58,7 @@ def test_a_scenario_golden_round_trips_its_outcome(tmp_path: Path, outcome: Outc
     arrays, meta = GoldenStore(tmp_path).load_arrays(case)
     back = golden_outcome(arrays, meta, "golden")
     assert (back.kind, back.error, sorted(back.arrays)) == (outcome.kind, outcome.error, sorted(outcome.arrays))
+    assert {k: v.shape for k, v in back.arrays.items()} == {k: v.shape for k, v in outcome.arrays.items()}
     assert store.manifest()["cases"][case.id]["tolerance_class"] == "lifecycle"
 
 

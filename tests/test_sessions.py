@@ -142,3 +142,30 @@ def test_venv_commands_with_and_without_uv(tmp_path: Path) -> None:
     assert create[:2] == ["uv", "venv"] and install[-1] == str(tmp_path / "v" / "bin" / "python")
     create, install = sessions.venv_commands(tmp_path / "v", "3.12", uv=False)
     assert create[:3] == ["python3.12", "-m", "venv"] and install[0] == str(tmp_path / "v" / "bin" / "python")
+
+
+def test_the_gate_from_a_users_release_makes_its_goldens_first(tmp_path: Path) -> None:
+    argv = ["--flax", "0.11.2", "--jax", "0.7.2", "--out", str(tmp_path)]
+    parser = sessions.gate_parser(tmp_path)
+    assert sessions.baseline_plan(parser.parse_args(argv)) is None
+    with pytest.raises(ValueError, match="--from-jax"):
+        sessions.baseline_plan(parser.parse_args([*argv, "--from-flax", "0.10.7"]))
+    args = parser.parse_args([*argv, "--from-flax", "0.10.7", "--from-jax", "0.6.2"])
+    baseline = sessions.baseline_plan(args)
+    assert baseline is not None and baseline.python == "3.11" and "flax==0.10.7" in baseline.requirements
+    candidate = sessions.gate_plan(args)
+    goldens = candidate.pytest_args[candidate.pytest_args.index("--golden-dir") + 1]
+    assert (
+        goldens
+        == str(tmp_path / "baseline-goldens")
+        == baseline.pytest_args[baseline.pytest_args.index("--golden-dir") + 1]
+    )
+
+
+def test_the_gate_runs_the_candidate_in_the_asked_transform_mode(tmp_path: Path) -> None:
+    args = sessions.gate_parser(tmp_path).parse_args(
+        ["--flax", REFERENCE.flax, "--jax", REFERENCE.jax, "--nnx-mode", "tree"]
+    )
+    plan = sessions.gate_plan(args)
+    assert plan.env["NNX_GRAPH_MODE"] == "false" and plan.env["NNX_GRAPH_UPDATES"] == "false"
+    assert plan.pytest_args[plan.pytest_args.index("--nnx-mode") + 1] == "tree"

@@ -198,7 +198,7 @@ def encode_npz(record: Storable) -> bytes:
     members: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for key, value in record.arrays().items():
-        members[key], dtypes[key] = _encode(np.ascontiguousarray(value))
+        members[key], dtypes[key] = _encode(np.asarray(value, order="C"))  # ascontiguousarray makes 0-d 1-d
     meta = {"format_version": FORMAT_VERSION, "case_id": record.case.id, "case": asdict(record.case), "dtypes": dtypes}
     outcome = getattr(record, "outcome_meta", None)
     if outcome is not None:  # only scenarios: the core cases' files keep their bytes

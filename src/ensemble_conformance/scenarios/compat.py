@@ -194,25 +194,61 @@ def expectation(program: str, flax: str) -> Era | None:
 _FORWARD = (
     "drop split_rngs (and StateAxes) on the forward: members keep their own keys; call nnx.vmap(in_axes=(0, None))"
 )
-REMEDIES: Mapping[str, str] = {
-    "dropout_split_rngs_forward": "flax >= 0.11: " + _FORWARD + " (recipe dropout_own_keys)",
-    "dropout_split_only_state_axes": "flax >= 0.11: " + _FORWARD + " (recipe dropout_own_keys)",
-    "scan_resplit_forward": "flax >= 0.11: drop split_rngs(splits=L) on the scanned forward; layers keep their "
-    "own keys (recipe scan_layers_dropout; flax #5158)",
-    "dropout_own_keys": "flax < 0.11: re-split on the forward with nnx.split_rngs(splits=N) (recipe "
-    "dropout_split_rngs_forward), or upgrade to flax >= 0.11",
-    "ensemble_of_stacks": "flax < 0.11: re-split the layer keys on the forward, or upgrade to flax >= 0.11",
-    "scan_layers_dropout": "flax < 0.11: nnx.split_rngs(splits=L) on the scanned forward, or upgrade to flax >= 0.11",
-    "dropout_call_keys_fork": "Rngs.fork(split=N) is deprecated from flax 0.12.6: use Rngs(...).split(N)",
-    "dropout_call_keys_split": "before flax 0.12.6 there is no Rngs.split: use Rngs(...).fork(split=N)",
-    "checkpoint_full_state": "saving typed PRNG keys needs orbax-checkpoint >= 0.11.28: save nnx.Param state only, "
-    "or store jax.random.key_data of the keys",
-    "checkpoint_params": "flax < 0.11: members with Dropout share one Rngs; build them with flax >= 0.11",
-    "state_axes_init": "tree mode (and graph mode without updates) refuses StateAxes: build with the "
-    "@nnx.split_rngs decorator and nnx.vmap(in_axes=0) or nnx.with_rngs",
-    "split_rngs_context_init": "tree mode: Rngs is no context manager; use the @nnx.split_rngs(splits=N) decorator",
-    "batchnorm_shared_stats": "statistics shared across members are not supported by nnx.vmap: keep per-member "
-    "batch_stats (recipe batchnorm_members)",
-    "jit_constructor": "code reading the members' RNG state must expect its member axis (N,) from flax 0.11",
-    "eval_shape_constructor": "code reading the members' RNG state must expect its member axis (N,) from flax 0.11",
+_OLD_FLAX = "flax < 0.11: members share one Rngs; "
+_MEMBER_AXIS = "code reading the members' RNG state must expect its member axis (N,) from flax 0.11"
+_TREE_STATE_AXES = (
+    "tree mode (and graph mode without updates) refuses StateAxes: build with the @nnx.split_rngs decorator and "
+    "nnx.vmap(in_axes=0), or nnx.with_rngs"
+)
+
+# What to do when a recipe's class against the goldens is not fine: by program, then by
+# class ("*" for any other).
+REMEDIES: Mapping[str, Mapping[str, str]] = {
+    "dropout_split_rngs_forward": {"*": "flax >= 0.11: " + _FORWARD + " (recipe dropout_own_keys)"},
+    "dropout_split_only_state_axes": {"*": "flax >= 0.11 and tree mode: " + _FORWARD + " (recipe dropout_own_keys)"},
+    "scan_resplit_forward": {
+        "*": "flax >= 0.11: drop split_rngs(splits=L) on the scanned forward; layers keep their own keys "
+        "(recipe scan_layers_dropout; flax #5158)"
+    },
+    "dropout_own_keys": {
+        "*": _OLD_FLAX + "re-split on the forward with nnx.split_rngs(splits=N) (recipe dropout_split_rngs_forward)",
+        "no longer raises": "works from flax 0.11: remove the split_rngs re-split from the forward",
+    },
+    "ensemble_of_stacks": {
+        "*": _OLD_FLAX + "re-split the layer keys on the forward",
+        "no longer raises": "works from flax 0.11: vmap over scan needs no re-split",
+    },
+    "scan_layers_dropout": {
+        "*": _OLD_FLAX + "nnx.split_rngs(splits=L) on the scanned forward",
+        "no longer raises": "works from flax 0.11: remove split_rngs(splits=L) from the scanned forward",
+    },
+    "dropout_call_keys_fork": {"*": "Rngs.fork(split=N) is deprecated from flax 0.12.6: use Rngs(...).split(N)"},
+    "dropout_call_keys_split": {"*": "before flax 0.12.6 there is no Rngs.split: use Rngs(...).fork(split=N)"},
+    "checkpoint_full_state": {
+        "*": "saving typed PRNG keys needs orbax-checkpoint >= 0.11.28: save nnx.Param state only, or store "
+        "jax.random.key_data of the keys"
+    },
+    "checkpoint_params": {
+        "*": _OLD_FLAX + "members with Dropout cannot be vmapped over their RNG state; checkpoint without Dropout",
+        "no longer raises": "works from flax 0.11 (members keep their own RNG state)",
+    },
+    "state_axes_init": {"*": _TREE_STATE_AXES, "no longer raises": "StateAxes at init works from flax 0.11"},
+    "split_rngs_context_init": {
+        "*": "tree mode: Rngs is no context manager; use the @nnx.split_rngs(splits=N) decorator",
+        "changed": _MEMBER_AXIS,
+    },
+    "batchnorm_shared_stats": {
+        "*": "statistics shared across members are not supported by nnx.vmap: keep per-member batch_stats "
+        "(recipe batchnorm_members)"
+    },
+    "jit_constructor": {"*": _MEMBER_AXIS},
+    "eval_shape_constructor": {"*": _MEMBER_AXIS},
 }
+
+
+def remedy(program: str, cls: str) -> str | None:
+    """What to do about ``program`` now classed ``cls``; None when fine or unknown."""
+    if cls in FINE:
+        return None
+    table = REMEDIES.get(program, {})
+    return table.get(cls, table.get("*"))

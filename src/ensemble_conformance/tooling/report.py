@@ -59,7 +59,50 @@ def _fmt(value: Any) -> str:
     return "-" if value in (None, "") else str(value)
 
 
-def gate_markdown(result: Result) -> str:
+def _program(case_id: str) -> str:
+    return case_id.split("-", 1)[0]
+
+
+def _warnings(result: Result) -> dict[str, set[str]]:
+    """recipe -> the DeprecationWarnings and FutureWarnings its cases emitted."""
+    out: dict[str, set[str]] = {}
+    for case_id, entry in result.get("scenarios", {}).items():
+        out.setdefault(_program(case_id), set()).update(entry.get("warnings", []))
+    return {program: seen for program, seen in out.items() if seen}
+
+
+def lifecycle_markdown(result: Result, baseline: Result | None = None) -> list[str]:
+    """The gate's lifecycle part: each recipe whose golden comparison failed, what changed
+    and the remedy when one is known; then the deprecations the recipes hit (those new
+    against ``baseline`` when given), which the future-defaults session turns into errors."""
+    scenarios = result.get("scenarios", {})
+    if not scenarios:
+        return []
+    changed: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for case_id, entry in sorted(scenarios.items()):
+        if "failed" in (entry.get("golden"), entry.get("expected"), entry.get("oracles")):
+            changed.setdefault(_program(case_id), []).append((case_id, entry))
+    lines = ["", f"### Lifecycle recipes: {len(changed)} of {len({_program(c) for c in scenarios})} changed"]
+    if changed:
+        lines += ["", "| recipe | cases | now | outcome | remedy |", "|---|---|---|---|---|"]
+        for program, entries in changed.items():
+            classes = sorted({str(e.get("compat", "failed")) for _, e in entries})
+            outcome = _shorten(str(entries[0][1].get("outcome", "")), 90) if entries[0][1].get("outcome") else "-"
+            remedy = next((str(e["remedy"]) for _, e in entries if e.get("remedy")), "-")
+            cells = [f"`{program}`", str(len(entries)), ", ".join(classes), outcome, remedy]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    now = _warnings(result)
+    before = _warnings(baseline) if baseline is not None else {}
+    new = {p: sorted(w - before.get(p, set())) for p, w in now.items()}
+    new = {p: w for p, w in new.items() if w}
+    if new:
+        against = f" (new against flax {baseline['pins']['flax']})" if baseline is not None else ""
+        lines += ["", f"Deprecations the recipes hit{against}; `nox -s future_defaults` makes them errors:", ""]
+        lines += [f"- `{p}`: {'; '.join(w)}" for p, w in sorted(new.items())]
+    return lines
+
+
+def gate_markdown(result: Result, baseline: Result | None = None) -> str:
     s = result["summary"]
     lines = [
         f"## ensemble-conformance gate: {verdict(result)}",
@@ -93,6 +136,7 @@ def gate_markdown(result: Result) -> str:
         restore = sorted({e["drift_restore"] for e in failing.values() if e.get("drift_restore")})
         for setting in restore:
             lines += ["", f"The goldens' values come back with `{setting}`."]
+    lines += lifecycle_markdown(result, baseline)
     return "\n".join(lines) + "\n"
 
 
@@ -330,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gate = sub.add_parser("gate", help="one result as markdown")
     gate.add_argument("result", type=Path)
     gate.add_argument("--markdown", type=Path)
+    gate.add_argument("--baseline", type=Path, help="the run on the current pins: deprecations new in the candidate")
     matrix = sub.add_parser("matrix", help="many results as one markdown table and an HTML heatmap")
     matrix.add_argument("results", type=Path, nargs="+")
     matrix.add_argument("--markdown", type=Path)
@@ -338,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "gate":
             result = load(args.result)
-            text = gate_markdown(result)
+            text = gate_markdown(result, load(args.baseline) if args.baseline else None)
             if args.markdown:
                 args.markdown.write_text(text)
             print(text)

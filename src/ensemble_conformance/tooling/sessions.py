@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble_conformance.backends.platforms import BACKENDS, Backend
+from ensemble_conformance.golden.environment import MODES, mode_env
 from ensemble_conformance.golden.pins import EPOCHS, MATRIX, REFERENCE, Pins
 
 
@@ -178,43 +179,95 @@ def gate_parser(results: Path) -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=list(BACKENDS), default="cpu")
     parser.add_argument("--precision", choices=("default", "highest"), default="default", help="matmul precision")
     parser.add_argument("--golden-dir", default=EPOCHS["partitionable"].golden_dir, help="baseline goldens")
+    parser.add_argument(
+        "--from-flax",
+        default=None,
+        help="the flax release the user is on: its goldens are made first (on CPU) and the candidate judged by them",
+    )
+    parser.add_argument("--from-jax", default=None, help="the jax release the user is on (with --from-flax)")
+    parser.add_argument("--nnx-mode", choices=MODES, default="graph", help="flax's transform mode for the candidate")
     parser.add_argument("--out", default=str(results / "gate"), help="where result.json and summary.md go")
     return parser
 
 
 @dataclass(frozen=True)
 class GatePlan:
-    """What the gate installs and runs for one candidate."""
+    """What the gate installs and runs for one release (the candidate, or the baseline
+    the user is on): its environment and the suite's arguments."""
 
     python: str
     venv_name: str
     requirements: list[str]
     pytest_args: list[str]
+    env: dict[str, str]
+
+
+def _plan(flax: str, jax: str, jaxlib: str, python: str | None, backend: str, out: Path) -> tuple[Pins, str, list[str]]:
+    known = known_pins(flax, jax)
+    python = python or (known.python if known else REFERENCE.python)
+    pins = known or Pins(python, jax, jaxlib, flax)
+    return (
+        pins,
+        f"gate-py{python}-flax{flax}-jax{jax}-{backend}",
+        backend_requirements(BACKENDS[backend], jax, jaxlib, flax),
+    )
 
 
 def gate_plan(args: argparse.Namespace) -> GatePlan:
     chosen = BACKENDS[args.backend]
-    known = known_pins(args.flax, args.jax)
-    python = args.python or (known.python if known else REFERENCE.python)
     out = Path(args.out)
-    pins = known or Pins(python, args.jax, args.jaxlib or args.jax, args.flax)
+    pins, name, requirements = _plan(args.flax, args.jax, args.jaxlib or args.jax, args.python, args.backend, out)
+    goldens = str(out / "baseline-goldens") if args.from_flax else args.golden_dir
     return GatePlan(
-        python=python,
-        venv_name=f"gate-py{python}-flax{args.flax}-jax{args.jax}-{args.backend}",
-        requirements=backend_requirements(chosen, args.jax, args.jaxlib or args.jax, args.flax),
+        python=pins.python,
+        venv_name=name,
+        requirements=requirements,
         pytest_args=[
             "conformance",
             "--backend",
             chosen.platform,
             "--precision",
             args.precision,
+            "--nnx-mode",
+            args.nnx_mode,
             "-n",
             "auto",
             "--golden-dir",
-            args.golden_dir,
+            goldens,
             f"--report-json={out / 'result.json'}",
             *lifecycle_selection(pins),
         ],
+        env={**chosen.env(), **mode_env(args.nnx_mode)},
+    )
+
+
+def baseline_plan(args: argparse.Namespace) -> GatePlan | None:
+    """With --from-flax: the release the user is on, whose goldens (made with the
+    regeneration command, on CPU) judge the candidate; its own run records its warnings."""
+    if not args.from_flax:
+        return None
+    if not args.from_jax:
+        raise ValueError("--from-flax needs --from-jax: the jax release the user is on")
+    out = Path(args.out)
+    pins, name, requirements = _plan(args.from_flax, args.from_jax, args.from_jax, None, "cpu", out)
+    goldens = str(out / "baseline-goldens")
+    return GatePlan(
+        python=pins.python,
+        venv_name=name,
+        requirements=requirements,
+        pytest_args=[
+            "conformance",
+            "--backend",
+            "cpu",
+            "-n",
+            "auto",
+            "-m",
+            "lifecycle",
+            "--golden-dir",
+            goldens,
+            f"--report-json={out / 'baseline.json'}",
+        ],
+        env={"JAX_PLATFORMS": "cpu"},
     )
 
 
