@@ -75,9 +75,13 @@ def _venv(session: nox.Session, python: str, name: str, requirements: list[str])
     """A virtual environment under .nox/NAME with the package, its test extras and
     ``requirements`` (outside nox's own, so one session can hold several). Returns its directory."""
     venv = ROOT / ".nox" / name
+    if sessions.env_is_ready(venv, requirements):  # built before by a gate or a bisect probe
+        session.log(f"reusing {venv.relative_to(ROOT)}")
+        return venv
     create, install = sessions.venv_commands(venv, python, uv=bool(shutil.which("uv")))
     session.run(*create, external=True)
-    session.run(*install, ".[test]", *requirements, external=True)
+    session.run(*install, "-e", ".[test]", *requirements, external=True)  # editable: a reused env runs this tree
+    sessions.mark_env_ready(venv, requirements)
     return venv
 
 
@@ -340,8 +344,7 @@ def bisect(session: nox.Session) -> None:
     def python_for(release: str) -> str:
         # jaxlib is left to the resolver: not every jax release has a jaxlib of its own number.
         flax, jax = sessions.bisect_pins(args, release)
-        name = f"bisect-py{args.python}-flax{flax}-jax{jax}"
-        venv = _venv(session, args.python, name, [f"jax=={jax}", f"flax=={flax}"])
+        venv = _venv(session, args.python, sessions.env_name(args.python, flax, jax), [f"jax=={jax}", f"flax=={flax}"])
         return str(venv / "bin" / "python")
 
     def run(python: str, *command: str) -> subprocess.CompletedProcess[str]:
@@ -354,10 +357,14 @@ def bisect(session: nox.Session) -> None:
     if made.returncode != 0:
         session.error(f"could not make the baseline on {args.package} {args.good}:\n{made.stdout}{made.stderr}")
 
+    changes: dict[str, list[str]] = {}
+
     def changed(release: str) -> bool:
         """The golden comparisons on this release differ from the good release's values."""
+        result = baseline.parent / f"bisect-{args.package}{release}.json"
         suite = ["-m", "pytest", "conformance", "-m", "golden", "-q", "-n", "auto", "--golden-dir", str(baseline)]
-        proc = run(python_for(release), *suite)
+        proc = run(python_for(release), *suite, f"--report-json={result}")
+        changes[release] = sessions.failed_golden_cases(result) if result.exists() else []
         session.log(f"{args.package} {release}: {sessions.last_line(proc.stdout)}")
         return proc.returncode != 0
 
@@ -365,5 +372,7 @@ def bisect(session: nox.Session) -> None:
         first = bisection.first_changed(releases, changed, log=session.log)
     except ValueError as err:
         session.error(str(err))
-    path = sessions.write_bisect_record(RESULTS, args, first)
+    path = sessions.write_bisect_record(RESULTS, args, first, changes.get(first, []))
+    for line in sessions.changed_recipes(changes.get(first, [])):
+        session.log(f"  changed: {line}")
     session.log(f"first {args.package} release where a case changes: {first} ({held}); see {path.relative_to(ROOT)}")

@@ -169,3 +169,43 @@ def test_the_gate_runs_the_candidate_in_the_asked_transform_mode(tmp_path: Path)
     plan = sessions.gate_plan(args)
     assert plan.env["NNX_GRAPH_MODE"] == "false" and plan.env["NNX_GRAPH_UPDATES"] == "false"
     assert plan.pytest_args[plan.pytest_args.index("--nnx-mode") + 1] == "tree"
+
+
+def test_an_environment_is_reused_only_when_built_with_the_same_requirements(tmp_path: Path) -> None:
+    venv = tmp_path / "env"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    assert not sessions.env_is_ready(venv, ["jax==1", "flax==2"])  # no marker: an install never finished
+    sessions.mark_env_ready(venv, ["jax==1", "flax==2"])
+    assert sessions.env_is_ready(venv, ["flax==2", "jax==1"])
+    assert not sessions.env_is_ready(venv, ["jax==1", "flax==3"])
+    (venv / sessions.ENV_MARKER).write_text("{not json")
+    assert not sessions.env_is_ready(venv, ["jax==1", "flax==2"])
+    assert (
+        sessions.env_name("3.12", "0.11.0", "0.6.2")
+        == sessions.gate_plan(
+            sessions.gate_parser(tmp_path).parse_args(["--flax", "0.11.0", "--jax", "0.6.2", "--python", "3.12"])
+        ).venv_name
+    )
+
+
+def test_bisect_records_the_changed_cases_and_recipes(tmp_path: Path) -> None:
+    result = tmp_path / "r.json"
+    result.write_text(
+        json.dumps(
+            {
+                "cases": {"ensemble-a": {"golden": "passed"}},
+                "scenarios": {
+                    "dropout_own_keys-n1": {"golden": "failed"},
+                    "dropout_own_keys-n4": {"golden": "failed"},
+                    "scan_layers_dropout-n1": {"golden": "failed"},
+                },
+            }
+        )
+    )
+    failed = sessions.failed_golden_cases(result)
+    assert failed == ["dropout_own_keys-n1", "dropout_own_keys-n4", "scan_layers_dropout-n1"]
+    assert sessions.changed_recipes(failed) == ["dropout_own_keys (2 cases)", "scan_layers_dropout (1 case)"]
+    args = sessions.bisect_parser().parse_args(["--good", "0.10.7", "--bad", "0.11.2"])
+    record = json.loads(sessions.write_bisect_record(tmp_path, args, "0.11.0", failed).read_text())
+    assert record["changed_recipes"] == ["dropout_own_keys (2 cases)", "scan_layers_dropout (1 case)"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,30 @@ def resolution_problem(name: str, backend: Backend, pinned: Mapping[str, str]) -
 # --- environments outside nox's own (gate, bisect) -----------------------------------
 
 
+ENV_MARKER = "ensemble-conformance-env.json"
+
+
+def env_name(python: str, flax: str, jax: str, backend: str = "cpu") -> str:
+    """One name for an environment with these pins, shared by the gate and bisect so that
+    each reuses what the other built."""
+    return f"pins-py{python}-flax{flax}-jax{jax}-{backend}"
+
+
+def env_is_ready(venv: Path, requirements: Sequence[str]) -> bool:
+    """Whether ``venv`` was built with exactly ``requirements`` (and finished: the marker
+    is written last, so an interrupted install is redone)."""
+    marker = venv / ENV_MARKER
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return (venv / "bin" / "python").exists() and recorded == {"requirements": sorted(requirements)}
+
+
+def mark_env_ready(venv: Path, requirements: Sequence[str]) -> None:
+    (venv / ENV_MARKER).write_text(json.dumps({"requirements": sorted(requirements)}) + "\n")
+
+
 def venv_commands(venv: Path, python: str, uv: bool) -> tuple[list[str], list[str]]:
     """The command that makes a virtual environment at ``venv`` for ``python`` (reusing one
     already there) and the command prefix that installs into it."""
@@ -208,7 +232,7 @@ def _plan(flax: str, jax: str, jaxlib: str, python: str | None, backend: str, ou
     pins = known or Pins(python, jax, jaxlib, flax)
     return (
         pins,
-        f"gate-py{python}-flax{flax}-jax{jax}-{backend}",
+        env_name(python, flax, jax, backend),
         backend_requirements(BACKENDS[backend], jax, jaxlib, flax),
     )
 
@@ -305,7 +329,22 @@ def held(args: argparse.Namespace) -> str:
     return f"flax {args.flax}" if args.package == "jax" else f"jax {args.jax}"
 
 
-def write_bisect_record(results: Path, args: argparse.Namespace, first: str) -> Path:
+def failed_golden_cases(result: Path) -> list[str]:
+    """The case and scenario ids whose golden comparison failed in a --report-json result."""
+    data = json.loads(result.read_text())
+    entries = {**data.get("cases", {}), **data.get("scenarios", {})}
+    return sorted(case for case, entry in entries.items() if entry.get("golden") == "failed")
+
+
+def changed_recipes(case_ids: Sequence[str]) -> list[str]:
+    """'program (k cases)' per program or core variant among ``case_ids``."""
+    counts: dict[str, int] = {}
+    for case in case_ids:
+        counts[case.split("-", 1)[0]] = counts.get(case.split("-", 1)[0], 0) + 1
+    return [f"{name} ({n} case{'s' * (n != 1)})" for name, n in sorted(counts.items())]
+
+
+def write_bisect_record(results: Path, args: argparse.Namespace, first: str, changed: Sequence[str] = ()) -> Path:
     record = {
         "package": args.package,
         "good": args.good,
@@ -313,6 +352,8 @@ def write_bisect_record(results: Path, args: argparse.Namespace, first: str) -> 
         "held": held(args),
         "python": args.python,
         "first_changed": first,
+        "changed_cases": list(changed),
+        "changed_recipes": changed_recipes(changed),
     }
     results.mkdir(parents=True, exist_ok=True)
     path = results / "bisect.json"
