@@ -328,6 +328,19 @@ def gate(session: nox.Session) -> None:
 
 
 @nox.session(python=False, default=False)
+def demos(session: nox.Session) -> None:
+    """The lifecycle demonstrations, run for real: bisect 0.10.7 -> 0.11.2, the gate 0.10.7 -> 0.11.2, tree mode."""
+    for demo in sessions.DEMOS:
+        session.log(f"demo: {demo.name}")
+        nox_command = [sys.executable, "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", demo.session, "--"]
+        session.run(*nox_command, *demo.args, external=True, success_codes=[0, 1])
+        problem = sessions.demo_problem(demo, ROOT)
+        if problem:
+            session.error(problem)
+        session.log(f"demo: {demo.name}: shows what it must ({demo.output})")
+
+
+@nox.session(python=False, default=False)
 def bisect(session: nox.Session) -> None:
     """Find the first flax (or jax) release between a good and a bad one where a case changes."""
     args = sessions.bisect_parser().parse_args(session.posargs)

@@ -209,3 +209,33 @@ def test_bisect_records_the_changed_cases_and_recipes(tmp_path: Path) -> None:
     args = sessions.bisect_parser().parse_args(["--good", "0.10.7", "--bad", "0.11.2"])
     record = json.loads(sessions.write_bisect_record(tmp_path, args, "0.11.0", failed).read_text())
     assert record["changed_recipes"] == ["dropout_own_keys (2 cases)", "scan_layers_dropout (1 case)"]
+
+
+def _summary(verdict: str, recipes: list[str]) -> str:
+    rows = "\n".join(f"| `{r}` | 2 | raises | ValueError: x | fix |" for r in recipes)
+    return f"## ensemble-conformance gate: {verdict}\n\n| recipe | cases | now | outcome | remedy |\n|---|\n{rows}\n"
+
+
+def test_a_gate_demonstration_must_fail_and_name_its_recipes(tmp_path: Path) -> None:
+    tree = next(d for d in sessions.DEMOS if d.only)
+    out = tmp_path / tree.output
+    out.parent.mkdir(parents=True)
+    assert "not written" in (sessions.demo_problem(tree, tmp_path) or "")
+    out.write_text(_summary("FAIL", list(tree.must_name)))
+    assert sessions.demo_problem(tree, tmp_path) is None
+    out.write_text(_summary("PASS", list(tree.must_name)))
+    assert "passed" in (sessions.demo_problem(tree, tmp_path) or "")
+    out.write_text(_summary("FAIL", list(tree.must_name[1:])))
+    assert tree.must_name[0] in (sessions.demo_problem(tree, tmp_path) or "")
+    out.write_text(_summary("FAIL", [*tree.must_name, "grad_sum_over_vmap"]))
+    assert "also names ['grad_sum_over_vmap']" in (sessions.demo_problem(tree, tmp_path) or "")
+
+
+def test_the_bisect_demonstration_must_find_its_release(tmp_path: Path) -> None:
+    demo = next(d for d in sessions.DEMOS if d.first_changed)
+    args = sessions.bisect_parser().parse_args(["--good", "0.10.7", "--bad", "0.11.2"])
+    cases = [f"{name}-n1" for name in demo.must_name]
+    sessions.write_bisect_record(tmp_path / "results", args, demo.first_changed, cases)
+    assert sessions.demo_problem(demo, tmp_path) is None
+    sessions.write_bisect_record(tmp_path / "results", args, "0.11.1", cases)
+    assert "found 0.11.1" in (sessions.demo_problem(demo, tmp_path) or "")

@@ -364,3 +364,85 @@ def write_bisect_record(results: Path, args: argparse.Namespace, first: str, cha
 def last_line(output: str) -> str:
     lines = output.strip().splitlines()
     return lines[-1] if lines else "no output"
+
+
+# --- the lifecycle demonstrations (nox -s demos) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A real run of the gate or bisect and what it must show: the session, its arguments,
+    the file it writes, and the recipes it must name (and, for a gate, nothing else of the
+    lifecycle)."""
+
+    name: str
+    session: str
+    args: tuple[str, ...]
+    output: str  # relative to the repository root
+    must_name: tuple[str, ...]
+    first_changed: str = ""  # bisect: the release it must find
+    only: bool = False  # gate: the changed recipes are exactly must_name
+
+
+_DROPOUT_AND_SCAN = ("dropout_split_rngs_forward", "dropout_own_keys", "scan_resplit_forward", "scan_layers_dropout")
+_TREE = ("state_axes_init", "split_rngs_context_init", "dropout_split_only_state_axes", "batchnorm_shared_stats")
+
+DEMOS = (
+    Demo(
+        "bisect 0.10.7 -> 0.11.2",
+        "bisect",
+        ("--good", "0.10.7", "--bad", "0.11.2", "--jax", "0.6.2"),
+        "results/bisect.json",
+        _DROPOUT_AND_SCAN,
+        first_changed="0.11.0",
+    ),
+    Demo(
+        "gate from flax 0.10.7 to 0.11.2",
+        "gate",
+        (
+            "--flax",
+            "0.11.2",
+            "--jax",
+            "0.7.2",
+            "--from-flax",
+            "0.10.7",
+            "--from-jax",
+            "0.6.2",
+            "--out",
+            "results/demos/gate-upgrade",
+        ),
+        "results/demos/gate-upgrade/summary.md",
+        _DROPOUT_AND_SCAN,
+    ),
+    Demo(
+        "gate on the reference pins in tree mode",
+        "gate",
+        ("--flax", REFERENCE.flax, "--jax", REFERENCE.jax, "--nnx-mode", "tree", "--out", "results/demos/gate-tree"),
+        "results/demos/gate-tree/summary.md",
+        _TREE,
+        only=True,
+    ),
+)
+
+
+def demo_problem(demo: Demo, root: Path) -> str | None:
+    """Why a demonstration's output does not show what it must, or None."""
+    path = root / demo.output
+    if not path.exists():
+        return f"{demo.name}: {demo.output} was not written"
+    text = path.read_text()
+    if demo.first_changed:
+        record = json.loads(text)
+        if record.get("first_changed") != demo.first_changed:
+            return f"{demo.name}: found {record.get('first_changed')}, expected {demo.first_changed}"
+        named = {line.split(" ", 1)[0] for line in record.get("changed_recipes", [])}
+    else:
+        if "gate: FAIL" not in text:
+            return f"{demo.name}: the gate passed; it must fail"
+        named = {line.split("`")[1] for line in text.splitlines() if line.startswith("| `")}
+    missing = sorted(set(demo.must_name) - named)
+    if missing:
+        return f"{demo.name}: does not name {missing} (named: {sorted(named)})"
+    if demo.only and named != set(demo.must_name):
+        return f"{demo.name}: also names {sorted(named - set(demo.must_name))}"
+    return None
