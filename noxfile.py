@@ -179,7 +179,7 @@ def matrix(session: nox.Session, pin: str) -> None:
 def matrix_report(session: nox.Session) -> None:
     """Merge results/matrix/*.json (or the files given) into markdown and an HTML heatmap."""
     session.install("--no-deps", ".")
-    files = session.posargs or sorted(str(p) for p in (RESULTS / "matrix").glob("*.json"))
+    files = session.posargs or sessions.matrix_results(RESULTS)
     if not files:
         session.error("no results: run `nox -s matrix` first, or pass result files")
     session.run(

@@ -239,3 +239,12 @@ def test_the_bisect_demonstration_must_find_its_release(tmp_path: Path) -> None:
     assert sessions.demo_problem(demo, tmp_path) is None
     sessions.write_bisect_record(tmp_path / "results", args, "0.11.1", cases)
     assert "found 0.11.1" in (sessions.demo_problem(demo, tmp_path) or "")
+
+
+def test_matrix_report_merges_the_matrix_and_the_other_transform_modes(tmp_path: Path) -> None:
+    (tmp_path / "matrix").mkdir()
+    (tmp_path / "modes").mkdir()
+    for name in ("matrix/b.json", "matrix/a.json", "modes/graph.json", "modes/tree.json"):
+        (tmp_path / name).write_text("{}")
+    found = [Path(f).relative_to(tmp_path).as_posix() for f in sessions.matrix_results(tmp_path)]
+    assert found == ["matrix/a.json", "matrix/b.json", "modes/tree.json"]  # graph is the matrix's own run

@@ -40,7 +40,8 @@ def load(path: Path) -> Result:
 
 def label(result: Result) -> str:
     pins = result["pins"]
-    return f"flax {pins['flax']} / jax {pins['jax']} ({result.get('backend')})"
+    mode = _mode(result)
+    return f"flax {pins['flax']} / jax {pins['jax']} ({result.get('backend')}{'' if mode == 'graph' else ', ' + mode})"
 
 
 def verdict(result: Result) -> str:
@@ -142,7 +143,13 @@ def gate_markdown(result: Result, baseline: Result | None = None) -> str:
 
 def _sort_key(result: Result) -> tuple[Any, ...]:
     pins = result["pins"]
-    return (version_tuple(pins["flax"]), version_tuple(pins["jax"]), str(result.get("backend")))
+    return (
+        version_tuple(pins["flax"]),
+        version_tuple(pins["jax"]),
+        str(result.get("backend")),
+        _mode(result) != "graph",
+        _mode(result),
+    )
 
 
 def _groups(results: Sequence[Result]) -> list[str]:
@@ -160,6 +167,11 @@ def _group_drift(result: Result, group: str) -> tuple[float, int, int, int]:
 
 def _mode(result: Result) -> str:
     return str(result.get("environment", {}).get("nnx_mode") or "graph")
+
+
+def _release(result: Result) -> str:
+    mode = _mode(result)
+    return f"flax {result['pins']['flax']} / jax {result['pins']['jax']}" + ("" if mode == "graph" else f" ({mode})")
 
 
 def merge(results: Sequence[Result]) -> list[Result]:
@@ -195,7 +207,7 @@ def matrix_markdown(results: Sequence[Result]) -> str:
         s = r["summary"]
         causes = ", ".join(f"{c}: {n}" for c, n in sorted(s["causes"].items())) or "-"
         lines.append(
-            f"| flax {r['pins']['flax']} / jax {r['pins']['jax']} | {r['pins']['python']} "
+            f"| {_release(r)} | {r['pins']['python']} "
             f"| {r.get('backend')} | {verdict(r)} | {s['cases']} | {s['failed']} "
             f"| {s.get('known_drift', 0)} | {causes} |"
         )
@@ -212,7 +224,7 @@ def matrix_markdown(results: Sequence[Result]) -> str:
         for g in groups:
             ulp, failing, _, total = _group_drift(r, g)
             cells.append(("-" if math.isnan(ulp) else f"{ulp:.3g}") + (f" [{failing}/{total}]" if failing else ""))
-        lines.append(f"| flax {r['pins']['flax']} / jax {r['pins']['jax']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_release(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -95,6 +95,14 @@ def matrix_runs(root: Path, pins: Pins) -> list[tuple[list[str], dict[str, str]]
     ]
 
 
+def matrix_results(results: Path) -> list[str]:
+    """What matrix_report merges by default: every matrix result, and the reference's runs
+    in the other transform modes when `nox -s modes` wrote them."""
+    files = sorted(results.glob("matrix/*.json"))
+    files += [results / "modes" / f"{mode}.json" for mode in MODES if mode != "graph"]
+    return [str(f) for f in files if f.exists()]
+
+
 # --- legacy_prng: every golden must fail as prng-config -------------------------------
 
 
