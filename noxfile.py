@@ -17,6 +17,8 @@
     nox -s bench             # speed: vmapped ensemble vs N separate models (-- --quick: small)
     nox -s modes             # the suite in flax's three transform modes: changes must be the forecast
     nox -s future_defaults   # tree mode, deprecations as errors: what of an ensemble would break
+    nox -s demos             # bisect 0.10.7 -> 0.11.2, the gate 0.10.7 -> 0.11.2 and in tree mode, checked
+    nox -s gate -- --flax X --jax Y --from-flax A --from-jax B   # judged by goldens made on A/B
 
 Sessions use uv to build their environments when uv is installed (pip otherwise).
 Arguments after `--` go to pytest (conformance, tests) or to the regeneration command.

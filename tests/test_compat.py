@@ -154,3 +154,23 @@ def test_the_gate_names_changed_recipes_with_remedies_and_new_deprecations() -> 
     assert "grad_sum_over_vmap" not in lines
     assert "DeprecationWarning: new" in lines and "DeprecationWarning: old" not in lines
     assert "new against flax 0.10.7" in lines
+
+
+def test_the_gate_lists_the_changes_an_era_foresees() -> None:
+    run = _run(
+        "0.10.7",
+        {
+            "dropout_own_keys-n1": {
+                "golden": "passed",
+                "compat": "raises",
+                "era": "raises ValueError...",
+                "outcome": "x",
+            },
+            "grad_sum_over_vmap-n1": {"golden": "passed", "compat": "same", "era": "values", "outcome": "values"},
+        },
+    )
+    lines = "\n".join(report.lifecycle_markdown(run))
+    assert "0 of 2 changed" in lines
+    assert (
+        "1 recipe(s) differ from the goldens as this release's era foresees" in lines and "`dropout_own_keys`" in lines
+    )

@@ -92,6 +92,20 @@ def lifecycle_markdown(result: Result, baseline: Result | None = None) -> list[s
             remedy = next((str(e["remedy"]) for _, e in entries if e.get("remedy")), "-")
             cells = [f"`{program}`", str(len(entries)), ", ".join(classes), outcome, remedy]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    foreseen = sorted(
+        {
+            _program(case_id)
+            for case_id, entry in scenarios.items()
+            if entry.get("era") and entry.get("compat") not in ("same", "moved") and entry.get("golden") == "passed"
+        }
+        - set(changed)
+    )
+    if foreseen:
+        lines += [
+            "",
+            f"{len(foreseen)} recipe(s) differ from the goldens as this release's era foresees (see the "
+            "compatibility table): " + ", ".join(f"`{p}`" for p in foreseen),
+        ]
     now = _warnings(result)
     before = _warnings(baseline) if baseline is not None else {}
     new = {p: sorted(w - before.get(p, set())) for p, w in now.items()}
