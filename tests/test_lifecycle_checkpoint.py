@@ -13,6 +13,7 @@ from ensemble_conformance.scenarios import checkpoint as ck
 from ensemble_conformance.scenarios.construction import (
     build_members,
     check_bit_equal,
+    check_members_from_seed,
     forward_shared,
     inputs,
     member_state,
@@ -100,3 +101,14 @@ def test_forward_check_catches_a_restore_that_loses_the_rng_state(full: dict[str
     check_bit_equal(member_state(original)["params"], member_state(params_only)["params"], "params")
     with pytest.raises(AssertionError, match="forward differs"):
         ck.check_same_forward(forward_shared(original, x), forward_shared(params_only, x))
+
+
+def test_from_seed_oracles_judge_the_saved_members(full: dict[str, Any]) -> None:
+    assert "oracle_full_state_from_seed" in [o.__name__ for o in PROGRAM["checkpoint_full_state"].oracles]
+    assert "oracle_params_from_seed" in [o.__name__ for o in PROGRAM["checkpoint_params"].oracles]
+    ck.oracle_params_from_seed(N4)
+    check_members_from_seed(full["params"], N4, "saved")
+    # the restore target is built from the next seed: its own members are not this seed's
+    target = member_state(build_members({**N4, "seed": N4["seed"] + 1}))["params"]
+    with pytest.raises(AssertionError, match="target kernel"):
+        check_members_from_seed(target, N4, "target")

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from ensemble_conformance.scenarios import construction as c
+from ensemble_conformance.scenarios import derivation
 from ensemble_conformance.scenarios.program import run_program
 from tests.test_lifecycle_layers import MODES, Summary, assert_declared, assert_modes_agree, assert_outcomes, survey
 
@@ -122,3 +124,44 @@ def test_state_axes_recipe_gives_every_member_one_dropout_key() -> None:
     keys = c.run_state_axes_init(N4)["rng"]["key"]
     assert all(np.array_equal(keys[0], row) for row in keys), "members drew their own dropout keys"
     assert not all(np.array_equal(k, keys[0]) for k in c.member_state(c.build_members(N4))["rng"]["key"][1:])
+
+
+def test_lane_keys_are_the_keys_split_rngs_gives_nested_lanes() -> None:
+    one = c.nested_lane_keys(3, (4,))
+    assert np.array_equal(jax.random.key_data(one), jax.random.key_data(derivation.lane_keys(3, 4)))
+    nested = c.nested_lane_keys(3, (4, 2))
+    assert nested.shape == (4, 2)
+    for i, lane in enumerate(one):  # each lane splits its own stream's call 0
+        want = jax.random.split(jax.random.fold_in(lane, 0), 2)
+        assert np.array_equal(jax.random.key_data(nested[i]), jax.random.key_data(want))
+
+
+def test_from_seed_check_allows_rounding_and_catches_another_seed(jitted: dict[str, Any]) -> None:
+    eager = jitted["params"]["eager"]
+    c.check_members_from_seed(eager, N4, "eager")
+    nudged = {**eager, "kernel": np.nextafter(eager["kernel"], np.float32(np.inf))}  # 1 ULP: rounding
+    c.check_members_from_seed(nudged, N4, "nudged")
+    other = c.linear_params(c.build_members({**N4, "seed": N4["seed"] + 1}).linear)
+    with pytest.raises(AssertionError, match="other seed kernel: 60 of 60 elements"):
+        c.check_members_from_seed(other, N4, "other seed")
+
+
+def test_from_seed_check_catches_a_split_one_key_late(jitted: dict[str, Any]) -> None:
+    """split_rngs splitting the stream's second key rather than its next one (a real flax
+    object one draw ahead, as the split_rngs_fold_in_off_by_one mutant does)."""
+    rngs = c.member_rngs(N4)
+    rngs.params()
+    late = c.linear_params(c.member_constructor(N4)(rngs).linear)
+    with pytest.raises(AssertionError, match="not the parameters split_rngs's lane keys give"):
+        c.check_members_from_seed(late, N4, "late")
+
+
+def test_from_seed_check_catches_one_member_copied_and_members_swapped(jitted: dict[str, Any]) -> None:
+    eager = jitted["params"]["eager"]
+    copied = {**eager, "kernel": eager["kernel"].copy()}
+    copied["kernel"][3] = copied["kernel"][1]
+    with pytest.raises(AssertionError, match="copied kernels: entries 1 and 3 are identical"):
+        c.check_members_from_seed(copied, N4, "copied")
+    swapped = {name: np.roll(array, 1, axis=0) for name, array in eager.items()}
+    with pytest.raises(AssertionError, match="swapped kernel"):
+        c.check_members_from_seed(swapped, N4, "swapped")

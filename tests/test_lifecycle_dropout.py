@@ -99,8 +99,24 @@ def with_mask(arrays: Arrays, p: Params, masks: np.ndarray) -> np.ndarray:
 
 def test_the_unbroken_run_passes_every_check() -> None:
     arrays = own_keys()
-    for check in (dropout.check_own_key_masks, dropout.check_eval, dropout.check_counts):
+    for check in (
+        dropout.check_own_key_masks,
+        dropout.check_eval,
+        dropout.check_counts,
+        dropout.check_params_from_seed,
+    ):
         check(arrays, P)
+
+
+def test_members_not_built_from_the_seeds_lane_keys_are_caught() -> None:
+    arrays = own_keys()
+    arrays["params/linear/bias"] = np.roll(arrays["params/linear/bias"], 1, axis=0)
+    with pytest.raises(AssertionError, match=r"params/linear: members' bias: 20 of 20 elements"):
+        dropout.check_params_from_seed(arrays, P)
+    other = writable_run(dropout.run_call_keys_split)  # built alike: passes, and not from another seed
+    dropout.check_params_from_seed(other, P)
+    with pytest.raises(AssertionError, match=r"params/linear: members' kernel"):
+        dropout.check_params_from_seed(other, {**P, "seed": int(P["seed"]) + 1})
 
 
 def test_masks_shared_by_the_members_are_caught() -> None:

@@ -19,12 +19,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from ensemble_conformance.scenarios import layers
 from ensemble_conformance.scenarios.construction import (
     check_close,
+    check_linear_from_seed,
     eval_mode,
     forward_shared,
     inputs,
@@ -283,3 +287,73 @@ def test_member_slice_is_the_member_and_not_a_view_of_later_updates() -> None:
     forward_shared(model, inputs(BN, BN["d_in"]))
     assert np.array_equal(linear_params(first.linear)["kernel"], linear_params(model.linear)["kernel"][1])
     assert not np.array_equal(read(first.norm.mean), read(model.norm.mean)[1])
+
+
+def test_running_stats_check_catches_the_pytorch_momentum_convention() -> None:
+    result = layers.run_batchnorm_members(BN)
+    initial = layers.batch_stats(layers.build_normed(BN))
+    x = inputs(BN, BN["d_in"])
+    trained = result["stats"]["train"]
+    layers.check_running_stats(x, result["params"], initial, trained)
+    inverted = layers.build_normed(BN)
+    inverted.norm.momentum = 1.0 - inverted.norm.momentum  # keeps 0.01 of the old value
+    forward_shared(inverted, x)
+    with pytest.raises(AssertionError, match=r"batch mean of members \[0, 1, 2, 3\]: not 0.99 \* running"):
+        layers.check_running_stats(x, result["params"], initial, layers.batch_stats(inverted))
+    pooled = {k: np.broadcast_to(v.mean(axis=0), v.shape) for k, v in trained.items()}
+    with pytest.raises(AssertionError, match="numpy reference"):
+        layers.check_running_stats(x, result["params"], initial, pooled)
+    with pytest.raises(AssertionError, match="batch mean: shape"):
+        layers.check_running_stats(x, result["params"], initial, {k: v[:1] for k, v in trained.items()})
+
+
+def test_running_stats_check_allows_a_rounding_and_not_a_stuck_blend() -> None:
+    result = layers.run_batchnorm_members(BN)
+    initial = layers.batch_stats(layers.build_normed(BN))
+    x = inputs(BN, BN["d_in"])
+    trained = result["stats"]["train"]
+    nudged = {k: np.nextafter(v, np.float32(np.inf)) for k, v in trained.items()}  # 1 ULP
+    layers.check_running_stats(x, result["params"], initial, nudged)
+    with pytest.raises(AssertionError, match="batch var"):  # the mean starts at 0: only var stays put
+        layers.check_running_stats(x, result["params"], initial, {**trained, "var": initial["var"]})
+
+
+def one_key_for_every_layer(stack: nnx.Module) -> None:
+    """Every layer's dropout key replaced by layer 0's: the layers draw one mask."""
+    keys = nnx.state(stack, nnx.RngKey)
+    nnx.update(stack, jax.tree.map(lambda a: jnp.broadcast_to(a[:1], a.shape), keys))
+
+
+def test_train_loop_check_catches_layers_sharing_a_key_and_a_later_call() -> None:
+    x = inputs(STACK, STACK["d_in"])
+    fresh = layers.layer_constructor(STACK)(layers.stack_rngs(STACK))
+    scanned = layers.scan_layers(layers.layer_constructor(STACK)(layers.stack_rngs(STACK)), x, STACK)
+    layers.check_train_loop(fresh, x, scanned, STACK["rate"], "scan vs loop")
+    shared = layers.layer_constructor(STACK)(layers.stack_rngs(STACK))
+    one_key_for_every_layer(shared)
+    with pytest.raises(AssertionError, match=r"scan vs loop: .* past the rounding bound"):
+        layers.check_train_loop(fresh, x, layers.scan_layers(shared, x, STACK), STACK["rate"], "scan vs loop")
+    second = layers.run_stack(STACK, layers.scan_layers)["out"]["train_again"]  # the next masks
+    with pytest.raises(AssertionError, match="past the rounding bound"):
+        layers.check_train_loop(fresh, x, second, STACK["rate"], "scan vs loop")
+
+
+def test_train_loop_check_catches_a_member_given_another_members_stack(stacks: dict[str, Any]) -> None:
+    built = layers.build_stacks(STACKS)
+    x = inputs(STACKS, STACKS["d_in"])
+    train = stacks["out"]["train"]
+    layers.check_train_loop(member_slice(built, 2), x, train[2], STACKS["rate"], "member 2")
+    with pytest.raises(AssertionError, match=r"member 2: .* past the rounding bound"):
+        layers.check_train_loop(member_slice(built, 2), x, train[1], STACKS["rate"], "member 2")
+
+
+def test_layers_from_seed_check_catches_layers_in_another_order(stacks: dict[str, Any]) -> None:
+    d = STACKS["d_in"]
+    splits = (STACKS["n"], STACKS["layers"])
+    params = stacks["params"]
+    check_linear_from_seed(params, STACKS["seed"], splits, (d, d), "stacks")
+    reversed_layers = {name: np.flip(array, axis=1) for name, array in params.items()}
+    with pytest.raises(AssertionError, match="not the parameters split_rngs's lane keys give"):
+        check_linear_from_seed(reversed_layers, STACKS["seed"], splits, (d, d), "stacks")
+    with pytest.raises(AssertionError, match="stacks kernel"):
+        check_linear_from_seed(params, STACKS["seed"] + 1, splits, (d, d), "stacks")

@@ -1,7 +1,7 @@
 """Mutation testing through --patch: each lifecycle mutant in tests/lifecycle_mutants.py (a
 broken flax, optax or orbax release, simulated by a patch) fails a lifecycle golden
-comparison; the mutants measured as caught by the golden-free checks alone fail those with
-no golden file at all; and no harmless variant fails any lifecycle check.
+comparison; each also fails the golden-free checks alone, with no golden file at all (13 of
+13 measured); and no harmless variant fails any lifecycle check.
 
 Each mutant's run is restricted to the programs it was measured to break (``PROGRAMS_HIT``;
 ``ORACLE_KILLED`` for the golden-free run) and stops at the first failure: one failing case
@@ -31,21 +31,27 @@ Suite = Callable[..., SuiteRun]
 MUTANTS_FILE = "tests/lifecycle_mutants.py"
 
 # Measured with `python -m ensemble_conformance.tooling.mutation tests/lifecycle_mutants.py --patch`
-# on the reference pins: the mutants some golden-free check catches with no golden file, and
-# the programs where it does. Three are caught by the goldens only:
-#   batchnorm_momentum_inverted: the BatchNorm oracles compare the stack with each member run
-#     alone (through the same BatchNorm), never the statistics with a reference of their own
-#   scan_layers_share_key: the scan oracles check the stored keys and counts and the eval-mode
-#     forward, never the masks a train-mode forward draws
-#   split_rngs_fold_in_off_by_one: no lifecycle oracle derives the members from the seed
-#     (the core cases' derived_params oracle does, and catches it there)
-# and clip_per_leaf by the oracles on one case only, train_adam_stack_clip with N = 4, where
-# the plain-optax reference clips each member's arrays apart and the run one stacked array;
-# elsewhere the reference uses the run's own optax transformation, broken alike.
+# on the reference pins: the programs where a golden-free check catches each mutant with no
+# golden file. Every mutant is caught so (13/13), among them the three once caught by the
+# goldens only, by oracles with references of their own:
+#   batchnorm_momentum_inverted: oracle_running_stats, the running statistics computed in
+#     numpy with flax's convention (momentum * running + (1 - momentum) * batch)
+#   scan_layers_share_key: oracle_train_scan_equals_loop and oracle_stacks_train_equal_loops,
+#     a train-mode forward against a Python loop over the layers, each with its own key
+#   split_rngs_fold_in_off_by_one: the *_from_seed oracles, the members' parameters
+#     recomputed from the seed's lane keys with jax.random alone
+# clip_per_leaf is caught by the oracles on one case only, train_adam_stack_clip with N = 4,
+# where the plain-optax reference clips each member's arrays apart and the run one stacked
+# array; elsewhere the reference uses the run's own optax transformation, broken alike.
 ORACLE_KILLED: dict[str, tuple[str, ...]] = {
     "split_rngs_broadcasts_dropout": (
         "dropout_own_keys",
+        "grad_sum_over_vmap",
+        "grad_vmap_per_member",
+        "train_adam_stack",
         "train_adam_stack_clip",
+        "train_vmapped_optimizer_clip",
+        "batchnorm_members",
         "scan_layers_dropout",
         "ensemble_of_stacks",
     ),
@@ -62,6 +68,26 @@ ORACLE_KILLED: dict[str, tuple[str, ...]] = {
     "optimizer_moments_shared": ("train_adam_stack", "train_adam_stack_clip"),
     "clip_per_leaf": ("train_adam_stack_clip",),
     "batchnorm_stats_member_mean": ("batchnorm_members",),
+    "batchnorm_momentum_inverted": ("batchnorm_members",),
+    "scan_layers_share_key": ("scan_layers_dropout", "ensemble_of_stacks"),
+    "split_rngs_fold_in_off_by_one": (
+        "dropout_own_keys",
+        "dropout_call_keys_split",
+        "dropout_call_keys_fork",
+        "grad_sum_over_vmap",
+        "grad_vmap_per_member",
+        "train_adam_stack",
+        "train_adam_stack_clip",
+        "train_vmapped_optimizer_clip",
+        "batchnorm_members",
+        "scan_layers_dropout",
+        "ensemble_of_stacks",
+        "jit_constructor",
+        "split_rngs_context_init",
+        "state_axes_init",
+        "checkpoint_params",
+        "checkpoint_full_state",
+    ),
     "jit_draws_from_rngs": ("jit_constructor",),
     "restore_member0": ("checkpoint_params", "checkpoint_full_state"),
 }
@@ -82,7 +108,7 @@ def test_the_mutants_and_variants_are_listed_and_documented() -> None:
     names = (*LIFECYCLE_MUTANTS, *LIFECYCLE_HARMLESS)
     assert len(set(names)) == len(names)
     assert set(PROGRAMS_HIT) == set(LIFECYCLE_MUTANTS)
-    assert set(ORACLE_KILLED) <= set(LIFECYCLE_MUTANTS)
+    assert set(ORACLE_KILLED) == set(LIFECYCLE_MUTANTS), "every mutant is caught by a golden-free check"
     for name, programs in ORACLE_KILLED.items():
         assert set(programs) <= set(PROGRAMS_HIT[name])
     for programs in PROGRAMS_HIT.values():
@@ -132,5 +158,5 @@ def test_the_command_measures_a_mutant(tmp_path: Path, monkeypatch: pytest.Monke
     assert result["cases"] == 2
     assert result["failed_with_goldens"] == 2
     assert result["failed_oracles_only"] == 2
-    assert result["oracle_checks"] == ["oracle_jit_equals_eager"]
+    assert result["oracle_checks"] == ["oracle_jit_equals_eager", "oracle_jit_members_from_seed"]
     assert report["harmless"] == []

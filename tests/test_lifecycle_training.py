@@ -120,6 +120,18 @@ def test_parameters_not_from_the_seed_are_caught() -> None:
         training.check_grads_alone(arrays, P)
 
 
+@pytest.mark.parametrize("run", [training.run_grad_sum, training.run_adam_stack, training.run_vmapped_optimizer_clip])
+def test_initial_members_not_from_the_seed_are_caught(run: RunFn) -> None:
+    arrays = writable_run(run)
+    training.check_params_from_seed(arrays, P)
+    arrays["params/kernel"] = arrays["params/kernel"][::-1].copy()
+    with pytest.raises(AssertionError, match=r"params: initial members' kernel: 160 of 160 elements"):
+        training.check_params_from_seed(arrays, P)
+    arrays["params/kernel"][0] = arrays["params/kernel"][3]
+    with pytest.raises(AssertionError, match=r"members' kernels: entries 0 and 3 are identical"):
+        training.check_params_from_seed(arrays, P)
+
+
 def test_members_swapped_during_training_are_caught() -> None:
     arrays = writable_run(training.run_adam_stack)
     swap_members(arrays, "train/step2/params/")

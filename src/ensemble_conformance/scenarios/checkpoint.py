@@ -26,10 +26,12 @@ from ensemble_conformance.scenarios.construction import (
     Tree,
     build_members,
     check_bit_equal,
+    check_members_from_seed,
     eval_mode,
     forward_shared,
     inputs,
     member_state,
+    remembered,
 )
 from ensemble_conformance.scenarios.program import Params, Program, Unavailable, flatten, require
 
@@ -101,16 +103,28 @@ def check_same_forward(original: Any, restored: Any) -> None:
     assert a.shape == b.shape and np.array_equal(a, b), "the restored ensemble's forward differs from the original's"
 
 
+_params_result = remembered(run_checkpoint_params)
+_full_state_result = remembered(run_checkpoint_full_state)
+
+
 def oracle_params_restored(p: Params) -> None:
-    result = run_checkpoint_params(p)
+    result = _params_result(p)
     check_restore({"params": result["params"]}, result["restored"], int(p["n"]))
     check_same_forward(result["out"]["original"], result["out"]["restored"])
 
 
 def oracle_full_state_restored(p: Params) -> None:
-    result = run_checkpoint_full_state(p)
+    result = _full_state_result(p)
     check_restore({"params": result["params"], "rng": result["rng"]}, result["restored"], int(p["n"]))
     check_same_forward(result["out"]["original"], result["out"]["restored"])
+
+
+def oracle_params_from_seed(p: Params) -> None:
+    check_members_from_seed(_params_result(p)["params"], p, "saved members'")
+
+
+def oracle_full_state_from_seed(p: Params) -> None:
+    check_members_from_seed(_full_state_result(p)["params"], p, "saved members'")
 
 
 _GRID: tuple[Params, ...] = (
@@ -124,7 +138,7 @@ PROGRAMS: tuple[Program, ...] = (
         doc="orbax round trip of the Param state into an eval_shape target, nnx.update; bit-equal, same forward",
         run=run_checkpoint_params,
         grid=_GRID,
-        oracles=(oracle_params_restored,),
+        oracles=(oracle_params_restored, oracle_params_from_seed),
         uses=frozenset({"orbax"}),
     ),
     Program(
@@ -132,7 +146,7 @@ PROGRAMS: tuple[Program, ...] = (
         doc="orbax round trip of the whole state (typed PRNG keys included) into an eval_shape target, nnx.merge",
         run=run_checkpoint_full_state,
         grid=_GRID,
-        oracles=(oracle_full_state_restored,),
+        oracles=(oracle_full_state_restored, oracle_full_state_from_seed),
         uses=frozenset({"orbax"}),
     ),
 )

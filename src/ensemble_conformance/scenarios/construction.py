@@ -9,12 +9,14 @@ Programs:
 
 A member is Linear(d_in, features) with a normal(0.5) bias, then Dropout(rate), drawn from
 ``nnx.Rngs(params=seed, dropout=seed + 1)``. The reference is the decorator form,
-``nnx.split_rngs(splits=N)`` over ``nnx.vmap(in_axes=(0,), out_axes=0)``.
+``nnx.split_rngs(splits=N)`` over ``nnx.vmap(in_axes=(0,), out_axes=0)``; every form's
+members are also checked against their Linear parameters recomputed from the seed with
+jax.random alone (``derived_linear``, which the other lifecycle modules' oracles use too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -22,6 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ensemble_conformance.golden.compare import compare
+from ensemble_conformance.golden.tolerances import lifecycle_class
+from ensemble_conformance.scenarios import derivation
 from ensemble_conformance.scenarios.program import Params, Program, flatten, require
 
 Tree = dict[str, Any]
@@ -159,6 +164,65 @@ def check_distinct(rows: Any, what: str) -> None:
             assert not np.array_equal(flat[i], flat[j]), f"{what}: entries {j} and {i} are identical"
 
 
+# ---- the members' parameters recomputed from the seed (jax.random alone) ----
+
+
+def nested_lane_keys(seed: int, splits: Sequence[int]) -> jax.Array:
+    """The keys that nested ``split_rngs(splits=s)`` (each over ``vmap``) give the lanes of a
+    fresh stream seeded ``seed``, shape ``splits``, computed with jax.random alone: each split
+    takes its stream's next key (a fresh stream's, or a fresh lane's, call 0) and splits it
+    (derivation.py documents the schedule)."""
+
+    def split(n: int) -> Callable[[jax.Array], jax.Array]:
+        return lambda key: jax.random.split(derivation.stream_key(key, 0), n)
+
+    keys = derivation.root_key(seed)
+    for depth, n in enumerate(splits):
+        step = split(n)
+        for _ in range(depth):
+            step = jax.vmap(step)
+        keys = step(keys)
+    return keys
+
+
+def derived_linear(seed: int, splits: Sequence[int], d_in: int, features: int) -> dict[str, np.ndarray]:
+    """The kernel ``(*splits, d_in, features)`` and bias ``(*splits, features)`` of a
+    ``Linear(d_in, features, bias_init=normal(0.5))``, the first thing built in each lane of
+    nested ``split_rngs(splits=s)``: kernel (lecun_normal) from the lane key's call 0, bias
+    from call 1. Drawn under ``jax.vmap`` as nnx.vmap draws them (derivation.py)."""
+
+    def draw(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        kernel = derivation.KERNEL_INIT(derivation.stream_key(key, 0), (d_in, features), jnp.float32)
+        return kernel, derivation.BIAS_INIT(derivation.stream_key(key, 1), (features,), jnp.float32)
+
+    for _ in splits:
+        draw = jax.vmap(draw)
+    kernel, bias = draw(nested_lane_keys(seed, splits))
+    return {"kernel": np.asarray(kernel), "bias": np.asarray(bias)}
+
+
+def check_from_seed(params: Mapping[str, Any], derived: Mapping[str, np.ndarray], what: str) -> None:
+    """No two members (lanes) share a kernel, and every lane's kernel and bias are the ones
+    recomputed from the seed, within the ``params`` tolerance class's ULPs."""
+    cls = lifecycle_class("params")
+    kernel = np.asarray(params["kernel"])
+    check_distinct(kernel.reshape(-1, *kernel.shape[-2:]), f"{what} kernels")
+    for name, want in derived.items():
+        report = compare(f"{what} {name}", want, np.asarray(params[name]), rule=cls.rule("float32"), max_ulps=cls.ulps)
+        assert report.ok, (
+            "not the parameters split_rngs's lane keys give (recomputed from the seed with jax.random; "
+            f"'golden' below is the recomputed value): {report.describe()}"
+        )
+
+
+def check_linear_from_seed(
+    params: Mapping[str, Any], seed: int, splits: Sequence[int], shape: tuple[int, int], what: str
+) -> None:
+    """``check_from_seed`` for lanes of a Linear of kernel ``shape`` (d_in, features) built
+    from ``seed``."""
+    check_from_seed(params, derived_linear(seed, splits, *shape), what)
+
+
 # ---- 8: compiled and abstract construction ----
 
 
@@ -171,14 +235,28 @@ def run_jit_constructor(p: Params) -> Tree:
     }
 
 
+_jit_result = remembered(run_jit_constructor)
+
+
 def oracle_jit_equals_eager(p: Params) -> None:
-    result = run_jit_constructor(p)
+    result = _jit_result(p)
     check_bit_equal(result["params"]["eager"], result["params"]["jit"], "nnx.jit constructor params vs eager")
     check_bit_equal(result["rng"]["eager"], result["rng"]["jit"], "nnx.jit constructor RNG state vs eager")
 
 
 def oracle_members_distinct(p: Params) -> None:
-    check_distinct(linear_params(build_members(p).linear)["kernel"], "members' kernels")
+    check_distinct(_jit_result(p)["params"]["eager"]["kernel"], "members' kernels")
+
+
+def check_members_from_seed(params: Mapping[str, Any], p: Params, what: str) -> None:
+    """The N members' Linear parameters are the ones recomputed from the seed's lane keys."""
+    shape = (int(p["d_in"]), int(p["features"]))
+    check_linear_from_seed(params, int(p["seed"]), (int(p["n"]),), shape, what)
+
+
+def oracle_jit_members_from_seed(p: Params) -> None:
+    for form in ("eager", "jit"):
+        check_members_from_seed(_jit_result(p)["params"][form], p, f"{form} constructor: members'")
 
 
 def abstract_shapes(model: Member) -> Tree:
@@ -228,8 +306,11 @@ def run_split_rngs_context_init(p: Params) -> Tree:
     return {**member_state(model), "shapes": {"outer_key_after": after}}
 
 
+_context_result = remembered(run_split_rngs_context_init)
+
+
 def oracle_context_equals_decorator(p: Params) -> None:
-    result = run_split_rngs_context_init(p)
+    result = _context_result(p)
     reference = member_state(build_members(p))
     check_bit_equal(reference, {"params": result["params"], "rng": result["rng"]}, "context form vs decorator form")
 
@@ -240,7 +321,11 @@ def check_unsplit(shapes: Mapping[str, Any]) -> None:
 
 
 def oracle_context_restores_rngs(p: Params) -> None:
-    check_unsplit(run_split_rngs_context_init(p)["shapes"]["outer_key_after"])
+    check_unsplit(_context_result(p)["shapes"]["outer_key_after"])
+
+
+def oracle_context_members_from_seed(p: Params) -> None:
+    check_members_from_seed(_context_result(p)["params"], p, "context form: members'")
 
 
 def run_state_axes_init(p: Params) -> Tree:
@@ -255,10 +340,17 @@ def run_state_axes_init(p: Params) -> Tree:
     return member_state(make(member_rngs(p)))
 
 
+_state_axes_result = remembered(run_state_axes_init)
+
+
 def oracle_state_axes_equals_decorator(p: Params) -> None:
     # params only: the broadcast dropout stream gives every member the same dropout key
     reference = linear_params(build_members(p).linear)
-    check_bit_equal(reference, run_state_axes_init(p)["params"], "StateAxes form vs decorator form")
+    check_bit_equal(reference, _state_axes_result(p)["params"], "StateAxes form vs decorator form")
+
+
+def oracle_state_axes_members_from_seed(p: Params) -> None:
+    check_members_from_seed(_state_axes_result(p)["params"], p, "StateAxes form: members'")
 
 
 _GRID: tuple[Params, ...] = (
@@ -272,7 +364,7 @@ PROGRAMS: tuple[Program, ...] = (
         doc="nnx.jit over the split_rngs + vmap constructor gives the eager ensemble, bit for bit",
         run=run_jit_constructor,
         grid=_GRID,
-        oracles=(oracle_jit_equals_eager, oracle_members_distinct),
+        oracles=(oracle_jit_equals_eager, oracle_members_distinct, oracle_jit_members_from_seed),
     ),
     Program(
         name="eval_shape_constructor",
@@ -286,7 +378,7 @@ PROGRAMS: tuple[Program, ...] = (
         doc="`with nnx.split_rngs(rngs, splits=N):` around the vmapped constructor",
         run=run_split_rngs_context_init,
         grid=_GRID,
-        oracles=(oracle_context_equals_decorator, oracle_context_restores_rngs),
+        oracles=(oracle_context_equals_decorator, oracle_context_restores_rngs, oracle_context_members_from_seed),
         uses=frozenset({"split_rngs_context"}),
     ),
     Program(
@@ -294,7 +386,7 @@ PROGRAMS: tuple[Program, ...] = (
         doc="vmap(in_axes=(StateAxes({'params': 0, ...: None}),)) at init, only 'params' split",
         run=run_state_axes_init,
         grid=_GRID,
-        oracles=(oracle_state_axes_equals_decorator,),
+        oracles=(oracle_state_axes_equals_decorator, oracle_state_axes_members_from_seed),
         uses=frozenset({"StateAxes"}),
     ),
 )

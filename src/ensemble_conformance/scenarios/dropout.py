@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF
+from ensemble_conformance.scenarios.construction import check_members_from_seed
 from ensemble_conformance.scenarios.program import Params, Program, Unavailable, require, run_program
 
 Arrays = Mapping[str, np.ndarray]
@@ -264,6 +265,13 @@ def check_counts(arrays: Arrays, p: Params) -> None:
             assert_distinct_rows(f"{key} (members share a dropout key)", data)
 
 
+def check_params_from_seed(arrays: Arrays, p: Params) -> None:
+    """The members' Linear parameters are the ones split_rngs's lane keys give, recomputed
+    from the seed with jax.random alone; no two members share a kernel."""
+    params = {name: arrays[f"params/linear/{name}"] for name in ("kernel", "bias")}
+    check_members_from_seed(params, p, "params/linear: members'")
+
+
 OWN_KEYS = Program(
     name="dropout_own_keys",
     doc="Linear -> Dropout members with their own keys; plain vmap forward twice, nnx.jit twice, eval()",
@@ -273,6 +281,7 @@ OWN_KEYS = Program(
         oracle(run_own_keys, check_own_key_masks),
         oracle(run_own_keys, check_eval),
         oracle(run_own_keys, check_counts),
+        oracle(run_own_keys, check_params_from_seed),
     ),
 )
 
@@ -406,6 +415,7 @@ CALL_KEYS_SPLIT = Program(
     oracles=(
         oracle(run_call_keys_split, check_masks),
         oracle(run_call_keys_split, check_call_counts),
+        oracle(run_call_keys_split, check_params_from_seed),
         split_equals_fork,
     ),
     uses=frozenset({"Rngs.split"}),
@@ -415,7 +425,11 @@ CALL_KEYS_FORK = Program(
     doc="vmap(in_axes=(0, None, 0))(ensemble, x, Rngs(dropout=k).fork(split=N)), the deprecated form",
     run=run_call_keys_fork,
     grid=GRID,
-    oracles=(oracle(run_call_keys_fork, check_masks), oracle(run_call_keys_fork, check_call_counts)),
+    oracles=(
+        oracle(run_call_keys_fork, check_masks),
+        oracle(run_call_keys_fork, check_call_counts),
+        oracle(run_call_keys_fork, check_params_from_seed),
+    ),
     uses=frozenset({"Rngs.fork"}),
 )
 

@@ -9,6 +9,12 @@ Programs:
   ensemble_of_stacks     N members, each a stack of L layers: vmap over N of scan over L
 
 The single-stack programs are one member (n = 1); their layers play the part of members.
+
+Besides comparing the stack with its members or layers run alone, the oracles compare with
+references of their own: the Linear parameters recomputed from the seed's lane keys with
+jax.random (construction.derived_linear), the BatchNorm running statistics computed in
+numpy with flax's momentum convention, and a train-mode forward against a Python loop over
+the layers, each drawing its mask from its own key.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF
 from ensemble_conformance.scenarios.construction import (
     Member,
     Tree,
     check_close,
     check_distinct,
+    check_linear_from_seed,
     eval_mode,
     forward_shared,
     inputs,
@@ -38,6 +46,7 @@ from ensemble_conformance.scenarios.construction import (
 from ensemble_conformance.scenarios.program import Params, Program, require
 
 Forward = Callable[[Any, jax.Array, Params], jax.Array]
+U32 = UNIT_ROUNDOFF["float32"]
 
 # ---- 6: BatchNorm members ----
 
@@ -129,6 +138,61 @@ def oracle_eval_freezes_stats(p: Params) -> None:
     check_eval_frozen(result["stats"]["train"], result["stats"]["eval"], out["eval"], out["eval_again"])
 
 
+def oracle_bn_members_from_seed(p: Params) -> None:
+    shape = (int(p["d_in"]), int(p["features"]))
+    check_linear_from_seed(_batchnorm_result(p)["params"], int(p["seed"]), (int(p["n"]),), shape, "members' linear")
+
+
+# nnx.BatchNorm's default momentum (flax 0.9 to 0.12), which NormedMember keeps: the running
+# statistics keep 0.99 of their old value and take 0.01 of the batch's (flax's convention;
+# PyTorch's momentum is the other weight).
+BATCHNORM_MOMENTUM = 0.99
+
+
+def check_running_stats(
+    x: Any,
+    params: Mapping[str, Any],
+    initial: Mapping[str, Any],
+    trained: Mapping[str, Any],
+    momentum: float = BATCHNORM_MOMENTUM,
+) -> None:
+    """Each member's running statistics after one train-mode forward are
+    ``momentum * initial + (1 - momentum) * batch``, the batch mean and (biased) variance of
+    its own ``x W + b`` over the batch, all in float64 numpy from the run's parameters. Bound:
+    the float32 rounding of ``x W + b`` and of the batch sums, ``c u`` times the mean of M
+    (``|x| |W| + |b|``) for the mean and of M^2 for the variance (c = 4 (D + B + 4), as the
+    analytic gradient's), scaled by (1 - momentum), plus 4 u of the blend's terms."""
+    x64 = np.asarray(x, np.float64)
+    kernel, bias = (np.asarray(params[name], np.float64) for name in ("kernel", "bias"))
+    y = np.einsum("bd,ndf->nbf", x64, kernel) + bias[:, None, :]
+    scale = np.einsum("bd,ndf->nbf", np.abs(x64), np.abs(kernel)) + np.abs(bias)[:, None, :]
+    batch = {"mean": y.mean(axis=1), "var": y.var(axis=1)}
+    spread = {"mean": scale.mean(axis=1), "var": (scale**2).mean(axis=1)}
+    c = 4.0 * (x64.shape[1] + x64.shape[0] + 4) * U32
+    for name, start in initial.items():
+        start64 = np.asarray(start, np.float64)
+        want = momentum * start64 + (1 - momentum) * batch[name]
+        terms = momentum * np.abs(start64) + (1 - momentum) * np.abs(batch[name])
+        bound = (1 - momentum) * c * spread[name] + 4 * U32 * terms
+        got = np.asarray(trained[name], np.float64)
+        assert got.shape == want.shape, f"batch {name}: shape {got.shape}, expected one row per member {want.shape}"
+        bad = np.abs(got - want) > bound
+        if bad.any():
+            i, f = (int(k) for k in np.argwhere(bad)[0])
+            raise AssertionError(
+                f"batch {name} of members {sorted({int(k) for k in np.flatnonzero(bad.any(axis=1))})}: not "
+                f"{momentum} * running + {1 - momentum:.2g} * the batch {name} (flax's momentum convention), e.g. "
+                f"member {i} feature {f}: {got[i, f]:.9g}, the numpy reference {want[i, f]:.9g} "
+                f"(|d| {abs(got[i, f] - want[i, f]):.3g} > bound {bound[i, f]:.3g})"
+            )
+
+
+def oracle_running_stats(p: Params) -> None:
+    result = _batchnorm_result(p)
+    initial = batch_stats(build_normed(p))
+    check_running_stats(inputs(p, int(p["d_in"])), result["params"], initial, result["stats"]["train"])
+
+
 def run_batchnorm_shared_stats(p: Params) -> Tree:
     state_axes = require(nnx, "StateAxes")({nnx.BatchStat: None, ...: 0})
     model = build_normed(p)
@@ -218,6 +282,42 @@ def run_scan_resplit_forward(p: Params) -> Tree:
     return run_stack(p, scan_layers_resplit)
 
 
+def stack_bound(x: Any, kernels: Any, biases: Any, rate: float) -> np.ndarray:
+    """Twice the float32 rounding bound of L (Linear -> Dropout) layers applied to x, per
+    output element: M propagated layer by layer in float64 (M_0 = |x|, then
+    (M |W| + |b|) / (1 - rate), whatever the mask) times 4 n u, n = L (D + 3) roundings
+    (dropout.forward_bound's count for one layer, L times). Two float32 computations of the
+    same layers with the same masks differ by less; a layer given another mask by O(M)."""
+    m = np.abs(np.asarray(x, np.float64))
+    kernels64 = np.asarray(kernels, np.float64)
+    for kernel, bias in zip(kernels64, np.asarray(biases, np.float64), strict=True):
+        m = (m @ np.abs(kernel) + np.abs(bias)) / (1.0 - rate)
+    roundings = len(kernels64) * (kernels64.shape[-2] + 3)
+    return 2 * 4.0 * roundings * U32 * m
+
+
+def check_within(expected: Any, actual: Any, bound: np.ndarray, what: str) -> None:
+    """Same shape and every element within ``bound`` of the expected one."""
+    want, got = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    diff = np.abs(got - want)
+    bad = ~(diff <= bound)  # NaN fails
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {bad.size} elements apart past the rounding bound, "
+        f"up to {float(np.nanmax(diff, initial=0.0)):.3g} (bound {float(np.max(bound)):.3g})"
+    )
+
+
+def check_train_loop(stack: Member, x: jax.Array, scanned: Any, rate: float, what: str) -> None:
+    """A train-mode forward of the stack (its first from fresh RNG state) equals a Python loop
+    over its layers, each layer sliced out with its own dropout key and count: layer i's mask
+    is drawn from layer i's key. (The slices are copies: the stack's counts do not move.)"""
+    layers_ = range(np.shape(read(stack.linear.kernel))[0])
+    looped = loop_layers(stack, x, layers_)
+    params = linear_params(stack.linear)
+    check_within(looped, scanned, stack_bound(x, params["kernel"], params["bias"], rate), what)
+
+
 def check_counts_advance(before: Any, after: Any) -> None:
     """Every layer's (and member's) dropout count moved on after train-mode forwards."""
     stuck = np.argwhere(np.asarray(after) <= np.asarray(before))
@@ -230,8 +330,11 @@ def check_keys_distinct(result: Mapping[str, Any], entries: int) -> None:
     check_distinct(np.reshape(result["rng"]["key"], (entries, -1)), "layer dropout keys")
 
 
-def stack_oracles(forward: Forward) -> tuple[Callable[[Params], None], ...]:
-    """The golden-free checks of a single stack run by ``forward``."""
+def stack_oracles(forward: Forward, *, own_keys: bool = True) -> tuple[Callable[[Params], None], ...]:
+    """The golden-free checks of a single stack run by ``forward``. With ``own_keys`` (the
+    recipe keeps the layers' keys as built), also: the layers are the ones the seed gives, and
+    a train-mode forward draws each layer's mask from that layer's own key. The 0.10 recipe
+    re-splits the keys on the forward (other keys by design), so it gets neither."""
     result = remembered(lambda p: run_stack(p, forward))
 
     def oracle_layer_keys_distinct(p: Params) -> None:
@@ -248,7 +351,17 @@ def stack_oracles(forward: Forward) -> tuple[Callable[[Params], None], ...]:
         looped = loop_layers(stack, x, range(int(p["layers"])))
         check_close(looped, forward(stack, x, p), "eval-mode scan over the layers vs a Python loop")
 
-    return oracle_layer_keys_distinct, oracle_rng_counts_advance, oracle_scan_equals_loop
+    def oracle_layers_from_seed(p: Params) -> None:
+        d = int(p["d_in"])
+        check_linear_from_seed(result(p)["params"], int(p["seed"]), (int(p["layers"]),), (d, d), "layers'")
+
+    def oracle_train_scan_equals_loop(p: Params) -> None:
+        stack = layer_constructor(p)(stack_rngs(p))
+        what = "train-mode scan over the layers vs a Python loop, each layer with its own key"
+        check_train_loop(stack, inputs(p, int(p["d_in"])), result(p)["out"]["train"], float(p["rate"]), what)
+
+    checks = oracle_layer_keys_distinct, oracle_rng_counts_advance, oracle_scan_equals_loop
+    return (*checks, oracle_layers_from_seed, oracle_train_scan_equals_loop) if own_keys else checks
 
 
 def build_stacks(p: Params) -> Member:
@@ -297,6 +410,20 @@ def oracle_stack_counts_advance(p: Params) -> None:
     check_counts_advance(rng["count_before"], rng["count_after"])
 
 
+def oracle_stacks_from_seed(p: Params) -> None:
+    d, splits = int(p["d_in"]), (int(p["n"]), int(p["layers"]))
+    check_linear_from_seed(_stacks_result(p)["params"], int(p["seed"]), splits, (d, d), "members' layers'")
+
+
+def oracle_stacks_train_equal_loops(p: Params) -> None:
+    stacks = build_stacks(p)
+    x = inputs(p, int(p["d_in"]))
+    scanned = np.asarray(_stacks_result(p)["out"]["train"])
+    for i in range(int(p["n"])):
+        what = f"member {i}: train-mode vmapped scan vs a Python loop over its layers, each with its own key"
+        check_train_loop(member_slice(stacks, i), x, scanned[i], float(p["rate"]), what)
+
+
 def oracle_stacks_equal_loops(p: Params) -> None:
     stacks = build_stacks(p)
     eval_mode(stacks)
@@ -326,7 +453,13 @@ PROGRAMS: tuple[Program, ...] = (
         doc="Linear -> BatchNorm members: a train forward updates per-member stats (N, F); eval() freezes them",
         run=run_batchnorm_members,
         grid=_BATCHNORM_GRID,
-        oracles=(oracle_stats_per_member, oracle_train_updates_stats, oracle_eval_freezes_stats),
+        oracles=(
+            oracle_stats_per_member,
+            oracle_train_updates_stats,
+            oracle_eval_freezes_stats,
+            oracle_bn_members_from_seed,
+            oracle_running_stats,
+        ),
     ),
     Program(
         name="batchnorm_shared_stats",
@@ -347,7 +480,7 @@ PROGRAMS: tuple[Program, ...] = (
         doc="the flax 0.10 recipe: split_rngs(splits=L) on the scanned forward (flax issue #5158)",
         run=run_scan_resplit_forward,
         grid=_STACK_GRID,
-        oracles=stack_oracles(scan_layers_resplit),
+        oracles=stack_oracles(scan_layers_resplit, own_keys=False),
         uses=frozenset({"split_rngs_forward"}),
     ),
     Program(
@@ -355,6 +488,12 @@ PROGRAMS: tuple[Program, ...] = (
         doc="N members, each a stack of L (Linear -> Dropout) layers: vmap over N of scan over L",
         run=run_ensemble_of_stacks,
         grid=_STACKS_GRID,
-        oracles=(oracle_stack_keys_distinct, oracle_stack_counts_advance, oracle_stacks_equal_loops),
+        oracles=(
+            oracle_stack_keys_distinct,
+            oracle_stack_counts_advance,
+            oracle_stacks_equal_loops,
+            oracle_stacks_from_seed,
+            oracle_stacks_train_equal_loops,
+        ),
     ),
 )

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ensemble_conformance.scenarios.construction import check_members_from_seed
 from ensemble_conformance.scenarios.dropout import (
     BIAS_INIT,
     U32,
@@ -142,6 +143,13 @@ def assert_close(name: str, got: np.ndarray, want: np.ndarray, ulps: float) -> N
         raise AssertionError(f"{name}: {distance:.3g} ULP of its scale apart, more than {ulps}")
 
 
+def check_params_from_seed(arrays: Arrays, p: Params) -> None:
+    """The initial members are the ones split_rngs's lane keys give, recomputed from the seed
+    with jax.random alone; no two members share a kernel."""
+    params = {name: arrays[f"params/{name}"] for name in ("kernel", "bias")}
+    check_members_from_seed(params, p, "params: initial members'")
+
+
 # --- 4. gradients ------------------------------------------------------------------------
 
 
@@ -215,6 +223,7 @@ GRAD_SUM = Program(
     oracles=(
         oracle(run_grad_sum, check_grads_alone),
         oracle(run_grad_sum, check_grads_analytic),
+        oracle(run_grad_sum, check_params_from_seed),
         sum_equals_per_member,
     ),
 )
@@ -223,7 +232,11 @@ GRAD_PER_MEMBER = Program(
     doc="nnx.vmap(nnx.grad(loss_fn), in_axes=(0, None, None)): one gradient per member",
     run=run_grad_per_member,
     grid=GRAD_GRID,
-    oracles=(oracle(run_grad_per_member, check_grads_alone), oracle(run_grad_per_member, check_grads_analytic)),
+    oracles=(
+        oracle(run_grad_per_member, check_grads_alone),
+        oracle(run_grad_per_member, check_grads_analytic),
+        oracle(run_grad_per_member, check_params_from_seed),
+    ),
 )
 
 
@@ -421,7 +434,7 @@ ADAM_STACK = Program(
     doc="one nnx.Optimizer(adam) over the stacked params, K steps on the summed loss",
     run=run_adam_stack,
     grid=GRID,
-    oracles=(oracle(run_adam_stack, check_adam_alone),),
+    oracles=(oracle(run_adam_stack, check_adam_alone), oracle(run_adam_stack, check_params_from_seed)),
     uses=frozenset({"nnx.Optimizer"}),
 )
 ADAM_STACK_CLIP = Program(
@@ -429,7 +442,7 @@ ADAM_STACK_CLIP = Program(
     doc="one nnx.Optimizer(clip_by_global_norm + adam) over the stack: the norm couples the members",
     run=run_adam_stack_clip,
     grid=GRID,
-    oracles=(oracle(run_adam_stack_clip, check_clip_coupled),),
+    oracles=(oracle(run_adam_stack_clip, check_clip_coupled), oracle(run_adam_stack_clip, check_params_from_seed)),
     uses=frozenset({"nnx.Optimizer"}),
 )
 VMAPPED_OPTIMIZER_CLIP = Program(
@@ -437,7 +450,10 @@ VMAPPED_OPTIMIZER_CLIP = Program(
     doc="an nnx.Optimizer(clip_by_global_norm + adam) per member, built and stepped under nnx.vmap",
     run=run_vmapped_optimizer_clip,
     grid=GRID,
-    oracles=(oracle(run_vmapped_optimizer_clip, check_clip_alone),),
+    oracles=(
+        oracle(run_vmapped_optimizer_clip, check_clip_alone),
+        oracle(run_vmapped_optimizer_clip, check_params_from_seed),
+    ),
     uses=frozenset({"nnx.Optimizer"}),
 )
 
