@@ -179,6 +179,11 @@ def _group_drift(result: Result, group: str) -> tuple[float, int, int, int]:
     return (max(ulps) if ulps else math.nan, failing, known, len(entries))
 
 
+def _table_head(first: str, columns: Sequence[str]) -> list[str]:
+    """A markdown table's header and rule: ``first`` then ``columns``."""
+    return ["| " + " | ".join([first, *columns]) + " |", "|---|" + "---|" * len(columns)]
+
+
 def _mode(result: Result) -> str:
     return str(result.get("environment", {}).get("nnx_mode") or "graph")
 
@@ -230,8 +235,7 @@ def matrix_markdown(results: Sequence[Result]) -> str:
         "",
         "Largest output ULP distance against the goldens, per case group (failing cases in brackets):",
         "",
-        "| release | " + " | ".join(groups) + " |",
-        "|---|" + "---|" * len(groups),
+        *_table_head("release", groups),
     ]
     for r in ordered:
         cells = []
@@ -355,8 +359,7 @@ def compat_markdown(results: Sequence[Result]) -> str:
         "Lifecycle compatibility: each recipe against the goldens of the reference pins "
         "(same, moved within tolerance, changed, raises, no longer raises, other error, unavailable):",
         "",
-        "| recipe | " + " | ".join(columns) + " |",
-        "|---|" + "---|" * len(columns),
+        *_table_head("recipe", columns),
     ]
     for program in programs:
         row = []

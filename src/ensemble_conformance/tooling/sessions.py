@@ -234,7 +234,8 @@ class GatePlan:
     env: dict[str, str]
 
 
-def _plan(flax: str, jax: str, jaxlib: str, python: str | None, backend: str, out: Path) -> tuple[Pins, str, list[str]]:
+def _plan(flax: str, jax: str, jaxlib: str, python: str | None, backend: str) -> tuple[Pins, str, list[str]]:
+    """The pins of a release (the matrix's when it has them), its environment's name and requirements."""
     known = known_pins(flax, jax)
     python = python or (known.python if known else REFERENCE.python)
     pins = known or Pins(python, jax, jaxlib, flax)
@@ -245,30 +246,41 @@ def _plan(flax: str, jax: str, jaxlib: str, python: str | None, backend: str, ou
     )
 
 
+def _suite_args(platform: str, goldens: str, report: Path, *extra: str) -> list[str]:
+    """pytest's arguments for one gate run: the suite on ``platform`` against ``goldens``,
+    its result in ``report``, then ``extra``."""
+    return [
+        "conformance",
+        "--backend",
+        platform,
+        "-n",
+        "auto",
+        "--golden-dir",
+        goldens,
+        f"--report-json={report}",
+        *extra,
+    ]
+
+
 def gate_plan(args: argparse.Namespace) -> GatePlan:
     chosen = BACKENDS[args.backend]
     out = Path(args.out)
-    pins, name, requirements = _plan(args.flax, args.jax, args.jaxlib or args.jax, args.python, args.backend, out)
+    pins, name, requirements = _plan(args.flax, args.jax, args.jaxlib or args.jax, args.python, args.backend)
     goldens = str(out / "baseline-goldens") if args.from_flax else args.golden_dir
     return GatePlan(
         python=pins.python,
         venv_name=name,
         requirements=requirements,
-        pytest_args=[
-            "conformance",
-            "--backend",
+        pytest_args=_suite_args(
             chosen.platform,
+            goldens,
+            out / "result.json",
             "--precision",
             args.precision,
             "--nnx-mode",
             args.nnx_mode,
-            "-n",
-            "auto",
-            "--golden-dir",
-            goldens,
-            f"--report-json={out / 'result.json'}",
             *lifecycle_selection(pins),
-        ],
+        ),
         env={**chosen.env(), **mode_env(args.nnx_mode)},
     )
 
@@ -281,24 +293,13 @@ def baseline_plan(args: argparse.Namespace) -> GatePlan | None:
     if not args.from_jax:
         raise ValueError("--from-flax needs --from-jax: the jax release the user is on")
     out = Path(args.out)
-    pins, name, requirements = _plan(args.from_flax, args.from_jax, args.from_jax, None, "cpu", out)
+    pins, name, requirements = _plan(args.from_flax, args.from_jax, args.from_jax, None, "cpu")
     goldens = str(out / "baseline-goldens")
     return GatePlan(
         python=pins.python,
         venv_name=name,
         requirements=requirements,
-        pytest_args=[
-            "conformance",
-            "--backend",
-            "cpu",
-            "-n",
-            "auto",
-            "-m",
-            "lifecycle",
-            "--golden-dir",
-            goldens,
-            f"--report-json={out / 'baseline.json'}",
-        ],
+        pytest_args=_suite_args("cpu", goldens, out / "baseline.json", "-m", "lifecycle"),
         env={"JAX_PLATFORMS": "cpu"},
     )
 
