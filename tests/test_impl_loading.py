@@ -1,5 +1,5 @@
 """--impl files and modules that fail while importing: a ValueError that names the spec
-and shows the failure's last lines (conformance/conftest.py makes it a usage error, exit
+and shows the failure's last lines (the plugin, src/ensemble_conformance/plugin/, makes it a usage error, exit
 4), never pytest's INTERNALERROR (exit 3)."""
 
 from __future__ import annotations

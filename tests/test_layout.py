@@ -1,8 +1,9 @@
 """The package's parts import one way: golden (the engine) <- backends <- scenarios <-
-tooling. A module may import its own part and the parts before it, never one after it,
-anywhere in the file (a lazy import inside a function counts too). The golden engine
-imports neither pytest nor flax, optax or orbax at import time, and the modules the
-noxfile reads (under nox's own interpreter) import without jax."""
+tooling <- plugin (pytest) <- suite (the packaged reference suite). A module may import
+its own part and the parts before it, never one after it, anywhere in the file (a lazy
+import inside a function counts too). The golden engine imports neither pytest nor flax,
+optax or orbax at import time, only the plugin and the suite import pytest, and the
+modules the noxfile reads (under nox's own interpreter) and the plugin import without jax."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "ensemble_conformance"
-PARTS = ("golden", "backends", "scenarios", "tooling")  # each may import those before it
+PARTS = ("golden", "backends", "scenarios", "tooling", "plugin", "suite")  # each may import those before it
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
 
 
@@ -32,7 +33,8 @@ def _own_parts(path: Path, module_level_only: bool = False) -> dict[str, set[str
         for name in names:
             parts = name.split(".")
             if parts[0] == "ensemble_conformance" and len(parts) > 1:
-                found.setdefault(parts[1], set()).add(name)
+                if (PACKAGE / parts[1]).is_dir():  # the root's names (__version__) belong to no part
+                    found.setdefault(parts[1], set()).add(name)
             else:
                 found.setdefault("", set()).add(parts[0])
     return found
@@ -43,6 +45,23 @@ def test_every_module_is_in_a_part() -> None:
     stray = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
     assert not stray, f"modules outside the parts {PARTS}: {stray}"
     assert {p.parent.name for p in MODULES} == set(PARTS)
+
+
+@pytest.mark.parametrize("part", ["golden", "backends", "scenarios", "tooling"])
+def test_only_the_plugin_and_the_suite_import_pytest(part: str) -> None:
+    for path in sorted((PACKAGE / part).glob("*.py")):
+        assert "pytest" not in _own_parts(path).get("", set()), f"{part}/{path.name} imports pytest"
+
+
+def test_the_plugin_imports_without_jax() -> None:
+    """It loads in every pytest run of an environment that has the package: it must be light."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import ensemble_conformance.plugin;"
+        "import ensemble_conformance.tooling.cli;"
+        "heavy = sorted(m for m in ('jax', 'flax', 'optax', 'orbax') if m in sys.modules); assert not heavy, heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(PACKAGE.parent)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -3,7 +3,7 @@ jax must report once it runs, and how to tell before a multi-gigabyte install th
 machine has no such device. Standard library only (the noxfile reads it).
 
 A session never falls back to CPU: it checks for the device before installing, and the
-suite asserts the backend and device kind at start (conformance/conftest.py --backend).
+suite asserts the backend and device kind at start (the plugin's --backend).
 """
 
 from __future__ import annotations

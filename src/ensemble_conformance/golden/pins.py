@@ -8,6 +8,7 @@ before jax or flax are installed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,16 @@ class Epoch:
     golden_dir: str  # relative to the repository root
     reference: Pins
     settings: dict[str, object]
+
+    def directory(self) -> Path:
+        """Where this epoch's reference goldens are: inside an installed wheel, the package
+        data ``ensemble_conformance/_golden`` (the repository's ``golden/``, packaged); in a
+        checkout (editable install or ``PYTHONPATH=src``), the repository's own directory."""
+        package = Path(__file__).resolve().parent.parent
+        packaged = package / "_golden"
+        if packaged.is_dir():
+            return packaged.joinpath(*Path(self.golden_dir).parts[1:])
+        return package.parent.parent / self.golden_dir
 
 
 EPOCHS: dict[str, Epoch] = {

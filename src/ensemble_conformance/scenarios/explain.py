@@ -13,6 +13,11 @@ Tried in this order, the first that applies is the cause:
                       output within the forward error bound of it, yet outside the golden
                       tolerance: only rounding moved.
   4. unexplained      the values moved beyond rounding while every oracle holds.
+
+A scenario (a project's own ensemble, ``explain_scenario``) is explained the same way, with
+``outcome-changed`` (values where an error was recorded, or the reverse) after the PRNG
+re-run, and no rounding step: its arrays are judged by tolerance class, not by a forward
+error bound.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ensemble_conformance.golden.tolerances import CPU, ROUNDING_PARAM_ULPS, Num
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.check import check_case
 from ensemble_conformance.scenarios.oracles import OracleResult, forward_bound, run_oracles
+from ensemble_conformance.scenarios.program import Outcome, Params, Program, run_program
 from ensemble_conformance.scenarios.runner import compute
 from ensemble_conformance.scenarios.variants import Computed, CoreFunction
 
@@ -43,6 +49,7 @@ class Cause(str, enum.Enum):
     NON_FINITE = "non-finite"
     PRNG_CONFIG = "prng-config"
     SEMANTICS = "semantics-broken"
+    OUTCOME = "outcome-changed"  # scenarios: values now where an error was recorded, or the reverse
     FLOAT_ROUNDING = "float-rounding"
     UNEXPLAINED = "unexplained"
 
@@ -162,4 +169,59 @@ def explain(
             "the golden disagrees with a run that passes every independent check: was it made by "
             "another implementation, or were its inputs changed?",
         ),
+    )
+
+
+def explain_scenario(
+    program: Program,
+    p: Params,
+    golden: Outcome,
+    now: Outcome,
+    *,
+    env_now: dict[str, Any],
+    env_golden: dict[str, Any],
+    numerics: Numerics = CPU,
+) -> Explanation:
+    """Why a scenario's run no longer matches its golden, in the order of the module
+    docstring: non-finite values, the golden's PRNG setting (the scenario re-run under it
+    matches), a changed outcome (values <-> an error), a failing golden-free check, else
+    values that moved while every check holds."""
+    from ensemble_conformance.scenarios.lifecycle import judge
+
+    broken = {name: non_finite(value) for name, value in now.arrays.items()}
+    broken = {name: found for name, found in broken.items() if found[0]}
+    if broken:
+        return Explanation(
+            Cause.NON_FINITE,
+            f"the run produced NaN or infinity in {', '.join(sorted(broken))}",
+            tuple(f"{name}: {count} element(s), the first at index {first}" for name, (count, first) in broken.items()),
+        )
+    settings = _prng_differences(env_now, env_golden)
+    if settings:
+        with jax_settings(settings):
+            rerun = run_program(program, p)
+        if judge(golden, rerun, numerics).ok:
+            named = ", ".join(f"{k}={v!r} (now {env_now.get(k)!r})" for k, v in settings.items())
+            return Explanation(
+                Cause.PRNG_CONFIG,
+                f"matches the golden once {named}, the golden's setting",
+                (f"restore the old values with {restore_hint(settings)}, or regenerate the goldens",),
+                restore=settings,
+            )
+    if golden.kind != now.kind or golden.error != now.error:
+        return Explanation(Cause.OUTCOME, f"the outcome changed: golden {golden.describe()}; now {now.describe()}")
+    failed = []
+    for oracle in program.oracles:
+        try:
+            oracle(p)
+        except AssertionError as err:
+            failed.append(f"{oracle.__name__}: {err}")
+    if failed:
+        return Explanation(
+            Cause.SEMANTICS, f"golden-free checks fail: {', '.join(f.split(':')[0] for f in failed)}", tuple(failed)
+        )
+    return Explanation(
+        Cause.UNEXPLAINED,
+        "values moved beyond their tolerance class while every golden-free check holds",
+        ("a change of rounding or of an initializer's draws; if intended, regenerate the goldens",),
     )

@@ -12,6 +12,7 @@ the suite. This module imports neither jax nor flax.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -119,3 +120,21 @@ def run_program(program: Program, p: Params) -> Outcome:
     except Exception as err:  # a raised error is a recorded outcome, not a crash
         return Outcome("raises", error=normalize_error(err))
     return Outcome("values", arrays=flatten(result))
+
+
+def run_recorded(program: Program, p: Params, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
+    """``run_program`` with the DeprecationWarnings and FutureWarnings the run emitted (first
+    line of each, sorted); with ``future`` those warnings are errors, so a recipe that warns
+    is recorded as raising, as it will once the deprecation lands."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        if future:
+            warnings.simplefilter("error", DeprecationWarning)
+            warnings.simplefilter("error", FutureWarning)
+        outcome = run_program(program, p)
+    emitted = {
+        f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}"
+        for w in seen
+        if issubclass(w.category, (DeprecationWarning, FutureWarning))
+    }
+    return outcome, tuple(sorted(emitted))

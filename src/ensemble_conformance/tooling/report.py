@@ -45,7 +45,9 @@ def label(result: Result) -> str:
 
 
 def verdict(result: Result) -> str:
-    return "PASS" if result["summary"]["failed"] == 0 and result["summary"]["cases"] > 0 else "FAIL"
+    summary = result["summary"]
+    ran = summary["cases"] + summary.get("scenarios", 0)
+    return "PASS" if summary["failed"] == 0 and ran > 0 else "FAIL"
 
 
 def _golden_versions(result: Result) -> str:

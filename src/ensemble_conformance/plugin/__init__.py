@@ -1,0 +1,709 @@
+"""The pytest plugin of ensemble-conformance: options, report header, fixtures and the
+session's bookkeeping (drift summary, --report-json, regeneration in a project).
+
+Registered by entry point (``pytest11``), so ``pip install ensemble-conformance`` makes it
+load in every pytest run of that environment. It stays out of the way of other tests: it
+adds options and fixtures, and does its work (checks before the run, the report header,
+the summaries) only in an ensemble-conformance session, which is one that
+
+- runs the packaged reference suite (``ensemble_conformance.suite``, or this repository's
+  ``conformance/`` shim): goldens default to the reference ones shipped in the package;
+- or runs a project's own ensemble scenarios: the project names its golden directory with
+  the ini option ``ensemble_golden_dir`` (or ``--golden-dir``), or passes any of the
+  options below.
+
+    pytest [--golden-dir DIR] [--impl module:function] [--backend cpu|cuda|rocm|tpu]
+           [--precision default|highest] [--emulate gpu|tpu] [--sharded 8]
+           [--case-timeout SECONDS] [--known-drift FILE] [--report-json PATH]
+           [--regen | --regen-all] [--regen-force]
+
+The engine (golden store, comparison, failure messages) lives in the package and knows
+nothing of pytest; this plugin only wires it in. A project declares its ensembles with
+``ensemble_conformance.Ensemble`` and collects them with ``ensemble_tests`` (project.py);
+the ``ensemble_golden`` fixture checks any arrays in an ordinary test.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ensemble_conformance import __version__
+from ensemble_conformance.golden import environment, known_drift
+from ensemble_conformance.golden.environment import MODES
+from ensemble_conformance.golden.pins import EPOCHS
+from ensemble_conformance.golden.store import GoldenError, GoldenStore, atomic_writer
+from ensemble_conformance.golden.tolerances import PRECISIONS, Numerics, precision_name
+from ensemble_conformance.plugin import project
+from ensemble_conformance.plugin.project import EnsembleGolden, ensemble_tests
+
+__all__ = ["EnsembleGolden", "ensemble_tests"]
+
+REFERENCE_GOLDEN = EPOCHS["partitionable"].directory()
+BACKENDS = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ensemble-conformance")
+    group.addoption(
+        "--golden-dir",
+        default=None,
+        help="directory of golden .npz files and manifest.json (default: the reference goldens for the "
+        "reference suite; the ini option ensemble_golden_dir, else tests/golden, for a project's scenarios)",
+    )
+    group.addoption(
+        "--impl",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="check this implementation of vmap_over_ensemble(seed, x, num_models, features) "
+        "instead of the package's (also path/to/file.py:function)",
+    )
+    group.addoption(
+        "--backend",
+        default=None,
+        choices=sorted(BACKENDS),
+        help="the backend jax must run on; the run stops at once if it does not",
+    )
+    group.addoption(
+        "--precision",
+        default=None,
+        choices=PRECISIONS,
+        help="matmul precision to run at (jax_default_matmul_precision); picks the tolerance entry "
+        "(default: jax's setting, normally DEFAULT)",
+    )
+    group.addoption(
+        "--emulate",
+        default=None,
+        choices=("gpu", "tpu"),
+        help="on CPU, compute every dot the way this backend's hardware does at --precision and judge "
+        "by its tolerance entry (golden comparisons only)",
+    )
+    group.addoption(
+        "--sharded",
+        default=None,
+        type=int,
+        metavar="DEVICES",
+        help="also run the sharded-ensemble tests (test_sharded.py) on exactly this many devices; "
+        "on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES",
+    )
+    group.addoption(
+        "--known-drift",
+        default=None,
+        metavar="FILE",
+        help="golden comparisons expected to fail (case-id pattern  # reason); strict: a pass is an error",
+    )
+    group.addoption(
+        "--patch",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="call this function (no arguments) in every process before any case: it may change jax, flax, "
+        "optax or orbax behaviour, as a broken release would (the lifecycle mutants use it)",
+    )
+    group.addoption(
+        "--future-warnings",
+        action="store_true",
+        help="turn DeprecationWarning and FutureWarning into errors while the lifecycle scenarios run: a "
+        "recipe that warns now is recorded as raising, as it will once the deprecation lands",
+    )
+    group.addoption(
+        "--nnx-mode",
+        default=None,
+        choices=sorted(MODES),
+        help="the flax transform mode the run must be in (set by NNX_GRAPH_MODE/NNX_GRAPH_UPDATES before "
+        "it starts); the run stops at once if it is not",
+    )
+    group.addoption(
+        "--case-timeout",
+        default=300.0,
+        type=float,
+        metavar="SECONDS",
+        help="fail a test whose case runs longer than this (default 300; 0 turns the limit off)",
+    )
+    group.addoption(
+        "--regen",
+        action="store_true",
+        help="(a project's scenarios) write the goldens of cases that are missing, damaged or fail, in one "
+        "transaction at the end of the run, instead of failing them",
+    )
+    group.addoption("--regen-all", action="store_true", help="like --regen, but rewrite every selected case")
+    group.addoption(
+        "--regen-force",
+        action="store_true",
+        help="regenerate even where the environment is not the one ensemble_reference_pins names",
+    )
+    parser.addini(
+        "ensemble_golden_dir",
+        "a project's golden directory, relative to the rootdir (its scenarios and ensemble_golden checks)",
+        default="",
+    )
+    parser.addini(
+        "ensemble_reference_pins",
+        "requirements (name==version, one a line) a project's goldens are made on; --regen refuses elsewhere",
+        type="linelist",
+        default=[],
+    )
+    group.addoption(
+        "--report-json",
+        default=None,
+        metavar="PATH",
+        help="write per-case results (status, drift cause, max errors) and the environment as JSON",
+    )
+
+
+SUITE_FLAG = "ENSEMBLE_CONFORMANCE_SUITE"  # set in the reference suite's conftest.py
+
+
+def reference_suite(config: pytest.Config) -> bool:
+    """Whether this session runs the reference suite: a conftest.py of it is loaded."""
+    return any(getattr(plugin, SUITE_FLAG, False) for plugin in config.pluginmanager.get_plugins())
+
+
+_OPTIONS = ("--golden-dir", "--impl", "--backend", "--precision", "--emulate", "--sharded", "--known-drift")
+_FLAGS = ("--regen", "--regen-all", "--report-json", "--patch", "--nnx-mode", "--future-warnings")
+
+
+def active(config: pytest.Config) -> bool:
+    """An ensemble-conformance session: the reference suite, a project that names its golden
+    directory, or a run given any of this plugin's options. Elsewhere the plugin only adds
+    its options and fixtures."""
+    if config.stash.get(_ACTIVE, None) is None:
+        given = any(config.getoption(name) not in (None, False) for name in (*_OPTIONS, *_FLAGS))
+        config.stash[_ACTIVE] = reference_suite(config) or bool(config.getini("ensemble_golden_dir")) or given
+    return config.stash[_ACTIVE]
+
+
+def golden_directory(config: pytest.Config) -> Path:
+    """--golden-dir; else the reference goldens for the reference suite; else the project's
+    ``ensemble_golden_dir`` (default ``tests/golden``) under the rootdir."""
+    given = config.getoption("--golden-dir")
+    if given:
+        return Path(given)
+    if reference_suite(config):
+        return REFERENCE_GOLDEN
+    return config.rootpath / (config.getini("ensemble_golden_dir") or "tests/golden")
+
+
+def _regen_hint(config: pytest.Config, golden: Path) -> str:
+    """The command that rewrites goldens in the chosen directory (per PRNG epoch)."""
+    from ensemble_conformance.tooling.regen import regen_session
+
+    if not reference_suite(config):
+        extra = f" --golden-dir {shlex.quote(str(golden))}" if config.getoption("--golden-dir") else ""
+        return f"ensemble-conformance regen{extra}"
+    golden = golden.resolve()
+    for epoch in EPOCHS.values():
+        if golden == epoch.directory().resolve():
+            return f"nox -s {regen_session(epoch)} --"
+    return f"nox -s regen -- --golden-dir {shlex.quote(str(golden))}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "golden: compares a case with its golden file")
+    config.addinivalue_line("markers", "oracle: golden-free checks of a case")
+    config.addinivalue_line("markers", "sharded: the member axis sharded over --sharded devices")
+    config.addinivalue_line("markers", "lifecycle: a lifecycle scenario (dropout, training, BatchNorm, scan, ...)")
+    config.addinivalue_line("markers", "ensemble: a scenario of a project's own ensemble (ensemble_tests)")
+    if not active(config):
+        return
+    mode = config.getoption("--nnx-mode")
+    if mode is not None and environment.nnx_mode() != mode:
+        start = " ".join(f"{k}={v}" for k, v in environment.mode_env(mode).items())
+        raise pytest.UsageError(
+            f"--nnx-mode {mode} was asked for, but flax runs in {environment.nnx_mode()!r} mode. flax reads the "
+            f"mode once, at import: start the run with {start} (or use `nox -s modes`)."
+        )
+    wanted = config.getoption("--backend")
+    if wanted is not None:
+        _assert_backend(wanted)
+    _configure_numerics(config)
+    devices = config.getoption("--sharded")
+    if devices is not None:
+        import jax
+
+        from ensemble_conformance.scenarios.sharding import shardable
+
+        if devices < 2 or jax.device_count() != devices:
+            raise pytest.UsageError(
+                f"--sharded {devices}: jax sees {jax.device_count()} device(s); the sharded tests need exactly "
+                f"{devices} (at least 2). On CPU, start the run with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} (it must be set before jax starts), "
+                "or use `nox -s sharded`."
+            )
+        if not shardable(devices):
+            raise pytest.UsageError(
+                f"--sharded {devices}: no case has a member count divisible by {devices}, so nothing would be "
+                "tested. Use a device count that divides 8 or 64 (2, 4 or 8)."
+            )
+    timeout = config.getoption("--case-timeout")
+    if timeout < 0:
+        raise pytest.UsageError(f"--case-timeout must be 0 (off) or a positive number of seconds, got {timeout:g}")
+    patch = config.getoption("--patch")
+    if patch:
+        from ensemble_conformance.scenarios.runner import load_impl
+
+        try:
+            patch_fn: Any = load_impl(patch, option="--patch")  # a function of no arguments
+            patch_fn()
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from err
+    spec = config.getoption("--impl")
+    if spec:
+        from ensemble_conformance.scenarios.runner import load_impl
+
+        try:
+            config.stash[_IMPL] = load_impl(spec)
+        except ValueError as err:
+            raise pytest.UsageError(str(err)) from err
+    golden = golden_directory(config)
+    from ensemble_conformance.scenarios.variants import layout
+
+    store = GoldenStore(golden, regen_hint=_regen_hint(config, golden), layout=layout)
+    config.stash[_STORE] = store
+    regen = project.regen_mode(config)
+    if regen is not None:
+        if reference_suite(config):
+            raise pytest.UsageError(
+                "--regen and --regen-all rewrite a project's goldens; the reference goldens are rewritten by "
+                "`nox -s regen` on the reference pins"
+            )
+        project.check_regen(config, regen)
+    elif not hasattr(config, "workerinput"):
+        _check_before_the_run(config, store)
+    drift_file = config.getoption("--known-drift")
+    if drift_file:
+        try:
+            config.stash[_KNOWN] = known_drift.parse(Path(drift_file))
+        except (OSError, ValueError) as err:
+            raise pytest.UsageError(f"--known-drift: {err}") from err
+
+
+def _compares_goldens(config: pytest.Config) -> bool:
+    """False for a run whose -m expression selects no golden comparison (``-m oracle``,
+    ``-m "lifecycle and oracle"``): it needs no golden directory."""
+    from _pytest.mark.expression import Expression
+
+    expr = config.option.markexpr
+    if not expr:
+        return True
+    compiled = Expression.compile(expr)
+    return any(
+        compiled.evaluate(lambda name, *_, marks=marks, **__: name in marks)  # type: ignore[arg-type]
+        for marks in ({"golden"}, {"golden", "lifecycle"})
+    )
+
+
+def _check_before_the_run(config: pytest.Config, store: GoldenStore) -> None:
+    """Say once, before any case, what would fail every case: a golden directory or manifest
+    that is missing, unreadable or half-regenerated, or a --report-json path that cannot be
+    written."""
+    problems = store.problems()
+    if problems and _compares_goldens(config):
+        raise pytest.UsageError("\n".join(problems) + "\n(run only the golden-free checks with -m oracle)")
+    path = config.getoption("--report-json")
+    if path:
+        target = Path(path)
+        if target.is_dir():
+            raise pytest.UsageError(f"--report-json {path}: is a directory; give a file path")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_writer(target.parent / f".{target.name}.probe"):
+                pass
+            (target.parent / f".{target.name}.probe").unlink()
+        except OSError as err:
+            raise pytest.UsageError(f"--report-json {path}: cannot write there ({err.strerror or err})") from err
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fail a test whose case runs past --case-timeout, naming the case (SIGALRM: an
+    implementation stuck in Python code is interrupted where it is)."""
+    limit = item.config.getoption("--case-timeout")
+    if (
+        not active(item.config)
+        or not limit
+        or not hasattr(signal, "SIGALRM")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    case = getattr(item, "callspec", None)
+    name = case.id if case is not None else item.nodeid
+
+    def expire(signum: int, frame: object) -> None:
+        pytest.fail(
+            f"ensemble-conformance: case {name} ran past --case-timeout={limit:g} s: the implementation under "
+            "test hangs or is far too slow. Raise the limit with --case-timeout SECONDS (0 turns it off).",
+            pytrace=False,
+        )
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _assert_backend(wanted: str) -> None:
+    """jax runs on ``wanted`` (default backend and every device), or the run stops now."""
+    import jax
+
+    try:
+        actual = jax.default_backend()
+        devices = jax.devices()
+    except Exception as err:  # JAX_PLATFORMS names a platform that cannot start (RuntimeError,
+        # or AssertionError on jax 0.12 when no plugin provides it)
+        raise pytest.UsageError(
+            f"--backend {wanted}: jax could not start that backend ({err}). "
+            "Check the machine has the device and the matching jax extra is installed."
+        ) from err
+    expected = BACKENDS[wanted]
+    if actual != expected or any(d.platform != expected for d in devices):
+        raise pytest.UsageError(
+            f"--backend {wanted} was asked for, but jax runs on {actual!r} "
+            f"(devices: {devices}). Refusing to fall back: install jax for {wanted} "
+            f"and set JAX_PLATFORMS={'cuda' if expected == 'gpu' else wanted}."
+        )
+    kind = devices[0].device_kind
+    if expected != "cpu" and (not kind or kind.lower() == "cpu"):
+        raise pytest.UsageError(f"--backend {wanted}: jax reports device kind {kind!r}, not a {expected} device")
+
+
+def _configure_numerics(config: pytest.Config) -> None:
+    """Set the matmul precision and decide whose arithmetic judges the run."""
+    import jax
+
+    asked = config.getoption("--precision")
+    current = precision_name(jax.config.jax_default_matmul_precision)
+    if asked is not None and asked != current:
+        if current != "default":
+            raise pytest.UsageError(
+                f"--precision {asked}, but jax_default_matmul_precision is already {current!r} "
+                "(JAX_DEFAULT_MATMUL_PRECISION?); unset it or pass the same precision"
+            )
+        jax.config.update("jax_default_matmul_precision", None if asked == "default" else asked)  # type: ignore[no-untyped-call]
+    precision = asked or current
+    if precision not in PRECISIONS:
+        raise pytest.UsageError(
+            f"matmul precision {precision!r} has no tolerance entries; run at one of {', '.join(PRECISIONS)}"
+        )
+    emulate = config.getoption("--emulate")
+    backend = jax.default_backend()
+    if emulate is not None:
+        if backend != "cpu":
+            raise pytest.UsageError(f"--emulate {emulate} runs on CPU only; jax runs on {backend!r}")
+        if config.getoption("--sharded") is not None:
+            raise pytest.UsageError("--emulate and --sharded do not combine: run them separately")
+    config.stash[_NUMERICS] = Numerics(emulate or backend, precision, emulated=emulate is not None)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The sharded tests need a multi-device jax, set up before it starts: only with --sharded."""
+    if collection_path.name == "test_sharded.py" and config.getoption("--sharded") is None:
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not active(config):
+        return
+    if config.stash[_NUMERICS].emulated:
+        # Oracles judge the real computation of the machine they run on, not an emulation;
+        # the lifecycle scenarios run whole programs, which the emulation does not rewrite.
+        def native(item: pytest.Item) -> bool:
+            return any(item.get_closest_marker(m) is not None for m in ("oracle", "lifecycle"))
+
+        kept = [item for item in items if not native(item)]
+        dropped = [item for item in items if native(item)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+    entries = config.stash.get(_KNOWN, [])
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if not entries or item.get_closest_marker("golden") is None or callspec is None:
+            continue
+        entry = known_drift.match(entries, callspec.id)
+        if entry is not None:
+            item.add_marker(pytest.mark.xfail(reason=f"known drift: {entry.reason}", strict=True))
+
+
+_IMPL = pytest.StashKey[Any]()  # the --impl function (scenarios.variants.CoreFunction)
+_ACTIVE = pytest.StashKey[bool]()
+_KNOWN = pytest.StashKey[list[known_drift.Entry]]()
+_STORE = pytest.StashKey[GoldenStore]()
+_ENV = pytest.StashKey[dict[str, Any]]()
+_NUMERICS = pytest.StashKey[Numerics]()
+
+
+def env_now(config: pytest.Config) -> dict[str, Any]:
+    if _ENV not in config.stash:
+        config.stash[_ENV] = environment.fingerprint()
+    return config.stash[_ENV]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if not active(config):
+        return []
+    store = config.stash[_STORE]
+    env = env_now(config)
+    if reference_suite(config):
+        from ensemble_conformance.scenarios.cases import CASES
+        from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+
+        what = f"the reference suite: {len(CASES)} cases, {len(SCENARIO_CASES)} lifecycle scenarios"
+    else:
+        what = "a project's ensemble scenarios" + (" (regenerating)" if project.regen_mode(config) else "")
+    lines = [
+        f"ensemble-conformance {__version__}: {what}, goldens in {store.directory}",
+        f"  now:    {environment.versions_line(env)}",
+        f"          backend {env['backend']} ({env['device_kind']}, {env['device_count']} device(s)), "
+        f"threefry_partitionable={env['jax_threefry_partitionable']}, prng={env['jax_default_prng_impl']}, "
+        f"x64={env['jax_enable_x64']}, matmul_precision={env['jax_default_matmul_precision']}, "
+        f"nnx_mode={env['nnx_mode']}, "
+        f"XLA_FLAGS={env['XLA_FLAGS']!r}",
+        f"  judged as: {config.stash[_NUMERICS].describe()} (tolerances.py)",
+    ]
+    if config.stash[_NUMERICS].emulated:
+        lines.append(
+            "    emulated numerics: golden comparisons of the core cases only; oracles and lifecycle deselected"
+        )
+    try:
+        envs = store.manifest().get("environments", {})
+    except GoldenError as err:
+        lines.append(f"  golden: unreadable manifest ({err})")
+    else:
+        for env_id, golden_env in sorted(envs.items()):
+            lines.append(f"  golden: {environment.versions_line(golden_env)} on {golden_env.get('backend')} ({env_id})")
+            lines.extend(f"    differs: {d}" for d in environment.differences(env, golden_env))
+    spec = config.getoption("--impl")
+    if reference_suite(config):
+        lines.append(f"  implementation: {spec or 'ensemble_conformance.vmap_over_ensemble (the package)'}")
+    if config.getoption("--patch"):
+        lines.append(f"  patched before the run: {config.getoption('--patch')}")
+    if config.getoption("--future-warnings"):
+        lines.append("  lifecycle scenarios run with DeprecationWarning and FutureWarning as errors")
+    if spec:
+        lines.append("    its parameters are not observable: ensemble cases compare its outputs only")
+    return lines
+
+
+# Drift causes of failed golden comparisons, gathered on the controlling process
+# (pytest-xdist ships each report's user_properties back to it).
+_DRIFT: dict[str, list[str]] = {}
+_RESTORE: dict[str, str] = {}
+_RESULTS: dict[str, dict[str, Any]] = {}  # case id -> figures for --report-json
+_SCENARIOS: set[str] = set()  # the lifecycle scenario ids among them
+
+
+def _case_id(report: pytest.TestReport) -> str:
+    return report.nodeid.rsplit("[", 1)[-1].rstrip("]")
+
+
+def _record(report: pytest.TestReport) -> None:
+    checked = [value for name, value in report.user_properties if name == "ensemble_golden"]
+    if checked:  # ensemble_golden.check in an ordinary test: recorded under its golden's id
+        for case_id in checked:
+            _SCENARIOS.add(str(case_id))
+            entry = _RESULTS.setdefault(str(case_id), {})
+            if report.when == "call" or report.failed or report.skipped:
+                entry["golden"] = report.outcome
+            entry.update((k, v) for k, v in report.user_properties if k != "ensemble_golden")
+        return
+    if "[" not in report.nodeid:
+        return
+    test = report.nodeid.split("::")[-1].split("[", 1)[0]
+    case_id = _case_id(report)
+    entry = _RESULTS.setdefault(case_id, {})
+    if test.startswith("test_scenario_"):
+        _SCENARIOS.add(case_id)
+    kind = {
+        "test_matches_golden": "golden",
+        "test_oracles": "oracles",
+        "test_scenario_matches_golden": "golden",
+        "test_scenario_expected_outcome": "expected",
+        "test_scenario_oracles": "oracles",
+    }.get(test, test)
+    if report.when == "call" or report.failed or report.skipped:
+        entry[kind] = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
+    for name, value in report.user_properties:
+        entry[name] = value
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _record(report)
+    if report.when != "call" or not report.failed:
+        return
+    props = dict(report.user_properties)
+    cause = props.get("drift_cause")
+    if cause is not None:
+        case_id = _case_id(report)
+        _DRIFT.setdefault(str(cause), []).append(case_id)
+        if "drift_restore" in props:
+            _RESTORE[case_id] = str(props["drift_restore"])
+
+
+def _drift_summary(terminalreporter: Any) -> None:
+    if not _DRIFT:
+        return
+    total = sum(len(ids) for ids in _DRIFT.values())
+    terminalreporter.section("drift explanations", sep="-", red=True)
+    terminalreporter.write_line(f"{total} golden comparison(s) failed; causes:")
+    for cause, ids in sorted(_DRIFT.items(), key=lambda item: -len(item[1])):
+        shown = ", ".join(sorted(ids)[:3]) + (", ..." if len(ids) > 3 else "")
+        terminalreporter.write_line(f"  {cause}: {len(ids)} ({shown})")
+    restores = sorted(set(_RESTORE.values()))
+    for restore in restores:
+        count = sum(1 for v in _RESTORE.values() if v == restore)
+        terminalreporter.write_line(f"  {count} case(s) match the goldens again with {restore}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not active(config) or hasattr(config, "workerinput"):
+        return
+    regenerating = project.regen_mode(config) is not None
+    if regenerating and not project.commit_regen(config, config.stash[_STORE], env_now(config)):
+        session.exitstatus = 3
+    path = config.getoption("--report-json")
+    if not path:
+        return
+    env = env_now(config)
+    store = config.stash[_STORE]
+    if reference_suite(config):
+        from ensemble_conformance.scenarios.cases import CASES
+
+        cases = {case.id: {"variant": case.variant, **_RESULTS[case.id]} for case in CASES if case.id in _RESULTS}
+    else:
+        cases = {}
+    scenarios = {case_id: _RESULTS[case_id] for case_id in sorted(_SCENARIOS)}
+    checks = ("golden", "oracles", "expected")
+    statuses = [v for entry in [*cases.values(), *scenarios.values()] for k, v in entry.items() if k in checks]
+    causes: dict[str, int] = {}
+    for entry in [*cases.values(), *scenarios.values()]:
+        if "drift_cause" in entry:
+            causes[entry["drift_cause"]] = causes.get(entry["drift_cause"], 0) + 1
+    try:
+        golden_envs = store.manifest().get("environments", {}) if store.manifest_path.exists() else {}
+    except GoldenError:
+        golden_envs = {}
+    numerics = numerics_of(config)
+    report = {
+        "format_version": 1,
+        "suite": "reference" if reference_suite(config) else "project",
+        "pins": {k: env.get(k) for k in ("python", "jax", "jaxlib", "flax")},
+        "backend": env.get("backend"),
+        "device_kind": env.get("device_kind"),
+        "precision": numerics.precision,
+        "numerics": numerics.describe(),
+        "emulated": numerics.backend if numerics.emulated else None,
+        "environment": env,
+        "golden_dir": str(store.directory),
+        "golden_environments": golden_envs,
+        "impl": config.getoption("--impl"),
+        "exit_status": int(exitstatus),
+        "summary": {
+            "cases": len(cases),
+            "scenarios": len(scenarios),
+            "passed": statuses.count("passed"),
+            "failed": statuses.count("failed"),
+            "skipped": statuses.count("skipped"),
+            "known_drift": statuses.count("xfailed"),
+            "causes": causes,
+        },
+        "cases": cases,
+        "scenarios": scenarios,
+    }
+    target = Path(path)
+    try:
+        with atomic_writer(target) as f:
+            f.write((json.dumps(report, indent=2, sort_keys=True, default=str) + "\n").encode())
+    except OSError as err:
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        print(f"ensemble-conformance: cannot write --report-json {path}: {err.strerror or err}", file=sys.stderr)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not active(config) or hasattr(config, "workerinput"):
+        return
+    _drift_summary(terminalreporter)
+    store = config.stash[_STORE]
+    project.regen_summary(terminalreporter, config)
+    if not reference_suite(config):
+        return
+    from ensemble_conformance.scenarios.cases import CASES
+    from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+
+    try:
+        unused = store.unused([*(case.id for case in CASES), *(case.id for case in SCENARIO_CASES)])
+    except GoldenError as err:
+        terminalreporter.write_line(f"ensemble-conformance: cannot list unused goldens: {err}", red=True)
+        return
+    entries: list[known_drift.Entry] = config.stash.get(_KNOWN, [])
+    stale = known_drift.unused(entries, (c.id for c in CASES))
+    for entry in stale:
+        terminalreporter.write_line(
+            f"--known-drift line {entry.line}: {entry.pattern!r} matches no case; remove it", yellow=True
+        )
+    leftovers = store.leftovers()
+    if leftovers:
+        terminalreporter.section("files left by a killed regeneration", sep="-", yellow=True)
+        for path in leftovers:
+            terminalreporter.write_line(f"{path}: not a golden; the next regeneration removes it")
+    if unused:
+        terminalreporter.section("unused golden files", sep="-", yellow=True)
+        for case_id in unused:
+            terminalreporter.write_line(f"{store.path_for(case_id)}: no case uses it")
+        terminalreporter.write_line(f"delete them with: {store.regen_hint} --prune")
+
+
+def store_of(config: pytest.Config) -> GoldenStore:
+    """The session's golden store (made on first use outside an ensemble-conformance session)."""
+    if _STORE not in config.stash:
+        golden = golden_directory(config)
+        config.stash[_STORE] = GoldenStore(golden, regen_hint=_regen_hint(config, golden))
+    return config.stash[_STORE]
+
+
+def numerics_of(config: pytest.Config) -> Numerics:
+    if _NUMERICS not in config.stash:
+        _configure_numerics(config)
+    return config.stash[_NUMERICS]
+
+
+@pytest.fixture(scope="session")
+def golden_store(pytestconfig: pytest.Config) -> GoldenStore:
+    return store_of(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def impl(pytestconfig: pytest.Config) -> Any:
+    """The --impl function under test (scenarios.variants.CoreFunction), or None."""
+    return pytestconfig.stash.get(_IMPL, None)
+
+
+@pytest.fixture(scope="session")
+def env(pytestconfig: pytest.Config) -> dict[str, Any]:
+    return env_now(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def numerics(pytestconfig: pytest.Config) -> Numerics:
+    return numerics_of(pytestconfig)
+
+
+@pytest.fixture
+def ensemble_golden(request: pytest.FixtureRequest) -> EnsembleGolden:
+    """Check named arrays against a golden in the project's golden directory, with this
+    project's tolerance classes and environment fingerprint: ``ensemble_golden.check({...})``."""
+    config = request.config
+    return EnsembleGolden(request, store_of(config), numerics_of(config), env_now(config))

@@ -1,0 +1,344 @@
+"""A project's own ensembles in its own tests.
+
+``ensemble_tests(*ensembles)`` turns ``Ensemble`` declarations (scenarios/user.py) into a
+test class: per case, the run against the project's golden (with the drift explanation
+and the exact command to regenerate) and the golden-free checks. Assign it to a name
+starting with ``Test`` in a test module::
+
+    from ensemble_conformance import Ensemble
+    from ensemble_conformance.plugin import ensemble_tests
+
+    MLP = Ensemble(name="mlp", member=make_member, inputs=make_data, steps=("build", "forward"))
+    TestMLP = ensemble_tests(MLP)
+
+``ensemble_golden.check({"out": y})`` (the fixture) checks any named arrays of an ordinary
+test against a golden of that test, like ``ndarrays_regression``, with this project's
+tolerance classes (by the key's first component) and environment fingerprint.
+
+``pytest --regen`` (or ``ensemble-conformance regen``) writes the goldens of the cases that
+are missing, damaged or failing (``--regen-all``: every selected case) in one transaction
+at the end of the run, under the golden directory's lock. It runs in one process, and
+where the project names its reference pins (ini ``ensemble_reference_pins``) only on them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+
+from ensemble_conformance.golden.compare import non_finite
+from ensemble_conformance.golden.store import GoldenError, GoldenMissingError, GoldenStore
+from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics
+
+if TYPE_CHECKING:
+    from ensemble_conformance.scenarios.lifecycle import ScenarioCase, ScenarioRecord
+    from ensemble_conformance.scenarios.program import Outcome, Program
+    from ensemble_conformance.scenarios.user import Ensemble
+
+_STAGED = pytest.StashKey[list[tuple["ScenarioRecord", str]]]()
+_WRITTEN = pytest.StashKey[list[str]]()
+_STORE_KEY = pytest.StashKey[str]()
+_RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
+
+
+# --- regeneration inside a run -------------------------------------------------------------
+
+
+def regen_mode(config: pytest.Config) -> str | None:
+    """ "all" with --regen-all, "failing" with --regen, None otherwise."""
+    if config.getoption("--regen-all"):
+        return "all"
+    return "failing" if config.getoption("--regen") else None
+
+
+def reference_mismatches(config: pytest.Config) -> list[str]:
+    """The project's ``ensemble_reference_pins`` (``name==version`` lines) this environment
+    does not have; empty when none are named."""
+    problems = []
+    for line in config.getini("ensemble_reference_pins"):
+        name, sep, wanted = line.partition("==")
+        if not sep or not name.strip() or not wanted.strip():
+            raise pytest.UsageError(f"ini option ensemble_reference_pins: {line!r} is not NAME==VERSION")
+        try:
+            have = metadata.version(name.strip())
+        except metadata.PackageNotFoundError:
+            have = "not installed"
+        if have != wanted.strip():
+            problems.append(f"{name.strip()}: {have}, the reference is {wanted.strip()}")
+    return problems
+
+
+def check_regen(config: pytest.Config, mode: str) -> None:
+    """Refuse a regeneration that could not be one transaction, or is off the reference pins."""
+    workers = getattr(config.option, "numprocesses", None)
+    if workers not in (None, 0) or hasattr(config, "workerinput"):
+        raise pytest.UsageError(
+            f"--regen{'-all' if mode == 'all' else ''} writes every golden in one transaction, in one process: "
+            "drop -n (pytest-xdist)"
+        )
+    mismatches = reference_mismatches(config)
+    if mismatches and not config.getoption("--regen-force"):
+        raise pytest.UsageError(
+            "refusing to regenerate: this environment is not the project's reference pins "
+            "(ini ensemble_reference_pins):\n  " + "\n  ".join(mismatches) + "\ninstall them, or pass --regen-force"
+        )
+    config.stash[_STAGED] = []
+
+
+def _stage(config: pytest.Config, record: ScenarioRecord, state: str) -> None:
+    bad = [key for key, value in record.arrays().items() if non_finite(value)[0]]
+    if bad:
+        pytest.fail(
+            f"ensemble-conformance: {record.case.id}: not regenerated, the run holds NaN or infinity in "
+            f"{', '.join(bad)}; a golden must be finite",
+            pytrace=False,
+        )
+    config.stash[_STAGED].append((record, state))
+
+
+def commit_regen(config: pytest.Config, store: GoldenStore, env: dict[str, Any]) -> bool:
+    """Write what the run staged, all at once; False (and a message) when that fails."""
+    staged = config.stash.get(_STAGED, [])
+    written: list[str] = []
+    config.stash[_WRITTEN] = written
+    if not staged:
+        return True
+    try:
+        store.directory.mkdir(parents=True, exist_ok=True)
+        with store.transaction(600.0, on_wait=print) as txn:
+            for record, state in staged:
+                if txn.write(record, env):
+                    written.append(f"{record.case.id}: {state}")
+    except (GoldenError, OSError) as err:
+        print(f"ensemble-conformance: regeneration failed, the goldens in {store.directory} are as they were: {err}")
+        written.clear()
+        return False
+    return True
+
+
+def regen_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if regen_mode(config) is None:
+        return
+    written = config.stash.get(_WRITTEN, [])
+    staged = config.stash.get(_STAGED, [])
+    terminalreporter.section("regenerated goldens", sep="-", green=True)
+    for line in written:
+        terminalreporter.write_line(line)
+    kept = len(staged) - len(written)
+    terminalreporter.write_line(
+        f"{len(written)} golden(s) written to {config.stash.get(_STORE_KEY, None) or 'the golden directory'}"
+        + (f", {kept} rewritten unchanged" if kept else "")
+    )
+
+
+# --- a project's scenarios as tests ------------------------------------------------------------
+
+
+def _fail(lines: list[str]) -> None:
+    pytest.fail("\n".join(lines), pytrace=False)
+
+
+def _load(store: GoldenStore, case: ScenarioCase) -> tuple[Outcome | None, str]:
+    """The case's golden outcome, or None and why it cannot be had."""
+    from ensemble_conformance.scenarios.lifecycle import golden_outcome
+
+    try:
+        arrays, meta = store.load_arrays(case)
+        return golden_outcome(arrays, meta, str(store.path_for(case.id))), ""
+    except GoldenMissingError as err:
+        return None, str(err)
+    except (GoldenError, ValueError) as err:
+        return None, str(err)
+
+
+def judge_against_golden(
+    config: pytest.Config,
+    case: ScenarioCase,
+    program: Program | None,
+    now: Outcome,
+    store: GoldenStore,
+    numerics: Numerics,
+    env: dict[str, Any],
+    record_property: Callable[[str, object], None],
+    doc: str = "",
+) -> None:
+    """One case run now against its golden (or staged for --regen); fails with the
+    figures, the drift cause and the command that regenerates it."""
+    from ensemble_conformance.scenarios import compat
+    from ensemble_conformance.scenarios.explain import explain_scenario
+    from ensemble_conformance.scenarios.lifecycle import ScenarioRecord, judge
+
+    golden, problem = _load(store, case)
+    record_property("outcome", now.describe())
+    mode = regen_mode(config)
+    if mode is not None:
+        config.stash[_STORE_KEY] = str(store.directory)
+        if golden is None:
+            state = "new" if not store.path_for(case.id).exists() else f"replacing ({problem.splitlines()[0]})"
+        else:
+            verdict = judge(golden, now, numerics)
+            if verdict.ok and mode != "all":
+                record_property("regenerated", "kept")
+                return
+            state = "; ".join(verdict.lines()) or "unchanged (--regen-all)"
+        record_property("regenerated", state)
+        _stage(config, ScenarioRecord(case, now), state)
+        return
+    if golden is None:
+        record_property("golden_problem", problem.splitlines()[0])
+        _fail([f"ensemble-conformance: {problem}"])
+        return
+    verdict = judge(golden, now, numerics)
+    cls = compat.classify(golden, now, verdict)
+    record_property("compat", cls)
+    record_property("max_ulp_by_class", verdict.worst_ulps())
+    if verdict.ok:
+        return
+    record_property("outcome_change", verdict.change or "values moved")
+    golden_env = store.environment_of(case.id)
+    lines = [f"ensemble-conformance: {case.id} does not match its golden {store.path_for(case.id)}"]
+    if doc:
+        lines.append(f"  {doc}")
+    lines += ["  " + line.replace("\n", "\n  ") for line in verdict.lines()]
+    if program is not None:
+        why = explain_scenario(program, case.p, golden, now, env_now=env, env_golden=golden_env, numerics=numerics)
+        record_property("drift_cause", why.cause.value)
+        if why.restore:
+            record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
+        lines += ["  " + line for line in why.describe().splitlines()]
+    from ensemble_conformance.golden import environment
+
+    lines += [f"  differs from the golden's environment: {d}" for d in environment.differences(env, golden_env)]
+    lines += ["  If this change is intended, regenerate the golden:", f"    {store.regen_command([case.id])}"]
+    _fail(lines)
+
+
+def run_once(program: Program, case: ScenarioCase, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
+    """One run per case and process: the golden test and the oracles judge the same run."""
+    from ensemble_conformance.scenarios.program import run_recorded
+
+    if case.id not in _RUNS:
+        _RUNS[case.id] = run_recorded(program, case.p, future)
+    return _RUNS[case.id]
+
+
+def ensemble_tests(*ensembles: Ensemble) -> type:
+    """A test class for these ensembles: ``test_scenario_matches_golden`` and
+    ``test_scenario_oracles`` for every case (step x members x seeds) of each. Assign it to a
+    ``Test...`` name in a test module."""
+    from ensemble_conformance.scenarios.user import Ensemble
+
+    if not ensembles or not all(isinstance(e, Ensemble) for e in ensembles):
+        raise TypeError("ensemble_tests(*ensembles): give one or more ensemble_conformance.Ensemble declarations")
+    programs: dict[str, Program] = {}
+    for ensemble in ensembles:
+        for name, program in ensemble.programs().items():
+            if name in programs:
+                raise ValueError(f"ensemble_tests: two ensembles declare the scenario {name!r}; give them other names")
+            programs[name] = program
+    params = [pytest.param(case, id=case.id) for ensemble in ensembles for case in ensemble.cases()]
+
+    class EnsembleScenarios:
+        __doc__ = "Scenarios of " + ", ".join(e.name for e in ensembles)
+
+        @pytest.mark.ensemble
+        @pytest.mark.golden
+        @pytest.mark.parametrize("case", params)
+        def test_scenario_matches_golden(
+            self,
+            case: ScenarioCase,
+            golden_store: GoldenStore,
+            numerics: Numerics,
+            env: dict[str, Any],
+            record_property: Callable[[str, object], None],
+            pytestconfig: pytest.Config,
+        ) -> None:
+            program = programs[case.program]
+            now, emitted = run_once(program, case, bool(pytestconfig.getoption("--future-warnings")))
+            record_property("warnings", list(emitted))
+            judge_against_golden(
+                pytestconfig, case, program, now, golden_store, numerics, env, record_property, program.doc
+            )
+
+        @pytest.mark.ensemble
+        @pytest.mark.oracle
+        @pytest.mark.parametrize("case", params)
+        def test_scenario_oracles(self, case: ScenarioCase, pytestconfig: pytest.Config) -> None:
+            program = programs[case.program]
+            now, _ = run_once(program, case, bool(pytestconfig.getoption("--future-warnings")))
+            if now.kind != "values":
+                pytest.skip(f"no values to judge: {now.describe()}")
+            failures = []
+            for oracle in program.oracles:
+                try:
+                    oracle(case.p)
+                except AssertionError as err:
+                    failures.append(f"{oracle.__name__}: {err}")
+            if failures:
+                _fail([f"ensemble-conformance: {case.id}: golden-free checks fail:", *("  " + f for f in failures)])
+
+    return EnsembleScenarios
+
+
+# --- the one-off check of any arrays -------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
+
+
+def default_check_id(nodeid: str) -> str:
+    """``tests/test_model.py::TestA::test_b[x-1]`` -> ``test_model-TestA-test_b-x-1``."""
+    path, _, rest = nodeid.partition("::")
+    stem = path.rsplit("/", 1)[-1].removesuffix(".py")
+    parts = [stem, *rest.replace("[", "::").rstrip("]").split("::")]
+    return "-".join(p for p in (_UNSAFE.sub("_", part).strip("_") for part in parts) if p)
+
+
+class EnsembleGolden:
+    """The ``ensemble_golden`` fixture: ``check(data, basename=None, tolerance="out")``."""
+
+    def __init__(self, request: pytest.FixtureRequest, store: GoldenStore, numerics: Numerics, env: dict[str, Any]):
+        self._request = request
+        self._store = store
+        self._numerics = numerics
+        self._env = env
+        self._count = 0
+
+    def check(self, data: Mapping[str, Any], basename: str | None = None, tolerance: str = "out") -> None:
+        """Compare the named arrays (nested dicts allowed) with this test's golden. A key whose
+        first component is a tolerance class (params, out, grads, stats, train, restored, rng,
+        shapes) is judged by it; any other key by ``tolerance``."""
+        from ensemble_conformance.scenarios.lifecycle import ScenarioCase
+        from ensemble_conformance.scenarios.program import Outcome, flatten
+
+        if tolerance not in LIFECYCLE_CLASSES:
+            raise ValueError(
+                f"ensemble_golden.check: tolerance={tolerance!r}; use one of {', '.join(LIFECYCLE_CLASSES)}"
+            )
+        if not isinstance(data, Mapping) or not data:
+            raise ValueError("ensemble_golden.check: data must be a non-empty mapping of names to arrays")
+        self._count += 1
+        if basename is None:
+            basename = default_check_id(self._request.node.nodeid) + (f"-{self._count}" if self._count > 1 else "")
+        elif not re.fullmatch(r"[A-Za-z0-9_.][A-Za-z0-9_.\-]*", basename):
+            raise ValueError(f"ensemble_golden.check: basename={basename!r}; use letters, digits, '_', '.', '-'")
+        arrays = {}
+        for key, value in flatten(data).items():
+            head = key.split("/", 1)[0]
+            arrays[key if head in LIFECYCLE_CLASSES else f"{tolerance}/{key}"] = np.asarray(value)
+        case = ScenarioCase(basename, ())
+        self._request.node.user_properties.append(("ensemble_golden", basename))
+        judge_against_golden(
+            self._request.config,
+            case,
+            None,
+            Outcome("values", arrays),
+            self._store,
+            self._numerics,
+            self._env,
+            lambda name, value: self._request.node.user_properties.append((name, value)),
+        )

@@ -1,0 +1,156 @@
+"""The ensemble's lifecycle after init (scenarios/): dropout keys, gradients, training,
+BatchNorm, scan over layers, checkpoints and the split forms, each a recipe as users
+write it. Three checks per scenario case:
+
+- test_scenario_matches_golden: the outcome now against the golden made on the
+  reference pins in flax's default mode: the same kind (values, raises, unavailable)
+  and error, and every array within its tolerance class (tolerances.py). The run's
+  class against the golden (compat.classify: same, moved, changed, raises, ...) is
+  recorded for the compatibility table. On another flax release judged by goldens made
+  on the reference release, the class must be the one that release's era foresees
+  (compat.ERAS, with reasons): older pins are judged by their own expectations;
+- test_scenario_expected_outcome: the outcome this release is expected to give in this
+  transform mode (lifecycle.EXPECTED on the reference release, compat.ERAS on others);
+- test_scenario_oracles: the golden-free checks of the recipe's values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ensemble_conformance.golden.pins import REFERENCE
+from ensemble_conformance.golden.store import GoldenError, GoldenStore
+from ensemble_conformance.golden.tolerances import Numerics
+from ensemble_conformance.scenarios import compat
+from ensemble_conformance.scenarios.lifecycle import (
+    PROGRAMS,
+    SCENARIO_CASES,
+    ScenarioCase,
+    expected,
+    golden_outcome,
+    judge,
+)
+from ensemble_conformance.scenarios.program import Outcome, run_recorded
+
+pytestmark = pytest.mark.lifecycle
+PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
+_RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
+
+
+def run_case(case: ScenarioCase, future: bool) -> tuple[Outcome, tuple[str, ...]]:
+    """One run per case and process (the golden and expectation tests judge the same run),
+    with the DeprecationWarnings and FutureWarnings it emitted (run_recorded)."""
+    if case.id not in _RUNS:
+        _RUNS[case.id] = run_recorded(PROGRAMS[case.program], case.p, future)
+    return _RUNS[case.id]
+
+
+@pytest.fixture
+def outcome_of(pytestconfig: pytest.Config) -> Callable[[ScenarioCase], Outcome]:
+    future = bool(pytestconfig.getoption("--future-warnings"))
+    return lambda case: run_case(case, future)[0]
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("case", PARAMS)
+def test_scenario_matches_golden(
+    case: ScenarioCase,
+    golden_store: GoldenStore,
+    numerics: Numerics,
+    env: dict[str, Any],
+    record_property: Callable[[str, object], None],
+    pytestconfig: pytest.Config,
+) -> None:
+    path = golden_store.path_for(case.id)
+    try:
+        arrays, meta = golden_store.load_arrays(case)
+        golden = golden_outcome(arrays, meta, str(path))
+    except (GoldenError, ValueError) as err:
+        pytest.fail(f"ensemble-conformance: {err}", pytrace=False)
+    now, emitted = run_case(case, bool(pytestconfig.getoption("--future-warnings")))
+    record_property("outcome", now.describe())
+    record_property("warnings", list(emitted))
+    verdict = judge(golden, now, numerics)
+    cls = compat.classify(golden, now, verdict)
+    record_property("max_ulp_by_class", verdict.worst_ulps())
+    record_property("compat", cls)
+    remedy = compat.remedy(case.program, cls)
+    if remedy:
+        record_property("remedy", remedy)
+    program = PROGRAMS[case.program]
+    made_on = golden_store.environment_of(case.id).get("flax")
+    era = compat.expectation(case.program, str(env.get("flax"))) if made_on == REFERENCE.flax else None
+    if era is not None:  # another release against the reference goldens: judged by its era
+        record_property("era", era.describe())
+        if era.holds(now, cls):
+            return
+        pytest.fail(
+            f"ensemble-conformance: scenario {case.id} on flax {env.get('flax')}: expected {era.describe()} "
+            f"({era.reason}) against the goldens of flax {made_on}; now: {cls}: {now.describe()}\n"
+            + "\n".join("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
+            pytrace=False,
+        )
+    if verdict.ok:
+        return
+    record_property("outcome_change", verdict.change or "values moved")
+    lines = [
+        f"ensemble-conformance: scenario {case.id} does not match its golden {path}",
+        f"  recipe: {program.doc}",
+        f"  mode now: {env.get('nnx_mode')}; golden made in: {golden_store.environment_of(case.id).get('nnx_mode')}",
+        *("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
+        "  If this change is intended, regenerate on the reference pins:",
+        f"    {golden_store.regen_command([case.id])}",
+    ]
+    pytest.fail("\n".join(lines), pytrace=False)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("case", PARAMS)
+def test_scenario_expected_outcome(
+    case: ScenarioCase, env: dict[str, Any], outcome_of: Callable[[ScenarioCase], Outcome]
+) -> None:
+    mode = str(env.get("nnx_mode"))
+    now = outcome_of(case)
+    era = compat.expectation(case.program, str(env.get("flax")))
+    if era is not None:
+        if era.outcome != now.kind or not now.error.startswith(era.error):
+            pytest.fail(
+                f"ensemble-conformance: scenario {case.id} on flax {env.get('flax')}: expected {era.describe()} "
+                f"({era.reason}); got {now.describe()}",
+                pytrace=False,
+            )
+        return
+    want = expected(case.program, mode)
+    if not want.holds(now):
+        pytest.fail(
+            f"ensemble-conformance: scenario {case.id} in mode {mode}: expected {want.describe()}"
+            f"{f' ({want.reason})' if want.reason else ''}; got {now.describe()}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("case", PARAMS)
+def test_scenario_oracles(
+    case: ScenarioCase, env: dict[str, Any], outcome_of: Callable[[ScenarioCase], Outcome]
+) -> None:
+    if outcome_of(case).kind != "values":
+        pytest.skip(f"no values to judge: {outcome_of(case).describe()}")
+    era = compat.expectation(case.program, str(env.get("flax")))
+    foreseen = era.oracles_fail if era is not None else ()
+    failures = []
+    for oracle in PROGRAMS[case.program].oracles:
+        if oracle.__name__ in foreseen:  # a later era's semantics (the era says why): not judged here
+            continue
+        try:
+            oracle(case.p)
+        except AssertionError as err:
+            failures.append(f"{oracle.__name__}: {err}")
+    if failures:
+        pytest.fail(
+            f"ensemble-conformance: scenario {case.id}: golden-free checks fail:\n  " + "\n  ".join(failures),
+            pytrace=False,
+        )

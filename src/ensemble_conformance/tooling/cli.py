@@ -1,0 +1,228 @@
+"""The ``ensemble-conformance`` command: the suite and a project's own scenarios without a
+clone of this repository.
+
+    ensemble-conformance suite [PYTEST ARGS]      the reference suite, packaged, against the packaged goldens
+    ensemble-conformance run [PYTEST ARGS]        your project's tests (its Ensemble scenarios, ensemble_golden)
+    ensemble-conformance regen [IDS] [--all] [--force] [-- PYTEST ARGS]
+                                                  write your project's goldens (missing, damaged or failing)
+    ensemble-conformance report RESULT.json [--markdown OUT.md] [--baseline B.json]
+                                                  a --report-json result as a markdown verdict (exit 1 on FAIL)
+    ensemble-conformance gate --flax X --jax Y [--python 3.12] [--optax V] [--orbax V] [-- PYTEST ARGS]
+                                                  your scenarios on candidate pins, in a fresh environment,
+                                                  against your goldens; JSON + markdown verdict
+
+``run`` and ``regen`` start pytest in the current directory, so your pytest configuration
+(``[tool.pytest.ini_options]``: ``ensemble_golden_dir``, ``ensemble_reference_pins``)
+applies. Each subcommand's ``--help`` says more. Standard library only at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ensemble_conformance import __version__
+from ensemble_conformance.golden.pins import REFERENCE, Pins
+from ensemble_conformance.tooling import sessions
+
+SUITE = Path(__file__).resolve().parent.parent / "suite"
+PLUGIN = ["-p", "ensemble_conformance.plugin"]
+
+
+def _pytest(args: Sequence[str], cwd: Path | None = None) -> int:
+    command = [sys.executable, "-m", "pytest", *args]
+    return subprocess.call(command, cwd=cwd)
+
+
+def suite_command(pytest_args: Sequence[str]) -> list[str]:
+    """pytest's arguments for the packaged reference suite, from any directory."""
+    return ["-c", str(SUITE / "pytest.ini"), "--rootdir", str(SUITE), *PLUGIN, str(SUITE), *pytest_args]
+
+
+def regen_command(ids: Sequence[str], everything: bool, force: bool, pytest_args: Sequence[str]) -> list[str]:
+    """pytest's arguments for a regeneration of the project's goldens (one process)."""
+    args = [*PLUGIN, "-p", "no:xdist", "--regen-all" if everything else "--regen"]
+    if force:
+        args.append("--regen-force")
+    if ids:
+        args += ["-k", " or ".join(ids)]
+    return [*args, *pytest_args]
+
+
+def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Arguments before ``--`` (ours) and after it (pytest's)."""
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="ensemble-conformance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    top.add_argument("--version", action="version", version=f"ensemble-conformance {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "suite",
+        help="the reference suite against the packaged goldens",
+        description="Run the packaged reference suite (146 core cases, the lifecycle scenarios) against the "
+        "goldens shipped in the package. Every argument goes to pytest, e.g. `-m oracle`, `-n auto`, "
+        "`--backend cpu`, `--report-json r.json`.",
+        add_help=False,
+    )
+    sub.add_parser(
+        "run",
+        help="your project's tests, with the plugin",
+        description="Run pytest in the current directory with the plugin loaded: your Ensemble scenarios "
+        "(ensemble_tests) and ensemble_golden checks against your goldens (ini ensemble_golden_dir, or "
+        "--golden-dir). Every argument goes to pytest.",
+        add_help=False,
+    )
+    regen = sub.add_parser(
+        "regen",
+        help="write your project's goldens",
+        description="Run your project's tests with --regen: the goldens of cases that are missing, damaged or "
+        "failing are written in one transaction at the end (with --all: every selected case). Arguments after "
+        "`--` go to pytest (e.g. a test path, --golden-dir DIR).",
+    )
+    regen.add_argument("ids", nargs="*", help="case ids to regenerate (default: every case that needs it)")
+    regen.add_argument("--all", action="store_true", help="rewrite every selected case, even those that pass")
+    regen.add_argument("--force", action="store_true", help="regenerate off the ini's ensemble_reference_pins")
+    report = sub.add_parser(
+        "report",
+        help="a result as a markdown verdict",
+        description="Turn a --report-json result into the markdown verdict (a pull request's step summary). "
+        "Exit 1 when the verdict is FAIL.",
+    )
+    report.add_argument("result", type=Path, help="the JSON written by --report-json")
+    report.add_argument("--markdown", type=Path, help="also write the markdown here")
+    report.add_argument("--baseline", type=Path, help="a run on the current pins: deprecations new in the candidate")
+    gate = sub.add_parser(
+        "gate",
+        help="your scenarios on candidate jax/flax pins, in a fresh environment",
+        description="Build a virtual environment with the candidate pins, this package and your project, run "
+        "your scenarios there against your goldens, and write report.json and verdict.md. Exit 1 when "
+        "anything moved. Arguments after `--` go to pytest.",
+    )
+    gate.add_argument("--flax", required=True, help="candidate flax release")
+    gate.add_argument("--jax", required=True, help="candidate jax release (jaxlib the same)")
+    gate.add_argument("--python", default=None, help="interpreter, e.g. 3.11 (default: the matrix's for the pair)")
+    gate.add_argument("--optax", default=None, help="optax release (default: the matrix's for the pair)")
+    gate.add_argument("--orbax", default=None, help="orbax-checkpoint release (default: the matrix's for the pair)")
+    gate.add_argument("--project", type=Path, default=Path("."), help="your project's directory (default: .)")
+    gate.add_argument(
+        "--install",
+        default="-e .",
+        help="what to install of your project, as pip arguments run in --project (default: '-e .')",
+    )
+    gate.add_argument(
+        "--plugin-spec",
+        default=None,
+        help="how to install ensemble-conformance there: a wheel, a directory or a requirement "
+        f"(default: this checkout, or ensemble-conformance=={__version__})",
+    )
+    gate.add_argument("--golden-dir", default=None, help="your goldens (default: your ini's ensemble_golden_dir)")
+    gate.add_argument("--out", type=Path, default=Path("results/gate"), help="where report.json and verdict.md go")
+    gate.add_argument("--venv", type=Path, default=None, help="the environment to build (default: under --out)")
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("suite", "run"):  # everything after goes to pytest, --help included
+        rest = argv[1:]
+        if rest in (["-h"], ["--help"]):
+            print(_passthrough_help(argv[0]))
+            return 0
+        if argv[0] == "suite":
+            return _pytest(suite_command(rest))
+        return _pytest([*PLUGIN, *rest])
+    ours, pytest_args = _split(argv)
+    args = parser().parse_args(ours)
+    if args.command == "regen":
+        return _pytest(regen_command(args.ids, args.all, args.force, pytest_args))
+    if args.command == "report":
+        from ensemble_conformance.tooling import report
+
+        extra = ["--markdown", str(args.markdown)] if args.markdown else []
+        extra += ["--baseline", str(args.baseline)] if args.baseline else []
+        return report.main(["gate", str(args.result), *extra])
+    return gate(args, pytest_args)
+
+
+def _passthrough_help(command: str) -> str:
+    sub = {a.dest: a for a in parser()._actions}.get("command")
+    assert isinstance(sub, argparse._SubParsersAction)
+    text = sub.choices[command].description or ""
+    return f"usage: ensemble-conformance {command} [PYTEST ARGS]\n\n{text}\n\n(`python -m pytest --help` lists them.)"
+
+
+# --- gate ---------------------------------------------------------------------------------------
+
+
+def candidate_pins(args: argparse.Namespace) -> Pins:
+    """The candidate: the matrix's pins for the pair when it has them, the options' otherwise."""
+    known = sessions.known_pins(args.flax, args.jax)
+    python = args.python or (known.python if known else REFERENCE.python)
+    optax = args.optax or (known.optax if known else "")
+    orbax = args.orbax or (known.orbax if known else "")
+    return Pins(python, args.jax, args.jax, args.flax, optax, orbax)
+
+
+def default_plugin_spec() -> str:
+    """This checkout when the package runs from one, else the same release from the index."""
+    root = Path(__file__).resolve().parents[3]
+    if (root / "pyproject.toml").exists() and (root / "src" / "ensemble_conformance").is_dir():
+        return str(root)
+    return f"ensemble-conformance=={__version__}"
+
+
+def gate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
+    pins = candidate_pins(args)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    venv = (args.venv or out / f"venv-{sessions.env_name(pins.python, pins.flax, pins.jax)}").resolve()
+    project = args.project.resolve()
+    uv = shutil.which("uv") is not None
+    create, install = sessions.venv_commands(venv, pins.python, uv)
+    requirements = [args.plugin_spec or default_plugin_spec(), *pins.requirements()]
+    print(f"ensemble-conformance gate: flax {pins.flax} / jax {pins.jax} on Python {pins.python} in {venv}")
+    steps = [
+        (create, None),
+        ([*install, *requirements], None),
+        ([*install, *shlex.split(args.install), *pins.requirements()], project),
+    ]
+    for command, cwd in steps:
+        print("+ " + " ".join(shlex.quote(c) for c in command), flush=True)
+        if subprocess.call(command, cwd=cwd) != 0:
+            print(f"ensemble-conformance gate: could not build the candidate environment ({command[0]} failed)")
+            return 2
+    report = out / "report.json"
+    report.unlink(missing_ok=True)
+    python = venv / "bin" / "python"
+    run = [str(python), "-m", "pytest", *PLUGIN, f"--report-json={report}"]
+    if args.golden_dir:
+        run += ["--golden-dir", str(Path(args.golden_dir).resolve())]
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    env.pop("VIRTUAL_ENV", None)
+    print("+ " + " ".join(shlex.quote(c) for c in [*run, *pytest_args]), flush=True)
+    status = subprocess.call([*run, *pytest_args], cwd=project, env=env)
+    if not report.exists():
+        print(f"ensemble-conformance gate: the run wrote no result (pytest exit {status})")
+        return 2
+    from ensemble_conformance.tooling import report as reports
+
+    verdict = reports.main(["gate", str(report), "--markdown", str(out / "verdict.md")])
+    return 1 if status != 0 or verdict != 0 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
