@@ -8,12 +8,16 @@ Public API (everything else is internal):
   check_case          compare one run with its golden
   REFERENCE           the reference pins
   SCENARIO_CASES      the lifecycle scenario cases; PROGRAMS, the programs they run
+  Ensemble            a project's own ensemble declared as scenarios (scenarios/user.py)
+  ensemble_tests      the test class that runs a project's Ensemble scenarios (plugin/project.py)
 
 The parts, each importing only those before it:
   golden/     the golden engine: store, compare, tolerances, environment, pins, known drift
   backends/   the platforms (CPU, CUDA, TPU) and emulated GPU/TPU numerics
   scenarios/  the core function, its case grid and oracles; the lifecycle programs
-  tooling/    regeneration, reports, gate, bisection, modes, mutation, benchmark, sessions
+  tooling/    regeneration, reports, gate, bisection, modes, mutation, benchmark, sessions, cli
+  plugin/     the pytest plugin (entry point): options, fixtures, a project's scenarios as tests
+  suite/      the reference suite, packaged (conformance/ re-exports it)
 
 The names are loaded on first use, so tools that need no jax (the reports, the pins)
 import without it.
@@ -34,6 +38,8 @@ _EXPORTS = {
     "GoldenStore": "golden.store",
     "PROGRAMS": "scenarios.lifecycle",
     "SCENARIO_CASES": "scenarios.lifecycle",
+    "Ensemble": "scenarios.user",
+    "ensemble_tests": "plugin.project",
 }
 
 __all__ = sorted(_EXPORTS)

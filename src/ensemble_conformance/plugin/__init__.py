@@ -196,7 +196,7 @@ def _regen_hint(config: pytest.Config, golden: Path) -> str:
     from ensemble_conformance.tooling.regen import regen_session
 
     if not reference_suite(config):
-        extra = f" --golden-dir {shlex.quote(str(golden))}" if config.getoption("--golden-dir") else ""
+        extra = f" --golden-dir={shlex.quote(str(golden))}" if config.getoption("--golden-dir") else ""
         return f"ensemble-conformance regen{extra}"
     golden = golden.resolve()
     for epoch in EPOCHS.values():

@@ -36,7 +36,7 @@ PLUGIN = ["-p", "ensemble_conformance.plugin"]
 
 
 def _pytest(args: Sequence[str], cwd: Path | None = None) -> int:
-    command = [sys.executable, "-m", "pytest", *args]
+    command = [sys.executable, "-m", "pytest", *joined(args)]
     return subprocess.call(command, cwd=cwd)
 
 
@@ -53,6 +53,37 @@ def regen_command(ids: Sequence[str], everything: bool, force: bool, pytest_args
     if ids:
         args += ["-k", " or ".join(ids)]
     return [*args, *pytest_args]
+
+
+# The plugin's options that take a value. pytest finds its rootdir (and so the project's ini
+# file) before plugins add their options, so in ``--golden-dir DIR`` it would take DIR for a
+# test path; ``--golden-dir=DIR`` is read right. The command joins them.
+VALUE_OPTIONS = (
+    "--golden-dir",
+    "--report-json",
+    "--known-drift",
+    "--impl",
+    "--patch",
+    "--backend",
+    "--precision",
+    "--emulate",
+    "--sharded",
+    "--nnx-mode",
+    "--case-timeout",
+)
+
+
+def joined(args: Sequence[str]) -> list[str]:
+    """``["--golden-dir", "g"]`` -> ``["--golden-dir=g"]`` for the plugin's value options."""
+    out: list[str] = []
+    items = iter(args)
+    for arg in items:
+        if arg in VALUE_OPTIONS:
+            value = next(items, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
 
 
 def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -96,6 +127,9 @@ def parser() -> argparse.ArgumentParser:
     regen.add_argument("ids", nargs="*", help="case ids to regenerate (default: every case that needs it)")
     regen.add_argument("--all", action="store_true", help="rewrite every selected case, even those that pass")
     regen.add_argument("--force", action="store_true", help="regenerate off the ini's ensemble_reference_pins")
+    regen.add_argument(
+        "--golden-dir", default=None, help="the golden directory (default: the ini's ensemble_golden_dir)"
+    )
     report = sub.add_parser(
         "report",
         help="a result as a markdown verdict",
@@ -148,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours, pytest_args = _split(argv)
     args = parser().parse_args(ours)
     if args.command == "regen":
-        return _pytest(regen_command(args.ids, args.all, args.force, pytest_args))
+        where = [f"--golden-dir={args.golden_dir}"] if args.golden_dir else []
+        return _pytest(regen_command(args.ids, args.all, args.force, [*where, *pytest_args]))
     if args.command == "report":
         from ensemble_conformance.tooling import report
 
@@ -210,11 +245,11 @@ def gate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
     python = venv / "bin" / "python"
     run = [str(python), "-m", "pytest", *PLUGIN, f"--report-json={report}"]
     if args.golden_dir:
-        run += ["--golden-dir", str(Path(args.golden_dir).resolve())]
+        run.append(f"--golden-dir={Path(args.golden_dir).resolve()}")
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     env.pop("VIRTUAL_ENV", None)
     print("+ " + " ".join(shlex.quote(c) for c in [*run, *pytest_args]), flush=True)
-    status = subprocess.call([*run, *pytest_args], cwd=project, env=env)
+    status = subprocess.call([*run, *joined(pytest_args)], cwd=project, env=env)
     if not report.exists():
         print(f"ensemble-conformance gate: the run wrote no result (pytest exit {status})")
         return 2

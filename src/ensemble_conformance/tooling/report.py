@@ -128,7 +128,8 @@ def gate_markdown(result: Result, baseline: Result | None = None) -> str:
         + (f", judged as {result['numerics']}." if result.get("numerics") else "."),
         f"Goldens: `{result['golden_dir']}`, made with {_golden_versions(result)}.",
         "",
-        f"{s['cases']} cases, {s['passed'] + s['failed'] + s.get('known_drift', 0)} checks: {s['passed']} passed, "
+        f"{s['cases']} cases, {s.get('scenarios', 0)} scenarios, "
+        f"{s['passed'] + s['failed'] + s.get('known_drift', 0)} checks: {s['passed']} passed, "
         f"{s['failed']} failed"
         + (f", {s['known_drift']} known drift (expected failures)." if s.get("known_drift") else "."),
     ]
