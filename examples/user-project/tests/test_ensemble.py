@@ -1,0 +1,43 @@
+"""The project's ensemble under ensemble-conformance: every lifecycle step against the goldens
+in tests/golden (made by `ensemble-conformance regen`), plus the golden-free checks."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from ensemble_example import make_member
+from flax import nnx
+
+from ensemble_conformance import Ensemble, ensemble_tests
+
+
+def batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The batch every member sees, drawn with numpy from the case's seed."""
+    return {
+        "x": rng.normal(size=(8, 3)).astype(np.float32),
+        "y": rng.normal(size=(8, 2)).astype(np.float32),
+    }
+
+
+MLP_ENSEMBLE = Ensemble(
+    name="mlp",
+    member=make_member,
+    inputs=batch,
+    steps=("build", "forward", "dropout_forward", "grad", "train", "checkpoint"),
+    members=(1, 4),
+    seeds=(0,),
+    train_steps=2,
+    learning_rate=1e-2,
+)
+
+TestMLPEnsemble = ensemble_tests(MLP_ENSEMBLE)
+
+
+def test_mean_prediction(ensemble_golden) -> None:
+    """A one-off check: the ensemble's mean prediction in eval mode, with this project's
+    tolerance classes and environment fingerprint."""
+    ensemble = MLP_ENSEMBLE.build({"n": 4, "seed": 1})
+    ensemble.eval()
+    x = jnp.asarray(batch(np.random.default_rng([1, 0]))["x"])
+    outputs = nnx.vmap(lambda member, x: member(x), in_axes=(0, None))(ensemble, x)
+    ensemble_golden.check({"mean": outputs.mean(axis=0), "spread": outputs.std(axis=0)})
