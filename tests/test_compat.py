@@ -174,3 +174,10 @@ def test_the_gate_lists_the_changes_an_era_foresees() -> None:
     assert (
         "1 recipe(s) differ from the goldens as this release's era foresees" in lines and "`dropout_own_keys`" in lines
     )
+
+
+def test_a_projects_scenarios_get_remedies_by_the_error_they_raise() -> None:
+    old_flax = "ValueError: vmap was requested to map its argument along axis 0, which implies that its rank..."
+    assert "flax >= 0.11" in (compat.remedy("mlp.dropout_forward", "raises", old_flax) or "")
+    assert compat.remedy("mlp.dropout_forward", "raises", "TypeError: something else") is None
+    assert compat.remedy("mlp.dropout_forward", "same", old_flax) is None  # nothing to do when fine

@@ -160,6 +160,7 @@ def test_regenerate_run_mutant_and_gate(installed: dict[str, Path]) -> None:
     verdict = (out_dir / "verdict.md").read_text()
     assert "## ensemble-conformance gate: FAIL" in verdict and "flax 0.10.7 / jax 0.6.2" in verdict
     assert "`mlp.dropout_forward`" in verdict and "raises" in verdict
+    assert "move to flax >= 0.11" in verdict  # the remedy the error names
     gated = json.loads((out_dir / "report.json").read_text())
     assert gated["pins"]["flax"] == "0.10.7"
     assert gated["scenarios"]["mlp.dropout_forward-n4-seed0"]["golden"] == "failed"

@@ -199,6 +199,9 @@ def judge_against_golden(
     record_property("max_ulp_by_class", verdict.worst_ulps())
     if verdict.ok:
         return
+    fix = compat.remedy(case.program, cls, now.error)
+    if fix:
+        record_property("remedy", fix)
     record_property("outcome_change", verdict.change or "values moved")
     golden_env = store.environment_of(case.id)
     lines = [f"ensemble-conformance: {case.id} does not match its golden {store.path_for(case.id)}"]
@@ -214,6 +217,8 @@ def judge_against_golden(
     from ensemble_conformance.golden import environment
 
     lines += [f"  differs from the golden's environment: {d}" for d in environment.differences(env, golden_env)]
+    if fix:
+        lines.append(f"  remedy: {fix}")
     lines += ["  If this change is intended, regenerate the golden:", f"    {store.regen_command([case.id])}"]
     _fail(lines)
 

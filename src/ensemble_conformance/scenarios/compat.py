@@ -246,9 +246,29 @@ REMEDIES: Mapping[str, Mapping[str, str]] = {
 }
 
 
-def remedy(program: str, cls: str) -> str | None:
-    """What to do about ``program`` now classed ``cls``; None when fine or unknown."""
+# A project's own scenarios (scenarios/user.py, "<name>.<step>") are any module: their
+# remedies go by the error a release raises, (what the message contains, what to do).
+ERROR_REMEDIES: tuple[tuple[str, str], ...] = (
+    (
+        "requested to map its argument along axis 0",
+        _OLD_FLAX + "their Dropout keys have no member axis, so the stacked ensemble cannot be vmapped whole: move to flax >= 0.11, or re-split on the forward with "
+        "nnx.split_rngs(splits=N) (recipe dropout_split_rngs_forward)",
+    ),
+    (
+        "fold_in accepts a single key",
+        "flax >= 0.11: each member keeps its own (N,) key; drop the nnx.split_rngs re-split from the forward "
+        "(recipe dropout_own_keys)",
+    ),
+    ("StateAxes", _TREE_STATE_AXES),
+)
+
+
+def remedy(program: str, cls: str, error: str = "") -> str | None:
+    """What to do about ``program`` now classed ``cls`` (raising ``error``); None when fine
+    or unknown."""
     if cls in FINE:
         return None
-    table = REMEDIES.get(program, {})
+    table = REMEDIES.get(program)
+    if table is None:
+        return next((text for needle, text in ERROR_REMEDIES if needle in error), None)
     return table.get(cls, table.get("*"))
