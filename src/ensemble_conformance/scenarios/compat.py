@@ -251,8 +251,9 @@ REMEDIES: Mapping[str, Mapping[str, str]] = {
 ERROR_REMEDIES: tuple[tuple[str, str], ...] = (
     (
         "requested to map its argument along axis 0",
-        _OLD_FLAX + "their Dropout keys have no member axis, so the stacked ensemble cannot be vmapped whole: move to flax >= 0.11, or re-split on the forward with "
-        "nnx.split_rngs(splits=N) (recipe dropout_split_rngs_forward)",
+        _OLD_FLAX + "their Dropout keys have no member axis, so the stacked ensemble cannot be vmapped "
+        "whole: move to flax >= 0.11, or re-split on the forward with nnx.split_rngs(splits=N) "
+        "(recipe dropout_split_rngs_forward)",
     ),
     (
         "fold_in accepts a single key",
