@@ -30,7 +30,7 @@ def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
     # Only lifecycle recipes that raise on the reference pins have no values for their oracles.
     assert all(test.startswith("test_scenario_oracles[") for test in run.ids_with("skipped"))
     assert any(test.startswith("test_seed") for test in run.ids_with("passed"))  # conformance/test_seeds.py
-    assert "ensemble-conformance: 146 cases" in run.output
+    assert "the reference suite: 146 cases" in run.output
     assert "unused golden files" not in run.output
 
 
