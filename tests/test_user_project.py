@@ -134,6 +134,46 @@ def test_regenerate_run_mutant_and_gate(installed: dict[str, Path]) -> None:
     assert "cause: semantics-broken" in text and "members_distinct" in text, text[-3000:]
     assert f"ensemble-conformance regen --golden-dir={golden} mlp.build-n4-seed0" in text
 
+    # 3b. a known-drift file turns the mutant's expected failure into a strict xfail
+    drift = root / "known-drift.txt"
+    drift.write_text("mlp.build-n4-*  # every member from one key, on purpose\n")
+    proc = _run(
+        [
+            str(installed["bin"] / "python"),
+            "-m",
+            "pytest",
+            f"--golden-dir={golden}",
+            "-k",
+            "mlp.build-n4",
+            "-m",
+            "golden",
+            f"--known-drift={drift}",
+        ],
+        cwd=mutant_dir,
+        PYTHONPATH=str(mutant_dir / "src"),
+    )
+    assert proc.returncode == 0 and "1 xfailed" in proc.stdout, proc.stdout[-3000:]
+
+    # 3c. the original under the other PRNG configuration: the drift explanation re-runs the
+    # scenario under the golden's setting and names it
+    proc = _run(
+        [
+            str(installed["bin"] / "python"),
+            "-m",
+            "pytest",
+            f"--golden-dir={golden}",
+            "-k",
+            "mlp.build-n4",
+            "-m",
+            "golden",
+        ],
+        cwd=project,
+        JAX_THREEFRY_PARTITIONABLE="0",
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
+    assert "cause: prng-config" in text and "jax_threefry_partitionable=True" in text, text[-3000:]
+
     # 4. the gate path on another release: flax 0.10.7 keeps one Rngs for all members
     out_dir = root / "gate"
     proc = _run(
