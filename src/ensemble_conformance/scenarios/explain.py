@@ -23,7 +23,7 @@ error bound.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +90,39 @@ def _prng_differences(env_now: dict[str, Any], env_golden: dict[str, Any]) -> di
     return {k: env_golden[k] for k in PRNG_SETTINGS if k in env_golden and env_golden[k] != env_now.get(k)}
 
 
+def _non_finite(arrays: Mapping[str, np.ndarray]) -> Explanation | None:
+    """Cause 0: NaN or infinity in the run's arrays."""
+    broken = {name: non_finite(value) for name, value in arrays.items()}
+    broken = {name: found for name, found in broken.items() if found[0]}
+    if not broken:
+        return None
+    return Explanation(
+        Cause.NON_FINITE,
+        f"the run produced NaN or infinity in {', '.join(broken)}",
+        tuple(f"{name}: {count} element(s), the first at index {first}" for name, (count, first) in broken.items()),
+    )
+
+
+def _prng_config(
+    env_now: dict[str, Any], env_golden: dict[str, Any], matches: Callable[[], bool]
+) -> Explanation | None:
+    """Cause 1: ``matches()`` (a re-run judged against the golden) holds under the golden's
+    PRNG settings."""
+    settings = _prng_differences(env_now, env_golden)
+    if not settings:
+        return None
+    with jax_settings(settings):
+        if not matches():
+            return None
+    named = ", ".join(f"{k}={v!r} (now {env_now.get(k)!r})" for k, v in settings.items())
+    return Explanation(
+        Cause.PRNG_CONFIG,
+        f"matches the golden once {named}, the golden's setting",
+        (f"restore the old values with {restore_hint(settings)}, or regenerate the goldens",),
+        restore=settings,
+    )
+
+
 def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> tuple[bool, str]:
     if computed.output.shape != golden.output.shape or computed.output.dtype != golden.output.dtype:
         return False, "output shape or dtype changed"
@@ -130,26 +163,11 @@ def explain(
 ) -> Explanation:
     """Classify why ``computed`` does not match ``golden`` (see the module docstring)."""
     arrays = {"output": computed.output, **{f"param {k}": v for k, v in (computed.params or {}).items()}}
-    broken = {name: non_finite(value) for name, value in arrays.items()}
-    broken = {name: found for name, found in broken.items() if found[0]}
-    if broken:
-        return Explanation(
-            Cause.NON_FINITE,
-            f"the run produced NaN or infinity in {', '.join(broken)}",
-            tuple(f"{name}: {count} element(s), the first at index {first}" for name, (count, first) in broken.items()),
-        )
-    settings = _prng_differences(env_now, env_golden)
-    if settings:
-        with jax_settings(settings):
-            rerun = compute(case, golden.inputs, impl, numerics)
-        if check_case(case, golden, rerun, numerics).ok:
-            named = ", ".join(f"{k}={v!r} (now {env_now.get(k)!r})" for k, v in settings.items())
-            return Explanation(
-                Cause.PRNG_CONFIG,
-                f"matches the golden once {named}, the golden's setting",
-                (f"restore the old values with {restore_hint(settings)}, or regenerate the goldens",),
-                restore=settings,
-            )
+    found = _non_finite(arrays) or _prng_config(
+        env_now, env_golden, lambda: check_case(case, golden, compute(case, golden.inputs, impl, numerics), numerics).ok
+    )
+    if found is not None:
+        return found
     if oracles is None:
         oracles = run_oracles(case, golden.inputs, impl, numerics)
     failed = [r for r in oracles if not r.ok]
@@ -188,26 +206,11 @@ def explain_scenario(
     values that moved while every check holds."""
     from ensemble_conformance.scenarios.lifecycle import judge
 
-    broken = {name: non_finite(value) for name, value in now.arrays.items()}
-    broken = {name: found for name, found in broken.items() if found[0]}
-    if broken:
-        return Explanation(
-            Cause.NON_FINITE,
-            f"the run produced NaN or infinity in {', '.join(sorted(broken))}",
-            tuple(f"{name}: {count} element(s), the first at index {first}" for name, (count, first) in broken.items()),
-        )
-    settings = _prng_differences(env_now, env_golden)
-    if settings:
-        with jax_settings(settings):
-            rerun = run_program(program, p)
-        if judge(golden, rerun, numerics).ok:
-            named = ", ".join(f"{k}={v!r} (now {env_now.get(k)!r})" for k, v in settings.items())
-            return Explanation(
-                Cause.PRNG_CONFIG,
-                f"matches the golden once {named}, the golden's setting",
-                (f"restore the old values with {restore_hint(settings)}, or regenerate the goldens",),
-                restore=settings,
-            )
+    found = _non_finite(now.arrays) or _prng_config(
+        env_now, env_golden, lambda: judge(golden, run_program(program, p), numerics).ok
+    )
+    if found is not None:
+        return found
     if golden.kind != now.kind or golden.error != now.error:
         return Explanation(Cause.OUTCOME, f"the outcome changed: golden {golden.describe()}; now {now.describe()}")
     failed = []
