@@ -637,7 +637,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     _drift_summary(terminalreporter)
     store = config.stash[_STORE]
-    project.regen_summary(terminalreporter, config)
+    project.regen_summary(terminalreporter, config, store)
     if not reference_suite(config):
         return
     from ensemble_conformance.scenarios.cases import CASES

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 _STAGED = pytest.StashKey[list[tuple["ScenarioRecord", str]]]()
 _WRITTEN = pytest.StashKey[list[str]]()
-_STORE_KEY = pytest.StashKey[str]()
 _RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
 
 
@@ -121,7 +120,7 @@ def commit_regen(config: pytest.Config, store: GoldenStore, env: dict[str, Any])
     return True
 
 
-def regen_summary(terminalreporter: Any, config: pytest.Config) -> None:
+def regen_summary(terminalreporter: Any, config: pytest.Config, store: GoldenStore) -> None:
     if regen_mode(config) is None:
         return
     written = config.stash.get(_WRITTEN, [])
@@ -131,8 +130,7 @@ def regen_summary(terminalreporter: Any, config: pytest.Config) -> None:
         terminalreporter.write_line(line)
     kept = len(staged) - len(written)
     terminalreporter.write_line(
-        f"{len(written)} golden(s) written to {config.stash.get(_STORE_KEY, None) or 'the golden directory'}"
-        + (f", {kept} rewritten unchanged" if kept else "")
+        f"{len(written)} golden(s) written to {store.directory}" + (f", {kept} rewritten unchanged" if kept else "")
     )
 
 
@@ -177,7 +175,6 @@ def judge_against_golden(
     record_property("outcome", now.describe())
     mode = regen_mode(config)
     if mode is not None:
-        config.stash[_STORE_KEY] = str(store.directory)
         if golden is None:
             state = "new" if not store.path_for(case.id).exists() else f"replacing ({problem.splitlines()[0]})"
         else:
@@ -241,12 +238,21 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
     if not ensembles or not all(isinstance(e, Ensemble) for e in ensembles):
         raise TypeError("ensemble_tests(*ensembles): give one or more ensemble_conformance.Ensemble declarations")
     programs: dict[str, Program] = {}
+    owners: dict[str, tuple[Ensemble, str]] = {}  # program name -> its ensemble and step
     for ensemble in ensembles:
-        for name, program in ensemble.programs().items():
+        for step, (name, program) in zip(ensemble.steps, ensemble.programs().items(), strict=True):
             if name in programs:
                 raise ValueError(f"ensemble_tests: two ensembles declare the scenario {name!r}; give them other names")
             programs[name] = program
+            owners[name] = ensemble, step
     params = [pytest.param(case, id=case.id) for ensemble in ensembles for case in ensemble.cases()]
+
+    def run(case: ScenarioCase, config: pytest.Config) -> tuple[Outcome, tuple[str, ...]]:
+        """The case's one run in this process, which the golden test and the oracles share."""
+        now, emitted = run_once(programs[case.program], case, bool(config.getoption("--future-warnings")))
+        ensemble, step = owners[case.program]
+        ensemble.remember(step, case.p, now)
+        return now, emitted
 
     class EnsembleScenarios:
         __doc__ = "Scenarios of " + ", ".join(e.name for e in ensembles)
@@ -264,7 +270,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             pytestconfig: pytest.Config,
         ) -> None:
             program = programs[case.program]
-            now, emitted = run_once(program, case, bool(pytestconfig.getoption("--future-warnings")))
+            now, emitted = run(case, pytestconfig)
             record_property("warnings", list(emitted))
             judge_against_golden(
                 pytestconfig, case, program, now, golden_store, numerics, env, record_property, program.doc
@@ -275,7 +281,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
         @pytest.mark.parametrize("case", params)
         def test_scenario_oracles(self, case: ScenarioCase, pytestconfig: pytest.Config) -> None:
             program = programs[case.program]
-            now, _ = run_once(program, case, bool(pytestconfig.getoption("--future-warnings")))
+            now, _ = run(case, pytestconfig)
             if now.kind != "values":
                 pytest.skip(f"no values to judge: {now.describe()}")
             failures = []

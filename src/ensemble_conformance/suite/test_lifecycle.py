@@ -24,6 +24,7 @@ import pytest
 from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.golden.store import GoldenError, GoldenStore
 from ensemble_conformance.golden.tolerances import Numerics
+from ensemble_conformance.plugin.project import run_once
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import (
     PROGRAMS,
@@ -33,19 +34,16 @@ from ensemble_conformance.scenarios.lifecycle import (
     golden_outcome,
     judge,
 )
-from ensemble_conformance.scenarios.program import Outcome, run_recorded
+from ensemble_conformance.scenarios.program import Outcome
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
-_RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
 
 
 def run_case(case: ScenarioCase, future: bool) -> tuple[Outcome, tuple[str, ...]]:
     """One run per case and process (the golden and expectation tests judge the same run),
-    with the DeprecationWarnings and FutureWarnings it emitted (run_recorded)."""
-    if case.id not in _RUNS:
-        _RUNS[case.id] = run_recorded(PROGRAMS[case.program], case.p, future)
-    return _RUNS[case.id]
+    with the DeprecationWarnings and FutureWarnings it emitted (project.run_once)."""
+    return run_once(PROGRAMS[case.program], case, future)
 
 
 @pytest.fixture
