@@ -50,3 +50,23 @@ def test_core_function_passes_the_external_oracles(seed: float, size: tuple[int,
     results = run_oracles(case, make_inputs(case), vmap_over_ensemble, CPU)
     assert all(r.ok for r in results), oracle_message(case, results)
     assert {"shapes", "float64_reference", "eager_vs_jit", "seed_cast"} <= {r.name for r in results}
+
+
+def test_broadcast_input_oracle_runs_for_shared_input_variants_and_catches_a_difference(monkeypatch) -> None:
+    from ensemble_conformance.scenarios import oracles
+
+    for variant in ("ensemble", "ensemble_bf16", "mlp_ensemble"):
+        case = _case(variant, 3.0, (4, 8, 5))
+        results = {r.name: r for r in run_oracles(case, make_inputs(case), None, CPU)}
+        assert results["broadcast_input"].ok, results["broadcast_input"].describe()
+    single_output = _case("ensemble", 3.0, (4, 128, 1))  # F = 1: another summation order, within the bound
+    assert {r.name: r for r in run_oracles(single_output, make_inputs(single_output), None, CPU)}["broadcast_input"].ok
+    per_input = _case("per_input", 3.0, (4, 8, 5))
+    assert "broadcast_input" not in {r.name for r in run_oracles(per_input, make_inputs(per_input), None, CPU)}
+
+    real = oracles.forward_broadcast_input
+    # A release whose (0, 0) lowering rounds differently: one ulp on every output.
+    monkeypatch.setattr(oracles, "forward_broadcast_input", lambda m, x: real(m, x) * (1 + 2**-23))
+    case = _case("ensemble", 3.0, (4, 8, 5))
+    moved = {r.name: r for r in run_oracles(case, make_inputs(case), None, CPU)}["broadcast_input"]
+    assert not moved.ok and "differs" in moved.detail

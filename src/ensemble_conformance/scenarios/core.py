@@ -50,6 +50,26 @@ def forward_shared_input(model: nnx.Module, x: jax.Array) -> jax.Array:
     return model(x)
 
 
+@nnx.vmap(in_axes=(0, 0))
+def _forward_per_member(model: nnx.Module, xs: jax.Array) -> jax.Array:
+    return model(xs)
+
+
+def forward_broadcast_input(model: nnx.Module, x: jax.Array) -> jax.Array:
+    """The same forward as ``forward_shared_input``, written with an explicit member axis:
+    x is broadcast to (N, *x.shape) and mapped with ``in_axes=(0, 0)``.
+
+    On XLA CPU (jax 0.12) it gives the same bits where F > 1 (at F = 1 it sums in another
+    order, within rounding) and runs 3x to 14x faster at N = 64 to 256, D = F = 256:
+    with x unbatched, the vmapped dot puts the member axis among the kernel's free
+    dimensions and XLA transposes the whole stacked kernel on every call; with the member
+    axis on both operands it is a plain batched matrix product. The suite's
+    ``broadcast_input`` oracle checks that the two forwards agree.
+    """
+    n = jax.tree.leaves(nnx.state(model, nnx.Param))[0].shape[0]
+    return _forward_per_member(model, jnp.broadcast_to(x, (n, *x.shape)))
+
+
 def vmap_over_ensemble(seed: Any, x: Any, num_models: Any, features: Any) -> jax.Array:
     """N forward passes of N independently initialised Linear layers on one x, flattened.
 

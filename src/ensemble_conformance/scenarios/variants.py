@@ -62,6 +62,7 @@ class Variant:
     reference: Callable[[Arrays, Arrays, bool], np.ndarray]
     output_axes: tuple[str, ...] = ("member", "feature")
     member_input: Callable[[Arrays, int], np.ndarray] | None = None  # None: no member axis
+    shared_input: bool = False  # every member sees the one x, mapped with in_axes=(0, None)
     rng_draws: int = 1  # keys the build takes from the default stream: one split for an ensemble
     accepts_core_impl: bool = False
     flat_output: bool = False  # the core function's (N * F,) layout instead of (N, F)
@@ -243,6 +244,7 @@ VARIANTS: Mapping[str, Variant] = {
             derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.float32, False),
             reference=_ensemble_reference,
             member_input=_shared_x,
+            shared_input=True,
             accepts_core_impl=True,
             flat_output=True,
         ),
@@ -258,6 +260,7 @@ VARIANTS: Mapping[str, Variant] = {
             derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.bfloat16, True),
             reference=_ensemble_reference,
             member_input=_shared_x,
+            shared_input=True,
             flat_output=True,
         ),
         Variant(
@@ -299,6 +302,7 @@ VARIANTS: Mapping[str, Variant] = {
             derive=lambda c: derivation.stacked_mlp(c.seed_int, c.num_models, c.d_in, c.hidden, c.features),
             reference=_mlp_reference,
             member_input=_shared_x,
+            shared_input=True,
         ),
     )
 }
