@@ -14,7 +14,10 @@
     nox -s emulated          # GPU and TPU matmul numerics emulated on CPU, judged by their tolerances
     nox -s sharded           # ensembles sharded over 8 simulated CPU devices vs the unsharded goldens
     nox -s resolve_backends  # resolve (never install) the CUDA and TPU install lines
-    nox -s bench             # speed: vmapped ensemble vs N separate models (-- --quick: small)
+    nox -s bench             # speed: vmapped ensemble vs N separate models, training (-- --quick: small)
+    nox -s perf_gate -- --flax X --jax Y [--baseline-flax A --baseline-jax B]   # slower? side by side
+    nox -s perf_calibrate    # the perf gate against itself (A/A) and injected 10% / 25% slowdowns
+    nox -s perf_releases     # every pin in one run: (0, None) / (0, 0) forward, each against the reference
     nox -s modes             # the suite in flax's three transform modes: changes must be the forecast
     nox -s future_defaults   # tree mode, deprecations as errors: what of an ensemble would break
     nox -s demos             # bisect 0.10.7 -> 0.11.2, the gate 0.10.7 -> 0.11.2 and in tree mode, checked
@@ -327,6 +330,37 @@ def gate(session: nox.Session) -> None:
     if not passed:
         session.error(verdict)
     session.log(verdict)
+
+
+def _perf_python(session: nox.Session, side: sessions.PerfSide) -> Path:
+    return _venv(session, side.python, side.venv_name, side.requirements) / "bin" / "python"
+
+
+@nox.session(python=False, default=False)
+def perf_gate(session: nox.Session) -> None:
+    """Is a candidate jax/flax slower? Both environments measured side by side, with intervals."""
+    args = sessions.perf_gate_parser(RESULTS).parse_args(session.posargs)
+    baseline = _perf_python(session, sessions.perf_side(args.baseline_flax, args.baseline_jax, args.baseline_python))
+    candidate = _perf_python(session, sessions.perf_side(args.flax, args.jax, args.python))
+    command = ["-m", "ensemble_conformance.tooling.perf", *sessions.perf_gate_args(args, baseline, candidate)]
+    session.run(str(baseline), *command, external=True)  # exits non-zero on a slowdown; writes the step summary
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def perf_calibrate(session: nox.Session) -> None:
+    """The performance gate on the reference pins against itself and injected slowdowns (-- --trials N)."""
+    _install_reference(session)
+    session.run("python", "-m", "ensemble_conformance.tooling.perf", "calibrate", *session.posargs)
+
+
+@nox.session(python=False, default=False)
+def perf_releases(session: nox.Session) -> None:
+    """All release pins in one interleaved run: (0, None) / (0, 0) forward ratio, each pin against the reference."""
+    pythons = {p.id: str(_perf_python(session, sessions.perf_side(p.flax, p.jax, p.python))) for p in MATRIX}
+    session.run(
+        pythons[REFERENCE.id], "-m", "ensemble_conformance.tooling.perf", "releases", "--reference", REFERENCE.id,
+        *(f"--pin={pin}={python}" for pin, python in pythons.items()), *session.posargs, external=True,
+    )  # fmt: skip
 
 
 @nox.session(python=False, default=False)

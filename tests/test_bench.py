@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from ensemble_conformance.scenarios.core import build_ensemble
-from ensemble_conformance.tooling import bench
+from ensemble_conformance.tooling import bench, workloads
 from tests.conftest import REPO
 
 ALL_ROWS = [(stage, method) for stage, methods in bench.METHODS.items() for method in methods]
@@ -64,6 +64,20 @@ def test_floor_of_the_full_grid() -> None:
     assert bench.floor_ms(256, 256, 256, bytes_per_s=67_372_032 * 1000) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize(("n", "d_in", "features"), [(1, 1, 1), (3, 7, 5)])
+def test_step_floor_is_parameters_and_both_adam_moments_read_and_written(n: int, d_in: int, features: int) -> None:
+    params = jax.tree.leaves(nnx.state(build_ensemble(0, d_in, n, features), nnx.Param))
+    assert workloads.step_bytes(n, d_in, features) == 2 * 3 * sum(p.nbytes for p in params)
+
+
+def test_markdown_gives_members_trained_per_second() -> None:
+    result = _result()
+    text = bench.markdown(result).split("Training:")[1]
+    step = next(r for r in result.rows if (r.stage, r.method, r.n) == (bench.TRAINING, workloads.SEPARATE_JIT, 64))
+    assert f"{64 / (step.stats.median / 1e3):.0f}/s" in text
+    assert all(method in text for method in workloads.TRAINING_METHODS)
+
+
 def _stats(median: float) -> bench.Stats:
     return bench.Stats(median, median * 0.9, median * 1.2, median * 0.3, median * 0.8, median * 2, 10)
 
@@ -99,10 +113,11 @@ def test_floor_ratio_and_speedup_go_to_the_right_rows() -> None:
     medians = {(r.stage, r.method, r.n): r.stats.median for r in result.rows}
     for r in result.rows:
         jitted_forward = r.stage == bench.FORWARD and r.method in bench.JITTED_FORWARD
-        assert (r.ratio_to_floor is not None) == jitted_forward == (r.floor_ms is not None)
+        jitted_step = r.stage == bench.TRAINING and r.method in bench.JITTED_TRAINING
+        assert (r.ratio_to_floor is not None) == (jitted_forward or jitted_step) == (r.floor_ms is not None)
         if r.ratio_to_floor is not None:
-            floor = bench.forward_bytes(r.n, 16, 8) / 2e10 * 1e3
-            assert r.ratio_to_floor == pytest.approx(r.stats.median / floor)
+            moved = bench.forward_bytes(r.n, 16, 8) if jitted_forward else workloads.step_bytes(r.n, 16, 8)
+            assert r.ratio_to_floor == pytest.approx(r.stats.median / (moved / 2e10 * 1e3))
         baseline = bench.BASELINE.get(r.method)
         assert (r.speedup is not None) == (baseline is not None)
         if r.speedup is not None:
@@ -133,7 +148,10 @@ def test_markdown_table_has_one_row_per_method_and_size_and_ratios_only_for_comp
         assert float(cells[col["min ms"]]) == pytest.approx(row.stats.minimum, rel=5e-3)
         assert int(cells[col["repeats"]]) == row.stats.repeats
         ratio = cells[col["ratio to floor"]]
-        if key[0] == bench.FORWARD and key[1] in bench.JITTED_FORWARD:
+        if (key[0], key[1] in bench.JITTED_FORWARD, key[1] in bench.JITTED_TRAINING) in (
+            (bench.FORWARD, True, False),
+            (bench.TRAINING, False, True),
+        ):
             assert row.ratio_to_floor is not None
             assert float(ratio) == pytest.approx(row.ratio_to_floor, rel=5e-3)
         else:

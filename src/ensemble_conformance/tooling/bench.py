@@ -5,7 +5,10 @@
 
 What: for each ensemble size N, the time to build N ``nnx.Linear(D_in, F)`` and to run them on
 one shared x of shape (D_in,), as one vmapped ensemble (``core.build_ensemble`` and
-``core.forward_shared_input``) and as N separate models, each eager and compiled. Writes
+``core.forward_shared_input``, and the same forward with x broadcast and ``in_axes=(0, 0)``)
+and as N separate models, each eager and compiled; and one training step of N members
+(workloads.py: vmapped with one optimizer, with per-member optimizer state, N separate jitted
+steps, N eager steps in a Python loop). Writes
 bench.json (machine, bandwidth, every row), bench.md (a table) and bench.png (time vs N).
 
 Why: the suite checks that the vmapped ensemble computes the right values; this says what it
@@ -45,7 +48,8 @@ from flax import nnx
 
 from ensemble_conformance.golden import environment
 from ensemble_conformance.golden.store import atomic_writer
-from ensemble_conformance.scenarios.core import build_ensemble, forward_shared_input
+from ensemble_conformance.scenarios.core import build_ensemble, forward_broadcast_input, forward_shared_input
+from ensemble_conformance.tooling import workloads
 
 FORMAT_VERSION = 1
 SEED = 0
@@ -57,10 +61,13 @@ JAX_COPY_OVERHEAD = (
 )
 INSTALL_HINT = "pip install 'ensemble-conformance[bench]'"
 
-CONSTRUCTION, FORWARD = "construction", "forward"
+CONSTRUCTION, FORWARD, TRAINING = "construction", "forward", "training"
 VMAP_EAGER = "vmap eager"
 VMAP_NNX_JIT = "vmap nnx.jit"
 VMAP_JAX_JIT = "vmap jax.jit split/merge"
+# The same forward with x broadcast to (N, D_in) and in_axes=(0, 0) (core.forward_broadcast_input):
+# checked bit-identical to the (0, None) forward before it is timed.
+VMAP_BROADCAST_JIT = "vmap (0, 0) jax.jit split/merge"
 SEPARATE_EAGER = "separate eager"
 SEPARATE_NNX_JIT = "separate nnx.jit"
 # Not the ensemble's own code: the same stacked arrays through an einsum with an explicit
@@ -68,16 +75,36 @@ SEPARATE_NNX_JIT = "separate nnx.jit"
 BATCHED_EINSUM = "batched einsum jax.jit"
 METHODS = {
     CONSTRUCTION: (VMAP_EAGER, VMAP_NNX_JIT, SEPARATE_EAGER, SEPARATE_NNX_JIT),
-    FORWARD: (VMAP_EAGER, VMAP_NNX_JIT, VMAP_JAX_JIT, BATCHED_EINSUM, SEPARATE_EAGER, SEPARATE_NNX_JIT),
+    FORWARD: (
+        VMAP_EAGER,
+        VMAP_NNX_JIT,
+        VMAP_JAX_JIT,
+        VMAP_BROADCAST_JIT,
+        BATCHED_EINSUM,
+        SEPARATE_EAGER,
+        SEPARATE_NNX_JIT,
+    ),
+    TRAINING: workloads.TRAINING_METHODS,
 }
 # The compiled forwards, judged against the bandwidth floor.
-JITTED_FORWARD = (VMAP_NNX_JIT, VMAP_JAX_JIT, BATCHED_EINSUM, SEPARATE_NNX_JIT)
+JITTED_FORWARD = (VMAP_NNX_JIT, VMAP_JAX_JIT, VMAP_BROADCAST_JIT, BATCHED_EINSUM, SEPARATE_NNX_JIT)
+# The compiled training steps, judged against their floor (workloads.step_bytes).
+JITTED_TRAINING = (
+    workloads.VMAP_ONE_OPTIMIZER,
+    workloads.VMAP_NOT_DONATED,
+    workloads.VMAP_PER_MEMBER,
+    workloads.SEPARATE_JIT,
+)
 # A vmapped method -> the N-separate-calls method it is compared with (speedup = that median / this one).
 BASELINE = {
     VMAP_EAGER: SEPARATE_EAGER,
     VMAP_NNX_JIT: SEPARATE_NNX_JIT,
     VMAP_JAX_JIT: SEPARATE_NNX_JIT,
+    VMAP_BROADCAST_JIT: SEPARATE_NNX_JIT,
     BATCHED_EINSUM: SEPARATE_NNX_JIT,
+    workloads.VMAP_ONE_OPTIMIZER: workloads.SEPARATE_JIT,
+    workloads.VMAP_NOT_DONATED: workloads.SEPARATE_JIT,
+    workloads.VMAP_PER_MEMBER: workloads.SEPARATE_JIT,
 }
 
 
@@ -262,6 +289,10 @@ def forward_calls(n: int, d_in: int, features: int) -> dict[str, Callable[[], An
         return forward_shared_input(nnx.merge(graphdef, state), x)
 
     @jax.jit
+    def pure_broadcast(state: nnx.State[Any, Any], x: jax.Array) -> jax.Array:
+        return forward_broadcast_input(nnx.merge(graphdef, state), x)
+
+    @jax.jit
     def batched(kernel: jax.Array, bias: jax.Array, x: jax.Array) -> jax.Array:
         return jnp.einsum("nd,ndf->nf", jnp.broadcast_to(x, (n, d_in)), kernel) + bias
 
@@ -273,14 +304,32 @@ def forward_calls(n: int, d_in: int, features: int) -> dict[str, Callable[[], An
         raise RuntimeError(
             f"{BATCHED_EINSUM} disagrees with the vmapped forward (max |d| {np.abs(got - expected).max()})"
         )
+    shared, broadcast = np.asarray(pure_forward(state, x)), np.asarray(pure_broadcast(state, x))
+    if not np.array_equal(shared, broadcast):
+        raise RuntimeError(
+            f"{VMAP_BROADCAST_JIT} is not bit-identical to {VMAP_JAX_JIT} at N={n}, D_in={d_in}, F={features} "
+            f"(max |d| {np.abs(shared - broadcast).max()}): the broadcast_input oracle would fail too"
+        )
     return {
         VMAP_EAGER: lambda: forward_shared_input(ensemble, x),
         VMAP_NNX_JIT: lambda: jit_forward(ensemble, x),
         VMAP_JAX_JIT: lambda: pure_forward(state, x),
+        VMAP_BROADCAST_JIT: lambda: pure_broadcast(state, x),
         BATCHED_EINSUM: lambda: batched(kernel, bias, x),
         SEPARATE_EAGER: lambda: [model(x) for model in models],
         SEPARATE_NNX_JIT: lambda: [jit_apply(model, x) for model in models],
     }
+
+
+def training_calls(n: int, d_in: int, features: int) -> dict[str, Callable[[], Any]]:
+    """Each method runs one training step of N members (forward, MSE, gradient, adam) and
+    returns the new parameters; the state is carried from call to call (workloads.py)."""
+    return {method: workloads.make_training(method, n, d_in, features).call for method in workloads.TRAINING_METHODS}
+
+
+def members_per_s(row: Row) -> float:
+    """Members trained per second: N / the median step time."""
+    return row.n / (row.stats.median / 1e3)
 
 
 def finish(rows: Sequence[Row], config: Config, bytes_per_s: float) -> list[Row]:
@@ -291,6 +340,9 @@ def finish(rows: Sequence[Row], config: Config, bytes_per_s: float) -> list[Row]
         floor = ratio = speedup = None
         if r.stage == FORWARD and r.method in JITTED_FORWARD:
             floor = floor_ms(r.n, config.d_in, config.features, bytes_per_s)
+            ratio = r.stats.median / floor
+        elif r.stage == TRAINING and r.method in JITTED_TRAINING:
+            floor = workloads.step_bytes(r.n, config.d_in, config.features) / bytes_per_s * 1e3
             ratio = r.stats.median / floor
         baseline = medians.get((r.stage, BASELINE.get(r.method, ""), r.n))
         if baseline is not None:
@@ -340,7 +392,7 @@ def run(config: Config, log: Callable[[str], None] = lambda line: None) -> Resul
     result = Result(config, machine(), bandwidth)
     rows = []
     for n in config.sizes:
-        for stage, make in ((CONSTRUCTION, construction_calls), (FORWARD, forward_calls)):
+        for stage, make in ((CONSTRUCTION, construction_calls), (FORWARD, forward_calls), (TRAINING, training_calls)):
             for method, call in make(n, config.d_in, config.features).items():
                 first, samples = time_calls(call, config.repeats)
                 stats = summarize([s * 1e3 for s in samples])
@@ -428,6 +480,26 @@ def markdown(result: Result) -> str:
             f"| {n} | {forward_bytes(n, c.d_in, c.features)} | {_ms(floor_ms(n, c.d_in, c.features, bw.bytes_per_s))} "
             f"| {_ms(first.get((VMAP_NNX_JIT, n)))} | {_ms(first.get((VMAP_JAX_JIT, n)))} |"
         )
+    training = [r for r in result.rows if r.stage == TRAINING]
+    if training:
+        lines += [
+            "",
+            f"Training: one step (forward on a batch of {workloads.BATCH} shared inputs, mean squared error, "
+            "gradient, adam update) of N Linear members; members trained per second = N / median step time. "
+            "The floor: every parameter and both adam moments read and written once (6 x N x (D_in x F + F) x 4 "
+            "bytes) over the bandwidth.",
+            "",
+            "| method | " + " | ".join(f"N = {n}" for n in c.sizes) + " |",
+            "|---|" + "---|" * len(c.sizes),
+        ]
+        for method in METHODS[TRAINING]:
+            by_n = {r.n: r for r in training if r.method == method}
+            cells = []
+            for n in c.sizes:
+                got = by_n.get(n)
+                floor = f", {got.ratio_to_floor:.1f}x floor" if got and got.ratio_to_floor else ""
+                cells.append("-" if got is None else f"{members_per_s(got):.0f}/s ({_ms(got.stats.median)} ms{floor})")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -442,18 +514,22 @@ def require_matplotlib() -> None:
 def plot_png(result: Result) -> bytes:
     from matplotlib.figure import Figure  # Figure alone draws with Agg and touches no global backend
 
-    fig = Figure(figsize=(12, 5), layout="constrained")
+    fig = Figure(figsize=(18, 5), layout="constrained")
     c = result.config
-    colours = {method: f"C{i}" for i, method in enumerate(METHODS[FORWARD])}
-    for ax, stage in zip(fig.subplots(1, 2), (CONSTRUCTION, FORWARD), strict=True):
+    stages = [stage for stage in (CONSTRUCTION, FORWARD, TRAINING) if any(r.stage == stage for r in result.rows)]
+    for ax, stage in zip(fig.subplots(1, len(stages)), stages, strict=True):
+        colours = {method: f"C{i}" for i, method in enumerate(METHODS[stage])}
         for method in METHODS[stage]:
             rows = sorted((r for r in result.rows if (r.stage, r.method) == (stage, method)), key=lambda r: r.n)
+            if not rows:
+                continue
             ns, colour = [r.n for r in rows], colours[method]
-            style = "--" if method.startswith("separate") else "-"
+            style = "--" if method.startswith(("separate", "N ")) else "-"
             ax.plot(ns, [r.stats.median for r in rows], style, marker="o", color=colour, label=method)
             ax.fill_between(ns, [r.stats.q1 for r in rows], [r.stats.q3 for r in rows], color=colour, alpha=0.2)
-        if stage == FORWARD:
-            floors = [floor_ms(n, c.d_in, c.features, result.bandwidth.bytes_per_s) for n in c.sizes]
+        if stage in (FORWARD, TRAINING):
+            bytes_of = forward_bytes if stage == FORWARD else workloads.step_bytes
+            floors = [bytes_of(n, c.d_in, c.features) / result.bandwidth.bytes_per_s * 1e3 for n in c.sizes]
             ax.plot(c.sizes, floors, ":", color="black", label="bandwidth floor")
         ax.set(xscale="log", yscale="log", xlabel="N (models)", ylabel="ms per call (median, IQR shaded)")
         ax.set_xticks(c.sizes, labels=[str(n) for n in c.sizes])

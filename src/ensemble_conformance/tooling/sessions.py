@@ -315,6 +315,53 @@ def gate_verdict(result_path: Path, flax: str, jax: str) -> tuple[bool, str]:
     return True, f"gate PASSED: flax {flax} / jax {jax}, {summary['cases']} cases"
 
 
+# --- performance gate -----------------------------------------------------------------
+
+
+def perf_gate_parser(results: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nox -s perf_gate --")
+    parser.add_argument("--flax", required=True, help="candidate flax release")
+    parser.add_argument("--jax", required=True, help="candidate jax release")
+    parser.add_argument("--python", default=None, help="candidate interpreter (default: the matrix's, else reference)")
+    parser.add_argument("--baseline-flax", default=REFERENCE.flax, help=f"baseline flax (default {REFERENCE.flax})")
+    parser.add_argument("--baseline-jax", default=REFERENCE.jax, help=f"baseline jax (default {REFERENCE.jax})")
+    parser.add_argument("--baseline-python", default=None, help="baseline interpreter (default as for the candidate)")
+    parser.add_argument("--rounds", default=None, help="interleaved rounds (default: the gate's)")
+    parser.add_argument("--threshold", default=None, help="slowdown allowed, a fraction (default: the gate's)")
+    parser.add_argument("--figures", default=None, help="comma-separated figure names (default: the gate's six)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (tests)")
+    parser.add_argument("--out", default=str(results / "perf"), help="where perf-gate.json and perf-gate.md go")
+    return parser
+
+
+@dataclass(frozen=True)
+class PerfSide:
+    """One environment the performance gate measures: where it lives and what it holds."""
+
+    python: str
+    venv_name: str
+    requirements: list[str]
+
+
+def perf_side(flax: str, jax: str, python: str | None) -> PerfSide:
+    """jax, jaxlib and flax only (the gate's training step is plain jax: no optax), in the
+    environment the conformance gate and bisect would build for these pins (CPU)."""
+    pins, name, _ = _plan(flax, jax, jax, python, "cpu")
+    return PerfSide(pins.python, name, [f"jax=={jax}", f"jaxlib=={jax}", f"flax=={flax}"])
+
+
+def perf_gate_args(args: argparse.Namespace, baseline: Path, candidate: Path) -> list[str]:
+    """The perf command's arguments for ``nox -s perf_gate`` (the interpreters found after install)."""
+    command = ["gate", "--baseline", str(baseline), "--candidate", str(candidate), "--out", args.out]
+    for option in ("rounds", "threshold", "figures"):
+        value = getattr(args, option)
+        if value is not None:
+            command += [f"--{option}", str(value)]
+    if args.quick:
+        command += ["--quick"] + (["--rounds", "3"] if args.rounds is None else [])
+    return command
+
+
 # --- bisect --------------------------------------------------------------------------
 
 

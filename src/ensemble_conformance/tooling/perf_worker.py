@@ -1,0 +1,163 @@
+"""A measuring process of the performance gate, in the environment under test.
+
+    python -m ensemble_conformance.tooling.perf_worker [--inject F] [--figures A,B] [--quick]
+
+It builds and warms up every figure (two calls each, untimed), prints a JSON ``ready``
+line (versions, import and setup times), then answers each ``measure`` line on stdin with
+one sample of that figure: its ``calls`` calls timed together (about SAMPLE_S), the garbage
+collector off, as seconds per call. The gate (tooling/perf.py) keeps one worker per
+environment and asks them in turn, figure by figure, so the two sides of a comparison run
+within a second of each other, each in its own process. ``--inject F`` makes the worker a known
+slowdown: it repeats F x the nominal calls of the same work inside the timed samples
+(``Injector``: whole calls, the fraction carried to the next sample) and still divides by
+the nominal calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+STARTED = time.perf_counter()
+
+import jax  # noqa: E402
+
+from ensemble_conformance.tooling import workloads  # noqa: E402
+
+D_IN = FEATURES = 256
+SAMPLE_S = 0.25  # about how long one sample of a figure runs
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    make: Callable[[], workloads.Workload]
+    calls: int  # nominal calls per sample: about SAMPLE_S at the reference pins on a 2-core CPU
+    doc: str
+
+
+def _figures(quick: bool) -> dict[str, Figure]:
+    d = 16 if quick else D_IN
+    big, mid, small = (8, 4, 2) if quick else (256, 64, 16)
+    m = workloads
+    table = (
+        Figure(f"forward_shared_n{mid}", lambda: m.make_forward_shared(mid, d, d), 40, "forward, in_axes=(0, None)"),
+        Figure(f"forward_shared_n{big}", lambda: m.make_forward_shared(big, d, d), 8, "forward, in_axes=(0, None)"),
+        Figure(f"einsum_n{big}", lambda: m.make_batched_einsum(big, d, d), 40, "batched einsum yardstick"),
+        Figure(f"construction_n{small}", lambda: m.make_construction(small, d, d), 20, "constructor under nnx.jit"),
+        Figure(
+            f"train_step_n{mid}",
+            lambda: m.make_training(m.VMAP_ONE_OPTIMIZER, mid, d, d),
+            12,
+            "vmapped training step, one adam, donated",
+        ),
+        Figure(f"compile_forward_n{mid}", lambda: m.make_compile_forward(mid, d, d), 4, "first call of a fresh jit"),
+        # Not in the gate by default: the recipe the README recommends, for the release table.
+        Figure(f"forward_broadcast_n{mid}", lambda: m.make_forward_broadcast(mid, d, d), 40, "forward, (0, 0)"),
+        Figure(f"forward_broadcast_n{big}", lambda: m.make_forward_broadcast(big, d, d), 40, "forward, (0, 0)"),
+    )
+    return {f.name: f for f in table}
+
+
+ALL_FIGURES = tuple(_figures(False))
+FIGURES = ALL_FIGURES[:6]  # the gate's default figures
+QUICK_FIGURES = tuple(_figures(True))[:6]
+
+
+class Injector:
+    """Extra calls for a known slowdown of ``inject`` x the nominal calls, carried from
+    sample to sample (error diffusion): over any run the extra work is inject x the calls
+    made, to within one call, and each sample gets whole calls."""
+
+    def __init__(self, inject: float) -> None:
+        self.inject = inject
+        self.owed: dict[str, float] = {}
+
+    def extra(self, figure: str, calls: int) -> int:
+        owed = self.owed.get(figure, 0.0) + self.inject * calls
+        whole = math.floor(owed + 1e-9)
+        self.owed[figure] = owed - whole
+        return whole
+
+
+def time_sample(call: Callable[[], Any], calls: int, extra: int) -> float:
+    """Seconds per nominal call: ``calls + extra`` calls timed together, divided by ``calls``,
+    after one untimed call that brings the arrays back into the caches the other side's
+    process used meanwhile."""
+    gc.collect()
+    gc.disable()
+    try:
+        jax.block_until_ready(call())  # type: ignore[no-untyped-call]
+        start = time.perf_counter()
+        for _ in range(calls + extra):
+            out = call()
+        jax.block_until_ready(out)  # type: ignore[no-untyped-call]
+        return (time.perf_counter() - start) / calls
+    finally:
+        gc.enable()
+
+
+def serve(names: Sequence[str], inject: float, quick: bool, lines: Any, out: Any) -> None:
+    """Build and warm every figure, print a ``ready`` line, then answer each ``measure NAME``
+    line with one sample of that figure until ``quit`` or the end of input."""
+    table = _figures(quick)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"error: --figures: unknown {unknown}; known: {', '.join(table)}")
+    imported = time.perf_counter()
+    calls = {}
+    for name in names:
+        call = table[name].make().call
+        jax.block_until_ready(call())  # type: ignore[no-untyped-call]
+        jax.block_until_ready(call())  # type: ignore[no-untyped-call]
+        calls[name] = call
+    import flax
+
+    ready = {
+        "ready": True,
+        "pid": os.getpid(),
+        "inject": inject,
+        "versions": {"python": sys.version.split()[0], "jax": jax.__version__, "flax": flax.__version__},
+        "backend": jax.default_backend(),
+        "import_s": imported - STARTED,
+        "setup_s": time.perf_counter() - imported,
+    }
+    print(json.dumps(ready), file=out, flush=True)
+    injector = Injector(inject)
+    for line in lines:
+        command, _, name = line.strip().partition(" ")
+        if command == "quit":
+            return
+        if command != "measure" or name not in calls:
+            raise SystemExit(f"error: {line.strip()!r} on stdin; expected 'measure NAME' (NAME in {names}) or 'quit'")
+        n = table[name].calls
+        seconds = time_sample(calls[name], n, injector.extra(name, n))
+        print(json.dumps({"figure": name, "seconds_per_call": seconds, "calls": n}), file=out, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ensemble_conformance.tooling.perf_worker", description=__doc__)
+    parser.add_argument("--inject", type=float, default=0.0, help="extra work, a fraction of the calls (default 0)")
+    parser.add_argument("--figures", help="comma-separated figure names (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for tests")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.inject <= 10.0:
+        parser.error(f"--inject {args.inject}: expected a fraction between 0 and 10")
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+        parser.error("the persistent compilation cache is on (JAX_COMPILATION_CACHE_DIR): compile times would be reads")
+    default = QUICK_FIGURES if args.quick else FIGURES
+    names = [n.strip() for n in args.figures.split(",")] if args.figures else list(default)
+    serve(names, args.inject, args.quick, sys.stdin, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The performance gate's statistics, verdicts, reports and command line, and one quick real
+gate run. Speed is never asserted: the real runs check what the gate concludes from a
+slowdown it was given, not how fast this machine is."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ensemble_conformance.tooling import perf, sessions
+from ensemble_conformance.tooling.perf_worker import Injector
+from tests.conftest import REPO
+
+
+def _rounds(values: list[float]) -> list[list[float]]:
+    return [[v] for v in values]
+
+
+def test_the_ratio_is_the_geometric_mean_and_the_interval_holds_it() -> None:
+    logs = [math.log(r) for r in (1.1, 1.2, 0.9, 1.05, 1.3, 1.0)]
+    interval = perf.bootstrap_ratio(_rounds(logs))
+    assert interval.ratio == pytest.approx(math.exp(sum(logs) / len(logs)))
+    assert min(map(math.exp, logs)) <= interval.low < interval.ratio < interval.high <= max(map(math.exp, logs))
+    assert (interval.rounds, interval.lives) == (6, 6)
+    assert perf.bootstrap_ratio(_rounds(logs)) == interval  # a fixed seed: one set of timings, one verdict
+
+
+def test_constant_ratios_give_a_point_interval_and_noise_widens_it() -> None:
+    exact = perf.bootstrap_ratio(_rounds([math.log(1.25)] * 8))
+    assert exact.low == pytest.approx(1.25) and exact.high == pytest.approx(1.25)
+    rng = random.Random(1)
+    narrow = perf.bootstrap_ratio(_rounds([rng.gauss(0, 0.02) for _ in range(16)]))
+    wide = perf.bootstrap_ratio(_rounds([rng.gauss(0, 0.2) for _ in range(16)]))
+    assert narrow.high - narrow.low < wide.high - wide.low
+
+
+def test_groups_are_resampled_whole() -> None:
+    # Two lives whose rounds agree within each life: resampling lives gives only three means.
+    interval = perf.bootstrap_ratio([[0.0, 0.0], [math.log(2.0), math.log(2.0)]], resamples=2000)
+    assert interval.low == pytest.approx(1.0) and interval.high == pytest.approx(2.0)
+    assert (interval.rounds, interval.lives) == (4, 2)
+
+
+@pytest.mark.parametrize("bad", [[], [[]], [[float("nan")]], [[0.1], [float("inf")]]])
+def test_no_rounds_or_a_non_finite_ratio_is_refused(bad: list[list[float]]) -> None:
+    with pytest.raises(ValueError, match=r"no rounds|not finite"):
+        perf.bootstrap_ratio(bad)
+
+
+def test_the_interval_covers_the_truth_about_as_often_as_it_says() -> None:
+    # 300 simulated A/A runs of 16 rounds with 10% log-normal noise: the 95% interval must
+    # hold 1.0 in most of them (the percentile bootstrap undercovers a little at 16 rounds).
+    rng = random.Random(7)
+    runs = []
+    for i in range(300):
+        interval = perf.bootstrap_ratio(_rounds([rng.gauss(0, 0.1) for _ in range(16)]), resamples=1000, seed=i)
+        runs.append(interval.low <= 1.0 <= interval.high)
+    held = sum(runs)
+    assert 0.88 * 300 <= held <= 0.99 * 300, held
+
+
+def test_verdicts_need_the_whole_interval_past_the_threshold() -> None:
+    def at(low: float, high: float) -> str:
+        return perf.verdict(perf.Interval((low + high) / 2, low, high, 8, 8), threshold=0.03)
+
+    assert at(1.031, 1.2) == "slower"
+    assert at(1.029, 1.2) == "same"  # could be within 3%
+    assert at(0.90, 1.10) == "same"
+    assert at(0.80, 1 / 1.03 - 1e-6) == "faster"
+
+
+def test_the_injector_repeats_exactly_the_fraction_asked_in_whole_calls() -> None:
+    for inject, calls, samples in ((0.10, 20, 10), (0.25, 8, 7), (0.10, 4, 25), (0.0, 40, 5)):
+        injector = Injector(inject)
+        extra = [injector.extra("f", calls) for _ in range(samples)]
+        assert all(isinstance(e, int) and e >= 0 for e in extra)
+        assert abs(sum(extra) - inject * calls * samples) < 1, (inject, calls, extra)
+    two = Injector(0.5)
+    assert [two.extra("a", 1), two.extra("b", 1), two.extra("a", 1)] == [0, 0, 1]  # each figure owes apart
+
+
+def test_sides_alternate_from_round_to_round() -> None:
+    a, b, c = perf.Side("a", "p"), perf.Side("b", "p"), perf.Side("c", "p")
+    assert [[s.label for s in perf.order([a, b], r)] for r in range(3)] == [["a", "b"], ["b", "a"], ["a", "b"]]
+    assert [s.label for s in perf.order([a, b, c], 1)] == ["b", "c", "a"]
+
+
+def _run(ratios: dict[str, float], rounds: int = 8, noise: float = 0.05) -> perf.Run:
+    sides = [perf.Side("baseline", "p"), perf.Side("candidate", "p")]
+    run = perf.Run(sides, list(ratios), rounds, 0, {"baseline": [], "candidate": []})
+    rng = random.Random(3)
+    for r in range(rounds):
+        for figure, ratio in ratios.items():
+            base = 0.010 * math.exp(rng.gauss(0, noise))
+            run.samples.append(perf.Sample(r, 0, "baseline", figure, base))
+            run.samples.append(perf.Sample(r, 0, "candidate", figure, base * ratio * math.exp(rng.gauss(0, noise))))
+    return run
+
+
+def test_a_slower_figure_fails_the_gate_and_the_report_names_it() -> None:
+    run = _run({"forward_shared_n64": 1.0, "train_step_n64": 1.25})
+    comparisons = perf.compare(run, "baseline", "candidate", threshold=0.03)
+    by = {c.figure: c for c in comparisons}
+    assert by["train_step_n64"].verdict == "slower" and by["forward_shared_n64"].verdict == "same"
+    assert by["train_step_n64"].interval.ratio == pytest.approx(1.25, rel=0.05)
+    assert not perf.gate_passed(comparisons)
+    report = perf.gate_json(run, comparisons, 0.03, ("baseline", "candidate"))
+    assert report["passed"] is False and json.loads(json.dumps(report)) == report
+    md = perf.gate_markdown(report)
+    assert md.startswith("## Performance gate: FAIL") and "train_step_n64" in md.split("\n")[2]
+    assert "| train_step_n64 |" in md and "**slower**" in md
+
+
+def test_the_same_speed_passes() -> None:
+    comparisons = perf.compare(_run({"forward_shared_n64": 1.0, "einsum_n256": 1.0}), "baseline", "candidate")
+    assert perf.gate_passed(comparisons)
+    assert all(c.verdict != "slower" for c in comparisons)
+
+
+def test_the_step_summary_is_appended_only_when_asked(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("before\n")
+    perf.append_step_summary("## gate\n", {"GITHUB_STEP_SUMMARY": str(summary)})
+    perf.append_step_summary("## not written\n", {})
+    assert summary.read_text() == "before\n## gate\n"
+
+
+def test_calibration_counts_failed_gates_per_kind() -> None:
+    slower = {"figure": "f", "verdict": "slower", "interval": {"ratio": 1.1}}
+    same = {"figure": "f", "verdict": "same", "interval": {"ratio": 1.0}}
+    trials = [
+        {"comparisons": {"A/A copy": [same], "+10% work": [slower]}},
+        {"comparisons": {"A/A copy": [slower], "+10% work": [slower]}},
+        {"comparisons": {"A/A copy": [same], "+10% work": [same]}},
+    ]
+    summary = perf.calibration_summary(trials, 0.03)
+    assert summary["kinds"]["A/A copy"]["failed"] == 1 and summary["kinds"]["+10% work"]["failed"] == 2
+    assert summary["kinds"]["+10% work"]["rate"] == pytest.approx(2 / 3)
+    assert "| +10% work | 2 of 3 | 67% |" in perf.calibration_markdown(summary, 10.0)
+
+
+def test_the_release_table_gives_each_pin_its_recipe_ratio_and_its_ratio_to_the_reference() -> None:
+    sides = [perf.Side("ref", "p"), perf.Side("old", "p")]
+    recipes = perf.recipe_figures(quick=True)
+    names = [name for pair in recipes.values() for name in pair]
+    run = perf.Run(sides, names, 4, 0, {"ref": [{"versions": {"jax": "2", "flax": "2", "python": "3"}}], "old": []})
+    for r in range(4):
+        for shared, broadcast in recipes.values():
+            for side, slow in (("ref", 3.0), ("old", 6.0)):
+                run.samples.append(perf.Sample(r, 0, side, shared, 0.001 * slow * (1 + 0.01 * r)))
+                run.samples.append(perf.Sample(r, 0, side, broadcast, 0.001))
+    report = perf.releases_json(run, "ref", quick=True)
+    rows = {row["pin"]: row for row in report["pins"]}
+    assert rows["ref"]["recipes"]["8"]["shared_over_broadcast"]["ratio"] == pytest.approx(3.0, rel=0.02)
+    assert rows["old"]["recipes"]["8"]["shared_over_broadcast"]["ratio"] == pytest.approx(6.0, rel=0.02)
+    assert "against_reference" not in rows["ref"]
+    assert rows["old"]["against_reference"]["forward_shared_n8"]["interval"]["ratio"] == pytest.approx(2.0)
+    md = perf.releases_markdown(report)
+    assert "jax 2, flax 2" in md and "| reference |" in md and "2.00 [2.00, 2.00]" in md
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["gate", "--baseline", "/no/python", "--candidate", sys.executable], "--baseline"),
+        (["gate", "--baseline", sys.executable, "--candidate", sys.executable, "--rounds", "0"], "--rounds"),
+        (["gate", "--baseline", sys.executable, "--candidate", sys.executable, "--threshold", "5"], "--threshold"),
+        (["releases", "--pin", "nolabel", "--reference", "x"], "--pin"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_argument(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        perf.parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {named}" in capsys.readouterr().err
+
+
+def test_the_nox_session_passes_only_what_was_given(tmp_path: Path) -> None:
+    args = sessions.perf_gate_parser(tmp_path).parse_args(["--flax", "0.11.2", "--jax", "0.7.2"])
+    assert (args.baseline_flax, args.baseline_jax) == (sessions.REFERENCE.flax, sessions.REFERENCE.jax)
+    side = sessions.perf_side("0.11.2", "0.7.2", None)
+    assert side.python == "3.12" and side.requirements == ["jax==0.7.2", "jaxlib==0.7.2", "flax==0.11.2"]
+    assert side.venv_name == sessions.env_name("3.12", "0.11.2", "0.7.2", "cpu")  # the conformance gate's env
+    command = sessions.perf_gate_args(args, Path("b/python"), Path("c/python"))
+    assert command == ["gate", "--baseline", "b/python", "--candidate", "c/python", "--out", str(tmp_path / "perf")]
+    quick = sessions.perf_gate_parser(tmp_path).parse_args(
+        ["--flax", "1", "--jax", "2", "--quick", "--threshold", "0.1"]
+    )
+    assert sessions.perf_gate_args(quick, Path("b"), Path("c"))[-5:] == [
+        "--threshold",
+        "0.1",
+        "--quick",
+        "--rounds",
+        "3",
+    ]
+
+
+def _gate(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    out = tmp_path / "perf"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ensemble_conformance.tooling.perf", "gate", "--quick", "--rounds", "3",
+         "--baseline", sys.executable, "--candidate", sys.executable, "--out", str(out), *extra],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "GITHUB_STEP_SUMMARY": str(tmp_path / "step.md")},
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["perf-gate.json", "perf-gate.md"], proc.stderr[-3000:]
+    return proc, json.loads((out / "perf-gate.json").read_text())
+
+
+def test_a_quick_gate_run_catches_a_doubled_candidate_and_writes_its_reports(tmp_path: Path) -> None:
+    proc, report = _gate(tmp_path, "--inject", "1.0")  # the candidate repeats all of its work
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert report["passed"] is False
+    comparisons = report["comparisons"]
+    assert isinstance(comparisons, list) and len(comparisons) == 6
+    assert all(c["verdict"] == "slower" and 1.5 < c["interval"]["ratio"] < 2.6 for c in comparisons), comparisons
+    assert (tmp_path / "step.md").read_text() == (tmp_path / "perf" / "perf-gate.md").read_text()
+    samples = report["run"]["samples"]  # type: ignore[index]
+    assert len(samples) == 3 * 6 * 2  # rounds x figures x sides
+    assert "## Performance gate: FAIL" in proc.stdout
