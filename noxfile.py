@@ -187,9 +187,11 @@ def matrix_report(session: nox.Session) -> None:
     files = session.posargs or sessions.matrix_results(RESULTS)
     if not files:
         session.error("no results: run `nox -s matrix` first, or pass result files")
+    releases = RESULTS / "perf" / "releases.json"  # from nox -s perf_releases: the performance column
     session.run(
         "python", "-m", "ensemble_conformance.tooling.report", "matrix", *files,
         "--markdown", str(RESULTS / "matrix.md"), "--html", str(RESULTS / "matrix.html"),
+        *(["--perf", str(releases)] if releases.exists() else []),
     )  # fmt: skip
 
 

@@ -112,3 +112,28 @@ def test_gate_summary_names_the_numerics_that_judged_the_run() -> None:
     result = {**_result("0.12.12", "0.12.0.1", PASSING), "numerics": "tpu at highest matmul precision"}
     assert "judged as tpu at highest matmul precision." in report.gate_markdown(result)
     assert "judged as" not in report.gate_markdown(_result("0.12.12", "0.12.0.1", PASSING))
+
+
+def test_matrix_gains_a_performance_column_from_the_release_run() -> None:
+    interval = {"ratio": 1.8, "low": 1.7, "high": 1.9}
+    releases = {
+        "reference": "flax0.12.12-jax0.12.0.1",
+        "level": 0.95,
+        "rounds": 8,
+        "pins": [
+            {"pin": "flax0.12.12-jax0.12.0.1", "recipes": {}},
+            {
+                "pin": "flax0.9.0-jax0.4.31",
+                "recipes": {},
+                "against_reference": {
+                    "forward_shared_n64": {"interval": {"ratio": 9.0, "low": 8.0, "high": 10.0}},
+                    "forward_shared_n256": {"interval": interval},
+                },
+            },
+        ],
+    }
+    results = [_result("0.12.12", "0.12.0.1", PASSING), _result("0.9.0", "0.4.31", DRIFTED)]
+    rows = [line for line in report.matrix_markdown(results, releases).splitlines() if line.startswith("| flax")]
+    assert rows[0].endswith("| 1.80x [1.70, 1.90] |")  # flax 0.9.0: the largest N, not N = 64
+    assert rows[1].endswith("| reference |")
+    assert "forward time vs reference" not in report.matrix_markdown(results)  # no column without the run

@@ -360,11 +360,15 @@ def calibration_summary(trials: Sequence[Mapping[str, Any]], threshold: float) -
     kinds: dict[str, dict[str, Any]] = {}
     for trial in trials:
         for label, comparisons in trial["comparisons"].items():
-            k = kinds.setdefault(label, {"trials": 0, "failed": 0, "ratios": {}})
+            k = kinds.setdefault(label, {"trials": 0, "failed": 0, "ratios": {}, "slower": {}, "covered": 0, "n": 0})
+            truth = 1 + dict(CALIBRATION_SIDES).get(label, 0.0)  # the work injected: the ratio to find
             k["trials"] += 1
             k["failed"] += any(c["verdict"] == "slower" for c in comparisons)
             for c in comparisons:
                 k["ratios"].setdefault(c["figure"], []).append(c["interval"]["ratio"])
+                k["slower"][c["figure"]] = k["slower"].get(c["figure"], 0) + (c["verdict"] == "slower")
+                k["covered"] += c["interval"]["low"] <= truth <= c["interval"]["high"]
+                k["n"] += 1
     for k in kinds.values():
         k["rate"] = k["failed"] / k["trials"]
     return {"threshold": threshold, "kinds": kinds, "trials": len(trials)}
@@ -377,12 +381,28 @@ def calibration_markdown(summary: Mapping[str, Any], wall_s: float) -> str:
         f"{summary['trials']} trials, each a gate run measuring the baseline, an A/A copy and two injected slowdowns "
         f"interleaved; threshold {summary['threshold']:.0%}; {wall_s:.0f} s in all.",
         "",
-        "| candidate | gate failed | rate | median ratio per figure |",
+        "| candidate | gate failed | rate | intervals holding the true ratio |",
         "|---|---|---|---|",
     ]
     for label, k in summary["kinds"].items():
-        medians = ", ".join(f"{f} {sorted(r)[len(r) // 2]:.3f}" for f, r in k["ratios"].items())
-        lines.append(f"| {label} | {k['failed']} of {k['trials']} | {k['rate']:.0%} | {medians} |")
+        truth = 1 + dict(CALIBRATION_SIDES).get(label, 0.0)
+        held = f"{k['covered']} of {k['n']} ({truth:.2f})"
+        lines.append(f"| {label} | {k['failed']} of {k['trials']} | {k['rate']:.0%} | {held} |")
+    kinds = summary["kinds"]
+    figures = list(next(iter(kinds.values()))["ratios"]) if kinds else []
+    lines += [
+        "",
+        "Per figure: how often that figure alone was judged slower, and its median ratio over the trials:",
+        "",
+        "| figure | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for f in figures:
+        cells = []
+        for k in kinds.values():
+            ratios = sorted(k["ratios"][f])
+            cells.append(f"{k['slower'][f]} of {k['trials']} slower, median {ratios[len(ratios) // 2]:.3f}")
+        lines.append(f"| {f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -540,6 +560,14 @@ def _log(line: str, stream: IO[str] = sys.stderr) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return _main(args)
+    except RuntimeError as err:  # a worker died: its interpreter and its last words
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     out: Path = args.out
     if args.command == "gate":
         sides = [Side("baseline", args.baseline), Side("candidate", args.candidate, inject=args.inject)]

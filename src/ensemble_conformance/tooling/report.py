@@ -21,7 +21,7 @@ import html
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +219,28 @@ def merge(results: Sequence[Result]) -> list[Result]:
     return list(merged.values())
 
 
-def matrix_markdown(results: Sequence[Result]) -> str:
+def performance_cell(result: Result, releases: Mapping[str, Any] | None) -> str:
+    """This release's seed forward against the reference's, from one interleaved run of
+    every pin (``nox -s perf_releases``: results/perf/releases.json)."""
+    if releases is None:
+        return ""
+    pin = f"flax{result['pins']['flax']}-jax{result['pins']['jax']}"
+    row = next((p for p in releases["pins"] if p["pin"] == pin), None)
+    if row is None or _mode(result) != "graph" or result.get("backend") != "cpu":
+        return " - |"
+    if row["pin"] == releases["reference"]:
+        return " reference |"
+    figure = max(row["against_reference"], key=lambda name: int(name.rsplit("_n", 1)[1]))
+    i = row["against_reference"][figure]["interval"]
+    return f" {i['ratio']:.2f}x [{i['low']:.2f}, {i['high']:.2f}] |"
+
+
+def matrix_markdown(results: Sequence[Result], releases: Mapping[str, Any] | None = None) -> str:
     ordered = sorted(merge(results), key=_sort_key)
+    perf_head = " forward time vs reference |" if releases is not None else ""
     lines = [
-        "| release | Python | backend | verdict | cases | checks failed | known drift | drift causes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| release | Python | backend | verdict | cases | checks failed | known drift | drift causes |" + perf_head,
+        "|---|---|---|---|---|---|---|---|" + ("---|" if releases is not None else ""),
     ]
     for r in ordered:
         s = r["summary"]
@@ -231,8 +248,15 @@ def matrix_markdown(results: Sequence[Result]) -> str:
         lines.append(
             f"| {_release(r)} | {r['pins']['python']} "
             f"| {r.get('backend')} | {verdict(r)} | {s['cases']} | {s['failed']} "
-            f"| {s.get('known_drift', 0)} | {causes} |"
+            f"| {s.get('known_drift', 0)} | {causes} |" + performance_cell(r, releases)
         )
+    if releases is not None:
+        lines += [
+            "",
+            "*forward time vs reference*: the seed's jitted forward at the largest N, this release / the reference, "
+            f"with its {releases['level']:.0%} interval, from one run of every pin ({releases['rounds']} interleaved "
+            "rounds; `nox -s perf_releases`).",
+        ]
     groups = _groups(ordered)
     lines += [
         "",
@@ -411,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matrix.add_argument("results", type=Path, nargs="+")
     matrix.add_argument("--markdown", type=Path)
     matrix.add_argument("--html", type=Path)
+    matrix.add_argument("--perf", type=Path, help="results/perf/releases.json: adds a performance column")
     args = parser.parse_args(argv)
     try:
         if args.command == "gate":
@@ -423,7 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = [load(p) for p in args.results]
     except (OSError, ValueError) as err:
         parser.error(str(err))
-    text = matrix_markdown(results)
+    releases = None
+    if args.perf:
+        try:
+            releases = json.loads(args.perf.read_text())
+        except (OSError, ValueError) as err:
+            parser.error(f"--perf {args.perf}: {err}")
+    text = matrix_markdown(results, releases)
     table = compat_markdown(results)
     text += f"\n{table}" if table else ""
     if args.markdown:
