@@ -70,3 +70,15 @@ def test_broadcast_input_oracle_runs_for_shared_input_variants_and_catches_a_dif
     case = _case("ensemble", 3.0, (4, 8, 5))
     moved = {r.name: r for r in run_oracles(case, make_inputs(case), None, CPU)}["broadcast_input"]
     assert not moved.ok and "differs" in moved.detail
+
+
+def test_bit_identity_is_claimed_only_where_measured() -> None:
+    from ensemble_conformance.golden.tolerances import Numerics
+    from ensemble_conformance.scenarios.oracles import broadcast_bit_identical
+
+    wide, narrow, long_input = (_case("ensemble", 0.0, size) for size in ((4, 7, 5), (4, 7, 1), (4, 128, 5)))
+    assert broadcast_bit_identical(wide, CPU, "0.12.0.1") and not broadcast_bit_identical(narrow, CPU, "0.12.0.1")
+    assert broadcast_bit_identical(long_input, CPU, "0.12.0.1")
+    assert not broadcast_bit_identical(long_input, CPU, "0.7.2") and broadcast_bit_identical(wide, CPU, "0.7.2")
+    assert not broadcast_bit_identical(wide, CPU, "0.99.0")  # an unmeasured jax: the bound alone
+    assert not broadcast_bit_identical(wide, Numerics(backend="gpu"), "0.12.0.1")
