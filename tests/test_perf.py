@@ -244,3 +244,17 @@ def test_a_worker_that_cannot_start_is_reported_with_its_error(
     err = capsys.readouterr().err
     assert code == 2 and "baseline worker" in err and "exited with 3" in err and "no jax here" in err
     assert not (tmp_path / "perf-gate.json").exists()
+
+
+def test_rounds_are_resampled_by_worker_life_once_there_are_enough_lives() -> None:
+    run = _run({"f": 1.0}, rounds=8)
+    logs = {r: 0.1 * r for r in range(8)}
+    assert perf.units(run, logs) == [[0.1 * r] for r in range(8)]  # one life: each round alone
+    run.samples = [perf.Sample(s.round, s.round // 2, s.side, s.figure, s.seconds) for s in run.samples]
+    assert perf.units(run, logs) == [[0.1 * r, 0.1 * (r + 1)] for r in range(0, 8, 2)]  # four lives of two rounds
+    # A process effect: every round of life 0 is 20% slower. By lives the interval is wider.
+    lucky = {r: (math.log(1.2) if r < 2 else 0.0) + 0.01 * (r % 2) for r in range(8)}
+    by_life = perf.bootstrap_ratio(perf.units(run, lucky))
+    by_round = perf.bootstrap_ratio([[v] for v in lucky.values()])
+    assert by_life.lives == 4 and by_round.lives == 8
+    assert by_life.high - by_life.low >= by_round.high - by_round.low

@@ -7,21 +7,22 @@
 runs ``calibrate`` on the reference pins.)
 
 How: one worker process per side (tooling/perf_worker.py, in that side's interpreter) builds
-and warms up every figure, then the sides are asked for a block of timings in turn, in an
-order that alternates from round to round (AB, BA, AB, ...: a drift of the machine's speed
-over the run falls on both). Every ``restart_every`` rounds all workers are replaced by fresh
-processes, so a side's luck in one process (memory placement, thread start-up) is sampled,
-not baked in. A side's figure in a round is the mean seconds per call of its block.
+and warms up every figure, then the sides are asked in turn for one sample of each figure, in
+an order that alternates with the round and the figure (AB, BA, ...: a drift of the machine's
+speed falls on both). Every ``restart_every`` rounds all workers are replaced by fresh
+processes: a process keeps its luck (where its buffers and code landed, its threads) for its
+whole life, and the first calibration, with one worker per side for the whole run, measured
+two identical environments 12% to 17% apart with tight intervals in 2 trials of 20.
 
 Statistics: per figure, the log of candidate / baseline in each round; its mean, exponentiated,
 is the ratio reported (a geometric mean over rounds). The 95% interval is a percentile
-bootstrap that resamples whole worker lives (the rounds between two restarts), since rounds
-inside one life share that process's luck; 10,000 resamples with a fixed seed, so one set of
+bootstrap that resamples whole worker lives (the rounds two processes shared; each round alone
+when a run has fewer than MIN_LIVES lives); 10,000 resamples with a fixed seed, so one set of
 timings always gives one verdict. A figure is *slower* when the whole interval lies above
 1 + threshold, *faster* when it lies below 1 / (1 + threshold), else *same*; the gate fails
-on any slower figure. Why this and not a t-test: the ratios are skewed and a few rounds hit
-by the machine's other work make heavy tails; the bootstrap assumes neither normality nor
-equal variances, and its coverage here is checked by the A/A calibration, not assumed.
+on any slower figure. Why this and not a t-test: the ratios are skewed and samples hit by the
+machine's other work make heavy tails; the bootstrap assumes neither normality nor equal
+variances, and its coverage is measured by the calibration, not assumed.
 
 Standard library only: the noxfile runs this under nox's own interpreter.
 """
@@ -46,7 +47,8 @@ LEVEL = 0.95
 RESAMPLES = 10_000
 THRESHOLD = 0.03
 ROUNDS = 16
-RESTART_EVERY = 0  # 0: one pair of workers for the whole run
+RESTART_EVERY = 2  # fresh workers every 2 rounds: 8 process lives per side in a gate run
+MIN_LIVES = 4  # fewer lives than this: the rounds are the bootstrap's units (process luck not sampled)
 SETTLE_S = 0.02  # pause between two asks: the last worker's threads stop spinning
 WORKER = "ensemble_conformance.tooling.perf_worker"
 
@@ -249,12 +251,24 @@ def _geomean(values: Sequence[float]) -> float:
     return math.exp(_mean([math.log(v) for v in values]))
 
 
+def units(run: Run, logs: Mapping[int, float]) -> list[list[float]]:
+    """The bootstrap's units: the per-round log ratios grouped by worker life (the rounds two
+    processes shared), or each round alone when the run had fewer than MIN_LIVES lives."""
+    life = {s.round: s.life for s in run.samples}
+    if len(set(life.values())) < MIN_LIVES:
+        return [[logs[r]] for r in sorted(logs)]
+    groups: dict[int, list[float]] = {}
+    for r in sorted(logs):
+        groups.setdefault(life[r], []).append(logs[r])
+    return list(groups.values())
+
+
 def compare(run: Run, baseline: str, candidate: str, threshold: float = THRESHOLD) -> list[Comparison]:
-    """Per figure: candidate / baseline paired by round; the rounds are the bootstrap's units."""
+    """Per figure: candidate / baseline paired by round, resampled by worker life."""
     out = []
     for figure in run.figures:
         base, cand = run.values(baseline, figure), run.values(candidate, figure)
-        interval = bootstrap_ratio([[math.log(cand[r] / base[r])] for r in sorted(base)])
+        interval = bootstrap_ratio(units(run, {r: math.log(cand[r] / base[r]) for r in base}))
         out.append(
             Comparison(
                 figure,
@@ -320,7 +334,8 @@ def gate_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Candidate **{report['candidate']['versions']}** against baseline **{report['baseline']['versions']}**: "
         f"{why}. A figure is slower when the whole {report['level']:.0%} interval of candidate / baseline lies "
-        f"above {1 + threshold:.2f}. {run['rounds']} interleaved rounds, {run['wall_s']:.0f} s.",
+        f"above {1 + threshold:.2f}. {run['rounds']} interleaved rounds, fresh worker processes every "
+        f"{run['restart_every']} rounds, {run['wall_s']:.0f} s.",
         "",
         "| figure | baseline ms | candidate ms | ratio | 95% interval | verdict |",
         "|---|---|---|---|---|---|",
@@ -418,7 +433,7 @@ def recipe_figures(quick: bool) -> dict[int, tuple[str, str]]:
 def within_ratio(run: Run, side: str, slow: str, fast: str) -> Interval:
     """slow / fast on one side, paired by round (both figures of a round run within seconds)."""
     a, b = run.values(side, slow), run.values(side, fast)
-    return bootstrap_ratio([[math.log(a[r] / b[r])] for r in sorted(a)])
+    return bootstrap_ratio(units(run, {r: math.log(a[r] / b[r]) for r in a}))
 
 
 def releases_json(run: Run, reference: str, quick: bool) -> dict[str, Any]:
@@ -522,7 +537,10 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--rounds", type=_positive, default=ROUNDS, help=f"interleaved rounds (default {ROUNDS})")
     common.add_argument(
-        "--restart-every", type=int, default=RESTART_EVERY, help="fresh workers every N rounds (default 0: never)"
+        "--restart-every",
+        type=int,
+        default=RESTART_EVERY,
+        help=f"fresh workers every N rounds; 0: never ({RESTART_EVERY})",
     )
     common.add_argument("--threshold", type=_fraction, default=THRESHOLD, help=f"slowdown allowed ({THRESHOLD})")
     common.add_argument("--figures", default="", help="comma-separated figure names (default: all)")
