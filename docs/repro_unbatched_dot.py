@@ -25,8 +25,10 @@ for n in (8, 64, 256):
     times = []
     for f in (unbatched, batched):
         f(w, x).block_until_ready()
-        number = max(1, int(0.2 / max(1e-6, timeit.timeit(lambda f=f: f(w, x).block_until_ready(), number=1))))
-        runs = timeit.repeat(lambda f=f: f(w, x).block_until_ready(), number=number, repeat=7)
+        number = max(
+            1, int(0.2 / max(1e-6, timeit.timeit(lambda f=f, w=w, x=x: f(w, x).block_until_ready(), number=1)))
+        )
+        runs = timeit.repeat(lambda f=f, w=w, x=x: f(w, x).block_until_ready(), number=number, repeat=7)
         times.append(min(runs) / number * 1e3)
     print(
         f"jax {jax.__version__} N={n}: x unbatched {times[0]:.3f} ms, x broadcast {times[1]:.3f} ms "
