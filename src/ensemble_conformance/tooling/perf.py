@@ -94,11 +94,15 @@ def bootstrap_ratio(
 
 
 def verdict(interval: Interval, threshold: float = THRESHOLD) -> str:
+    """slower / faster: the whole interval past the threshold; same: the whole interval
+    within it; unresolved: the interval is too wide to tell (more rounds would)."""
     if interval.low > 1 + threshold:
         return "slower"
     if interval.high < 1 / (1 + threshold):
         return "faster"
-    return "same"
+    if interval.low >= 1 / (1 + threshold) and interval.high <= 1 + threshold:
+        return "same"
+    return "unresolved"
 
 
 # Measuring ---------------------------------------------------------------------------
@@ -323,11 +327,17 @@ def gate_markdown(report: Mapping[str, Any]) -> str:
     threshold = report["threshold"]
     head = "PASS" if passed else "FAIL"
     slower = [c["figure"] for c in report["comparisons"] if c["verdict"] == "slower"]
+    unresolved = [c["figure"] for c in report["comparisons"] if c["verdict"] == "unresolved"]
     why = (
         "no figure is slower beyond the threshold"
         if passed
         else f"{len(slower)} figure(s) slower beyond the threshold: {', '.join(slower)}"
     )
+    if unresolved:
+        why += (
+            f"; {len(unresolved)} figure(s) unresolved (interval wider than the threshold allows: more "
+            f"--rounds would tell): {', '.join(unresolved)}"
+        )
     run = report["run"]
     lines = [
         f"## Performance gate: {head}",
@@ -342,7 +352,7 @@ def gate_markdown(report: Mapping[str, Any]) -> str:
     ]
     for c in report["comparisons"]:
         i = c["interval"]
-        mark = {"slower": "**slower**", "faster": "faster", "same": "same"}[c["verdict"]]
+        mark = {"slower": "**slower**", "faster": "faster", "same": "same", "unresolved": "unresolved"}[c["verdict"]]
         lines.append(
             f"| {c['figure']} | {_ms(c['baseline_ms'])} | {_ms(c['candidate_ms'])} | {i['ratio']:.3f} "
             f"| {i['low']:.3f} to {i['high']:.3f} | {mark} |"
