@@ -84,7 +84,15 @@ def test_the_injector_repeats_exactly_the_fraction_asked_in_whole_calls() -> Non
         assert all(isinstance(e, int) and e >= 0 for e in extra)
         assert abs(sum(extra) - inject * calls * samples) < 1, (inject, calls, extra)
     two = Injector(0.5)
-    assert [two.extra("a", 1), two.extra("b", 1), two.extra("a", 1)] == [0, 0, 1]  # each figure owes apart
+    assert [two.extra("a", 1), two.extra("b", 1), two.extra("a", 1)] == [0, 0, 1]  # each figure counts apart
+    # Numbered by round, the extra work stays exact across fresh processes: eight workers of
+    # two rounds each, a figure of 4 calls, 10% injected: 3.2 extra calls over 8 x 2 x 4.
+    lives = [Injector(0.10) for _ in range(8)]
+    numbered = sum(lives[r // 2].extra("compile", 4, r) for r in range(16))
+    restarted = [Injector(0.10) for _ in range(8)]
+    unnumbered = sum(restarted[r // 2].extra("compile", 4) for r in range(16))
+    assert numbered == 6 and abs(numbered - 0.10 * 4 * 16) < 1
+    assert unnumbered == 0  # what a count restarted with every process would have given
 
 
 def test_sides_alternate_from_round_to_round() -> None:

@@ -175,9 +175,9 @@ class Worker:
             )
         return dict(json.loads(line))
 
-    def measure(self, figure: str) -> float:
+    def measure(self, figure: str, round_index: int) -> float:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(f"measure {figure}\n")
+        self.proc.stdin.write(f"measure {figure} {round_index}\n")
         self.proc.stdin.flush()
         return float(self._read()["seconds_per_call"])
 
@@ -230,7 +230,7 @@ def measure(
             for i, figure in enumerate(figures):
                 for s in order(sides, r + i):
                     time.sleep(SETTLE_S)
-                    run.samples.append(Sample(r, life, s.label, figure, workers[s.label].measure(figure)))
+                    run.samples.append(Sample(r, life, s.label, figure, workers[s.label].measure(figure, r)))
             log(f"round {r + 1}/{rounds} done ({time.perf_counter() - started:.0f} s)")
     finally:
         for w in workers.values():

@@ -73,19 +73,21 @@ QUICK_FIGURES = tuple(_figures(True))[:6]
 
 
 class Injector:
-    """Extra calls for a known slowdown of ``inject`` x the nominal calls, carried from
-    sample to sample (error diffusion): over any run the extra work is inject x the calls
-    made, to within one call, and each sample gets whole calls."""
+    """Extra calls for a known slowdown of ``inject`` x the nominal calls: sample k of a
+    figure gets floor((k + 1) x inject x calls) - floor(k x inject x calls) whole calls, so
+    over samples 0..K-1 the extra work is inject x the calls made to within one call. The
+    gate numbers the samples by round, so the count survives a worker being replaced by a
+    fresh process (a worker asked without a number counts its own samples)."""
 
     def __init__(self, inject: float) -> None:
         self.inject = inject
-        self.owed: dict[str, float] = {}
+        self.count: dict[str, int] = {}
 
-    def extra(self, figure: str, calls: int) -> int:
-        owed = self.owed.get(figure, 0.0) + self.inject * calls
-        whole = math.floor(owed + 1e-9)
-        self.owed[figure] = owed - whole
-        return whole
+    def extra(self, figure: str, calls: int, index: int | None = None) -> int:
+        k = self.count.get(figure, 0) if index is None else index
+        self.count[figure] = k + 1
+        due = self.inject * calls
+        return math.floor((k + 1) * due + 1e-9) - math.floor(k * due + 1e-9)
 
 
 def time_sample(call: Callable[[], Any], calls: int, extra: int) -> float:
@@ -107,7 +109,7 @@ def time_sample(call: Callable[[], Any], calls: int, extra: int) -> float:
 
 def serve(names: Sequence[str], inject: float, quick: bool, lines: Any, out: Any) -> None:
     """Build and warm every figure, print a ``ready`` line, then answer each ``measure NAME``
-    line with one sample of that figure until ``quit`` or the end of input."""
+    line (``measure NAME ROUND``) with one sample of that figure until ``quit`` or the end of input."""
     table = _figures(quick)
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -133,13 +135,16 @@ def serve(names: Sequence[str], inject: float, quick: bool, lines: Any, out: Any
     print(json.dumps(ready), file=out, flush=True)
     injector = Injector(inject)
     for line in lines:
-        command, _, name = line.strip().partition(" ")
+        command, _, rest = line.strip().partition(" ")
+        name, _, number = rest.partition(" ")
         if command == "quit":
             return
-        if command != "measure" or name not in calls:
-            raise SystemExit(f"error: {line.strip()!r} on stdin; expected 'measure NAME' (NAME in {names}) or 'quit'")
+        if command != "measure" or name not in calls or not (number == "" or number.isdigit()):
+            raise SystemExit(
+                f"error: {line.strip()!r} on stdin; expected 'measure NAME [ROUND]' (NAME in {names}) or 'quit'"
+            )
         n = table[name].calls
-        seconds = time_sample(calls[name], n, injector.extra(name, n))
+        seconds = time_sample(calls[name], n, injector.extra(name, n, int(number) if number else None))
         print(json.dumps({"figure": name, "seconds_per_call": seconds, "calls": n}), file=out, flush=True)
 
 
