@@ -50,6 +50,7 @@ from ensemble_conformance.golden import environment
 from ensemble_conformance.golden.store import atomic_writer
 from ensemble_conformance.scenarios.core import build_ensemble, forward_broadcast_input, forward_shared_input
 from ensemble_conformance.tooling import workloads
+from ensemble_conformance.tooling.perf import positive_int
 
 FORMAT_VERSION = 1
 SEED = 0
@@ -553,19 +554,9 @@ def write(out: Path, result: Result) -> None:
             f.write(data)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1; expected an integer >= 1")
-    return value
-
-
 def _sizes(text: str) -> tuple[int, ...]:
     try:
-        sizes = sorted({_count(part.strip()) for part in text.split(",")})
+        sizes = sorted({positive_int(part.strip()) for part in text.split(",")})
     except argparse.ArgumentTypeError as err:
         raise argparse.ArgumentTypeError(f"{err} in {text!r}; expected comma-separated integers, e.g. 1,8,64") from None
     return tuple(sizes)
@@ -586,9 +577,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Config]:
     )
     parser.add_argument("--out", type=_out_dir, default=Path("results/bench"), help="output directory")
     parser.add_argument("--sizes", type=_sizes, help=f"ensemble sizes N (default {','.join(map(str, FULL.sizes))})")
-    parser.add_argument("--d-in", type=_count, help=f"input width D_in (default {FULL.d_in})")
-    parser.add_argument("--features", type=_count, help=f"output width F (default {FULL.features})")
-    parser.add_argument("--repeats", type=_count, help=f"timed calls per row (default {FULL.repeats})")
+    parser.add_argument("--d-in", type=positive_int, help=f"input width D_in (default {FULL.d_in})")
+    parser.add_argument("--features", type=positive_int, help=f"output width F (default {FULL.features})")
+    parser.add_argument("--repeats", type=positive_int, help=f"timed calls per row (default {FULL.repeats})")
     parser.add_argument(
         "--quick",
         action="store_true",

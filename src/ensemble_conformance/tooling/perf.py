@@ -514,7 +514,8 @@ def _pin(text: str) -> tuple[str, str]:
 # Command line ------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (the benchmark's options use it too)."""
     try:
         value = int(text)
     except ValueError:
@@ -545,7 +546,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--rounds", type=_positive, default=ROUNDS, help=f"interleaved rounds (default {ROUNDS})")
+    common.add_argument("--rounds", type=positive_int, default=ROUNDS, help=f"interleaved rounds (default {ROUNDS})")
     common.add_argument(
         "--restart-every",
         type=int,
@@ -562,7 +563,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--inject", type=float, default=0.0, help=argparse.SUPPRESS)  # calibration and tests only
     c = sub.add_parser("calibrate", parents=[common], help="A/A and injected slowdowns on one environment")
     c.add_argument("--python", type=_interpreter, default=sys.executable, help="the environment's python")
-    c.add_argument("--trials", type=_positive, default=20, help="gate runs (default 20)")
+    c.add_argument("--trials", type=positive_int, default=20, help="gate runs (default 20)")
     r = sub.add_parser("releases", parents=[common], help="the two forward recipes on every pin, one run")
     r.add_argument("--pin", type=_pin, action="append", required=True, help="LABEL=PYTHON, once per pin")
     r.add_argument("--reference", required=True, help="the LABEL every other pin is compared with")
