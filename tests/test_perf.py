@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -236,9 +237,12 @@ def test_a_quick_gate_run_catches_a_much_slower_candidate_and_writes_its_reports
     assert isinstance(comparisons, list) and len(comparisons) == 6
     # The quick figures take tens of microseconds a call, so fixed costs of a sample (waking
     # the threads, waiting for the result) and a neighbouring test dilute the extra work:
-    # the ratios land below 4, and a figure may even come out unresolved.
+    # the ratios land below 4, and a figure may even come out unresolved. A neighbouring
+    # test can also stall one side's sample of one figure (the compile figure once came out
+    # above 6 in CI), so the overshoot check takes the median of the six ratios: the
+    # injected work's exactness is tested without a clock above.
     assert sum(c["verdict"] == "slower" and c["interval"]["ratio"] > 1.3 for c in comparisons) >= 4, comparisons
-    assert all(c["interval"]["ratio"] < 6.0 for c in comparisons), comparisons
+    assert statistics.median(c["interval"]["ratio"] for c in comparisons) < 6.0, comparisons
     assert (tmp_path / "step.md").read_text() == (tmp_path / "perf" / "perf-gate.md").read_text()
     samples = report["run"]["samples"]  # type: ignore[index]
     assert len(samples) == 3 * 6 * 2  # rounds x figures x sides
