@@ -134,6 +134,26 @@ def test_the_same_speed_passes() -> None:
     assert all(c.verdict in ("same", "unresolved") for c in comparisons)
 
 
+def test_the_composite_row_is_the_mean_log_ratio_and_resolves_what_no_figure_alone_does() -> None:
+    figures = {f"f{i}": 1.08 for i in range(6)}
+    run = _run(figures, rounds=16, noise=0.06)
+    alone = perf.compare(run, "baseline", "candidate")
+    comparisons = perf.compare(run, "baseline", "candidate", overall=True)
+    assert (
+        comparisons[:-1] == alone
+        and perf.compare(_run({"f0": 1.0}), "baseline", "candidate", overall=True)[-1].figure == "f0"
+    )
+    composite = comparisons[-1]
+    assert composite.figure == perf.ALL_FIGURES
+    assert composite.interval.ratio == pytest.approx(
+        math.exp(statistics.mean(math.log(c.interval.ratio) for c in alone))
+    )
+    widths = [c.interval.high / c.interval.low for c in alone]
+    assert composite.interval.high / composite.interval.low < min(widths)
+    assert composite.verdict == "slower" and sum(c.verdict == "slower" for c in alone) < len(alone)
+    assert not perf.gate_passed(comparisons)
+
+
 def test_the_step_summary_is_appended_only_when_asked(tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
     summary.write_text("before\n")
@@ -234,7 +254,8 @@ def test_a_quick_gate_run_catches_a_much_slower_candidate_and_writes_its_reports
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert report["passed"] is False
     comparisons = report["comparisons"]
-    assert isinstance(comparisons, list) and len(comparisons) == 6
+    assert isinstance(comparisons, list) and len(comparisons) == 7
+    assert comparisons[-1]["figure"] == perf.ALL_FIGURES and comparisons[-1]["verdict"] == "slower", comparisons
     # The quick figures take tens of microseconds a call, so fixed costs of a sample (waking
     # the threads, waiting for the result) and a neighbouring test dilute the extra work:
     # the ratios land below 4, and a figure may even come out unresolved. A neighbouring
