@@ -179,6 +179,52 @@ def test_calibration_counts_failed_gates_per_kind() -> None:
     assert "| f | 1 of 3 slower, median 1.000 | 2 of 3 slower, median 1.100 |" in md
 
 
+def _calibration_run(seed: int) -> perf.Run:
+    """Four calibration sides over 8 rounds in 4 lives, the injected sides exactly that much slower."""
+    sides = [perf.Side(label, "p", inject=inject) for label, inject in perf.CALIBRATION_SIDES]
+    run = perf.Run(sides, ["f", "g"], 8, 2, {s.label: [] for s in sides})
+    rng = random.Random(seed)
+    for r in range(8):
+        for figure in run.figures:
+            base = 0.010 * math.exp(rng.gauss(0, 0.05))
+            for s in sides:
+                noise = math.exp(rng.gauss(0, 0.02)) if s.label != "baseline" else 1.0
+                run.samples.append(perf.Sample(r, r // 2, s.label, figure, base * (1 + s.inject) * noise))
+    return run
+
+
+def test_a_stored_calibration_is_judged_again_from_its_samples(tmp_path: Path) -> None:
+    trials = [perf.judge_trial(t, _calibration_run(t), 0.03, 0.95) for t in range(3)]
+    stored = tmp_path / "calibration.json"
+    stored.write_text(json.dumps({"runs": trials}))
+    assert perf.main(["calibrate", "--rejudge", str(stored), "--out", str(tmp_path / "same")]) == 0
+    again = json.loads((tmp_path / "same" / "calibration.json").read_text())
+    assert [t["comparisons"] for t in again["runs"]] == [t["comparisons"] for t in trials]  # one verdict per timing
+    assert again["kinds"]["+25% work"]["failed"] == 3 and again["kinds"]["A/A copy"]["failed"] == 0
+    assert "Re-judged from the timings in" in (tmp_path / "same" / "calibration.md").read_text()
+    wide = tmp_path / "wide"
+    assert perf.main(["calibrate", "--rejudge", str(stored), "--level", "0.99", "--out", str(wide)]) == 0
+    widened = json.loads((wide / "calibration.json").read_text())["runs"]
+    for narrow_trial, wide_trial in zip(trials, widened, strict=True):
+        for kind, rows in narrow_trial["comparisons"].items():
+            for n, w in zip(rows, wide_trial["comparisons"][kind], strict=True):
+                assert w["interval"]["low"] <= n["interval"]["low"] and w["interval"]["high"] >= n["interval"]["high"]
+
+
+def test_rejudging_refuses_to_overwrite_its_source_or_read_a_file_without_runs(tmp_path: Path) -> None:
+    stored = tmp_path / "calibration.json"
+    stored.write_text(json.dumps({"runs": [perf.judge_trial(0, _calibration_run(0), 0.03, 0.95)]}))
+    with pytest.raises(SystemExit, match="the file --out would overwrite"):
+        perf.main(["calibrate", "--rejudge", str(stored), "--out", str(tmp_path)])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kinds": {}}')
+    with pytest.raises(SystemExit, match=r"--rejudge .*bad\.json: not a calibration\.json with its runs"):
+        perf.main(["calibrate", "--rejudge", str(bad), "--out", str(tmp_path / "o")])
+    bad.write_text(json.dumps({"runs": [{"trial": 0, "comparisons": {}}]}))  # a run stored before samples were kept
+    with pytest.raises(SystemExit, match="trial 0 has no usable samples"):
+        perf.main(["calibrate", "--rejudge", str(bad), "--out", str(tmp_path / "o")])
+
+
 def test_the_release_table_gives_each_pin_its_recipe_ratio_and_its_ratio_to_the_reference() -> None:
     sides = [perf.Side("ref", "p"), perf.Side("old", "p")]
     recipes = perf.recipe_figures(quick=True)
@@ -206,6 +252,7 @@ def test_the_release_table_gives_each_pin_its_recipe_ratio_and_its_ratio_to_the_
         (["gate", "--baseline", sys.executable, "--candidate", sys.executable, "--rounds", "0"], "--rounds"),
         (["gate", "--baseline", sys.executable, "--candidate", sys.executable, "--threshold", "5"], "--threshold"),
         (["releases", "--pin", "nolabel", "--reference", "x"], "--pin"),
+        (["calibrate", "--level", "95"], "--level"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(
@@ -226,11 +273,13 @@ def test_the_nox_session_passes_only_what_was_given(tmp_path: Path) -> None:
     command = sessions.perf_gate_args(args, Path("b/python"), Path("c/python"))
     assert command == ["gate", "--baseline", "b/python", "--candidate", "c/python", "--out", str(tmp_path / "perf")]
     quick = sessions.perf_gate_parser(tmp_path).parse_args(
-        ["--flax", "1", "--jax", "2", "--quick", "--threshold", "0.1"]
+        ["--flax", "1", "--jax", "2", "--quick", "--threshold", "0.1", "--level", "0.99"]
     )
-    assert sessions.perf_gate_args(quick, Path("b"), Path("c"))[-5:] == [
+    assert sessions.perf_gate_args(quick, Path("b"), Path("c"))[-7:] == [
         "--threshold",
         "0.1",
+        "--level",
+        "0.99",
         "--quick",
         "--rounds",
         "3",

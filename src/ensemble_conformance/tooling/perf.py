@@ -6,21 +6,25 @@
 (``nox -s perf_gate`` builds the two environments and runs ``gate``; ``nox -s perf_calibrate``
 runs ``calibrate`` on the reference pins.)
 
-How: one worker process per side (tooling/perf_worker.py, in that side's interpreter) builds
-and warms up every figure, then the sides are asked in turn for one sample of each figure, in
-an order that alternates with the round and the figure (AB, BA, ...: a drift of the machine's
-speed falls on both). Every ``restart_every`` rounds all workers are replaced by fresh
-processes: a process keeps its luck (where its buffers and code landed, its threads) for its
-whole life, and the first calibration, with one worker per side for the whole run, measured
-two identical environments 12% to 17% apart with tight intervals in 2 trials of 20.
+How: one worker process per side (tooling/perf_worker.py, in that side's interpreter; the
+workers of one life start together) builds and warms up every figure, then the sides are
+asked in turn for one sample of each figure, in an order that alternates with the round and
+the figure (AB, BA, ...: a drift of the machine's speed falls on both). Every
+``restart_every`` rounds all workers are replaced by fresh processes: a process keeps its
+luck (where its buffers and code landed, its threads) for its whole life, and the first
+calibration, with one worker per side for the whole run, measured two identical
+environments 12% to 17% apart with tight intervals in 2 trials of 20.
 
 Statistics: per figure, the log of candidate / baseline in each round; its mean, exponentiated,
 is the ratio reported (a geometric mean over rounds). The 95% interval is a percentile
 bootstrap that resamples whole worker lives (the rounds two processes shared; each round alone
 when a run has fewer than MIN_LIVES lives); 10,000 resamples with a fixed seed, so one set of
 timings always gives one verdict. A figure is *slower* when the whole interval lies above
-1 + threshold, *faster* when it lies below 1 / (1 + threshold), else *same*; the gate fails
-on any slower figure. Why this and not a t-test: the ratios are skewed and samples hit by the
+1 + threshold, *faster* when it lies below 1 / (1 + threshold), *same* when it lies within
+both, else *unresolved*. A last row, ``all_figures``, does the same with each round's mean
+of the figures' log ratios (their geometric mean): the figures' noise averages out there, so
+a slowdown spread over the workload is caught where each figure alone is too noisy. The gate
+fails on any slower row. Why this and not a t-test: the ratios are skewed and samples hit by the
 machine's other work make heavy tails; the bootstrap assumes neither normality nor equal
 variances, and its coverage is measured by the calibration, not assumed.
 
@@ -275,7 +279,7 @@ ALL_FIGURES = "all_figures"  # the composite: the geometric mean of every figure
 
 
 def compare(
-    run: Run, baseline: str, candidate: str, threshold: float = THRESHOLD, overall: bool = False
+    run: Run, baseline: str, candidate: str, threshold: float = THRESHOLD, overall: bool = False, level: float = LEVEL
 ) -> list[Comparison]:
     """Per figure: candidate / baseline paired by round, resampled by worker life. With
     ``overall`` (and more than one figure), a last row ``all_figures``: per round, the mean
@@ -286,7 +290,7 @@ def compare(
     for figure in run.figures:
         base, cand = run.values(baseline, figure), run.values(candidate, figure)
         logs[figure] = {r: math.log(cand[r] / base[r]) for r in base}
-        interval = bootstrap_ratio(units(run, logs[figure]))
+        interval = bootstrap_ratio(units(run, logs[figure]), level)
         out.append(
             Comparison(
                 figure,
@@ -299,7 +303,7 @@ def compare(
     if overall and len(run.figures) > 1:
         rounds = sorted(set.intersection(*(set(v) for v in logs.values())))
         mean_logs = {r: _mean([logs[f][r] for f in run.figures]) for r in rounds}
-        interval = bootstrap_ratio(units(run, mean_logs))
+        interval = bootstrap_ratio(units(run, mean_logs), level)
         base_ms = _geomean([c.baseline_ms for c in out])
         cand_ms = _geomean([c.candidate_ms for c in out])
         out.append(Comparison(ALL_FIGURES, base_ms, cand_ms, interval, verdict(interval, threshold)))
@@ -319,12 +323,14 @@ def _versions(run: Run, side: str) -> str:
     return f"jax {v.get('jax', '?')}, flax {v.get('flax', '?')}, Python {v.get('python', '?')}"
 
 
-def gate_json(run: Run, comparisons: Sequence[Comparison], threshold: float, labels: tuple[str, str]) -> dict[str, Any]:
+def gate_json(
+    run: Run, comparisons: Sequence[Comparison], threshold: float, labels: tuple[str, str], level: float = LEVEL
+) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "passed": gate_passed(comparisons),
         "threshold": threshold,
-        "level": LEVEL,
+        "level": level,
         "resamples": RESAMPLES,
         "baseline": {"label": labels[0], "versions": _versions(run, labels[0])},
         "candidate": {"label": labels[1], "versions": _versions(run, labels[1])},
@@ -368,7 +374,7 @@ def gate_markdown(report: Mapping[str, Any]) -> str:
         f"above {1 + threshold:.2f}. {run['rounds']} interleaved rounds, fresh worker processes every "
         f"{run['restart_every']} rounds, {run['wall_s']:.0f} s.",
         "",
-        "| figure | baseline ms | candidate ms | ratio | 95% interval | verdict |",
+        f"| figure | baseline ms | candidate ms | ratio | {report['level']:.0%} interval | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for c in report["comparisons"]:
@@ -401,7 +407,7 @@ def append_step_summary(markdown: str, environ: Mapping[str, str] = os.environ) 
 CALIBRATION_SIDES = (("baseline", 0.0), ("A/A copy", 0.0), ("+10% work", 0.10), ("+25% work", 0.25))
 
 
-def calibration_summary(trials: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
+def calibration_summary(trials: Sequence[Mapping[str, Any]], threshold: float, level: float = LEVEL) -> dict[str, Any]:
     """How often the gate failed, per candidate kind, over the trials."""
     kinds: dict[str, dict[str, Any]] = {}
     for trial in trials:
@@ -417,15 +423,17 @@ def calibration_summary(trials: Sequence[Mapping[str, Any]], threshold: float) -
                 k["n"] += 1
     for k in kinds.values():
         k["rate"] = k["failed"] / k["trials"]
-    return {"threshold": threshold, "kinds": kinds, "trials": len(trials)}
+    return {"threshold": threshold, "level": level, "kinds": kinds, "trials": len(trials)}
 
 
-def calibration_markdown(summary: Mapping[str, Any], wall_s: float) -> str:
+def calibration_markdown(summary: Mapping[str, Any], wall_s: float, rejudged: str = "") -> str:
+    source = f" Re-judged from the timings in {rejudged}: the same samples, not new trials." if rejudged else ""
     lines = [
         "## Performance gate calibration",
         "",
         f"{summary['trials']} trials, each a gate run measuring the baseline, an A/A copy and two injected slowdowns "
-        f"interleaved; threshold {summary['threshold']:.0%}; {wall_s:.0f} s in all.",
+        f"interleaved; threshold {summary['threshold']:.0%}, {summary.get('level', LEVEL):.1%} intervals; "
+        f"{wall_s:.0f} s of measuring in all.{source}",
         "",
         "| candidate | gate failed | rate | intervals holding the true ratio |",
         "|---|---|---|---|",
@@ -575,6 +583,7 @@ def parser() -> argparse.ArgumentParser:
         help=f"fresh workers every N rounds; 0: never ({RESTART_EVERY})",
     )
     common.add_argument("--threshold", type=_fraction, default=THRESHOLD, help=f"slowdown allowed ({THRESHOLD})")
+    common.add_argument("--level", type=_fraction, default=LEVEL, help=f"confidence level of the intervals ({LEVEL})")
     common.add_argument("--figures", default="", help="comma-separated figure names (default: all)")
     common.add_argument("--quick", action="store_true", help="small sizes (tests)")
     common.add_argument("--out", type=Path, default=Path("results/perf"), help="where the JSON and markdown go")
@@ -585,6 +594,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", parents=[common], help="A/A and injected slowdowns on one environment")
     c.add_argument("--python", type=_interpreter, default=sys.executable, help="the environment's python")
     c.add_argument("--trials", type=positive_int, default=20, help="gate runs (default 20)")
+    c.add_argument(
+        "--rejudge",
+        type=Path,
+        default=None,
+        help="judge a stored calibration.json's timings again (with --threshold, --level) instead of measuring",
+    )
     r = sub.add_parser("releases", parents=[common], help="the two forward recipes on every pin, one run")
     r.add_argument("--pin", type=_pin, action="append", required=True, help="LABEL=PYTHON, once per pin")
     r.add_argument("--reference", required=True, help="the LABEL every other pin is compared with")
@@ -623,8 +638,8 @@ def _main(args: argparse.Namespace) -> int:
         sides = [Side("baseline", args.baseline), Side("candidate", args.candidate, inject=args.inject)]
         figures = figure_names(args.figures, args.quick, args.baseline)
         run = measure(sides, figures, args.rounds, args.restart_every, args.quick, _log)
-        comparisons = compare(run, "baseline", "candidate", args.threshold, overall=True)
-        report = gate_json(run, comparisons, args.threshold, ("baseline", "candidate"))
+        comparisons = compare(run, "baseline", "candidate", args.threshold, overall=True, level=args.level)
+        report = gate_json(run, comparisons, args.threshold, ("baseline", "candidate"), args.level)
         md = gate_markdown(report)
         write_text(out / "perf-gate.json", json.dumps(report, indent=2) + "\n")
         write_text(out / "perf-gate.md", md)
@@ -644,25 +659,72 @@ def _main(args: argparse.Namespace) -> int:
         write_text(out / "releases.md", md)
         print(md)
         return 0
+    if args.rejudge is not None:
+        return _rejudge(args)
     figures = figure_names(args.figures, args.quick, args.python)
     trials = []
     started = time.perf_counter()
     sides = [Side(label, args.python, inject=inject) for label, inject in CALIBRATION_SIDES]
     for t in range(args.trials):
         run = measure(sides, figures, args.rounds, args.restart_every, args.quick)
-        by_kind = {
-            s.label: [asdict(c) for c in compare(run, "baseline", s.label, args.threshold, overall=True)]
-            for s in sides[1:]
-        }
-        samples = [asdict(x) for x in run.samples]  # kept: another statistic can be judged on the same timings
-        trials.append({"trial": t, "wall_s": run.wall_s, "comparisons": by_kind, "samples": samples})
-        failed = [label for label, cs in by_kind.items() if any(c["verdict"] == "slower" for c in cs)]
+        trials.append(judge_trial(t, run, args.threshold, args.level))
+        failed = [label for label, cs in trials[-1]["comparisons"].items() if any(c["verdict"] == "slower" for c in cs)]
         _log(f"trial {t + 1}/{args.trials}: {run.wall_s:.0f} s; gate fails for: {', '.join(failed) or 'none'}")
-        summary = calibration_summary(trials, args.threshold)
+        summary = calibration_summary(trials, args.threshold, args.level)
         wall = time.perf_counter() - started
         write_text(out / "calibration.json", json.dumps({**summary, "wall_s": wall, "runs": trials}, indent=2) + "\n")
         write_text(out / "calibration.md", calibration_markdown(summary, wall))
     print((out / "calibration.md").read_text())
+    return 0
+
+
+def judge_trial(index: int, run: Run, threshold: float, level: float) -> dict[str, Any]:
+    """One calibration trial: every candidate kind judged against the baseline as the gate
+    judges a candidate, with the trial's samples (so other settings can judge them again)."""
+    by_kind = {
+        s.label: [asdict(c) for c in compare(run, "baseline", s.label, threshold, overall=True, level=level)]
+        for s in run.sides[1:]
+    }
+    samples = [asdict(x) for x in run.samples]
+    return {"trial": index, "wall_s": run.wall_s, "comparisons": by_kind, "samples": samples}
+
+
+def stored_run(trial: Mapping[str, Any], source: Path) -> Run:
+    """A calibration trial's Run rebuilt from its stored samples."""
+    try:
+        samples = [Sample(**x) for x in trial["samples"]]
+    except (KeyError, TypeError) as err:
+        raise SystemExit(f"error: {source}: trial {trial.get('trial')} has no usable samples ({err})") from None
+    labels = list(dict.fromkeys(x.side for x in samples))
+    if labels[:1] != ["baseline"]:
+        raise SystemExit(f"error: {source}: trial {trial.get('trial')} has no baseline samples (sides {labels})")
+    figures = list(dict.fromkeys(x.figure for x in samples))
+    rounds = max(x.round for x in samples) + 1
+    lives = max(x.life for x in samples) + 1
+    sides = [Side(label, "", inject=dict(CALIBRATION_SIDES).get(label, 0.0)) for label in labels]
+    run = Run(sides, figures, rounds, rounds // lives, {label: [] for label in labels}, samples)
+    run.wall_s = float(trial.get("wall_s", 0.0))
+    return run
+
+
+def _rejudge(args: argparse.Namespace) -> int:
+    source: Path = args.rejudge
+    target = args.out / "calibration.json"
+    if target.exists() and target.resolve() == source.resolve():
+        raise SystemExit(f"error: --rejudge {source} is the file --out would overwrite; give another --out")
+    try:
+        stored = json.loads(source.read_text())
+        runs = stored["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"error: --rejudge {source}: not a calibration.json with its runs ({err})") from None
+    trials = [judge_trial(t["trial"], stored_run(t, source), args.threshold, args.level) for t in runs]
+    summary = calibration_summary(trials, args.threshold, args.level)
+    wall = sum(t["wall_s"] for t in trials)
+    write_text(
+        target, json.dumps({**summary, "wall_s": wall, "rejudged": str(source), "runs": trials}, indent=2) + "\n"
+    )
+    write_text(args.out / "calibration.md", calibration_markdown(summary, wall, rejudged=str(source)))
+    print((args.out / "calibration.md").read_text())
     return 0
 
 

@@ -328,6 +328,7 @@ def perf_gate_parser(results: Path) -> argparse.ArgumentParser:
     parser.add_argument("--baseline-python", default=None, help="baseline interpreter (default as for the candidate)")
     parser.add_argument("--rounds", default=None, help="interleaved rounds (default: the gate's)")
     parser.add_argument("--threshold", default=None, help="slowdown allowed, a fraction (default: the gate's)")
+    parser.add_argument("--level", default=None, help="confidence level of the intervals (default: the gate's)")
     parser.add_argument("--figures", default=None, help="comma-separated figure names (default: the gate's six)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few rounds (tests)")
     parser.add_argument("--out", default=str(results / "perf"), help="where perf-gate.json and perf-gate.md go")
@@ -353,7 +354,7 @@ def perf_side(flax: str, jax: str, python: str | None) -> PerfSide:
 def perf_gate_args(args: argparse.Namespace, baseline: Path, candidate: Path) -> list[str]:
     """The perf command's arguments for ``nox -s perf_gate`` (the interpreters found after install)."""
     command = ["gate", "--baseline", str(baseline), "--candidate", str(candidate), "--out", args.out]
-    for option in ("rounds", "threshold", "figures"):
+    for option in ("rounds", "threshold", "level", "figures"):
         value = getattr(args, option)
         if value is not None:
             command += [f"--{option}", str(value)]
