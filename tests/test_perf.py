@@ -197,7 +197,7 @@ def test_a_stored_calibration_is_judged_again_from_its_samples(tmp_path: Path) -
     trials = [perf.judge_trial(t, _calibration_run(t), 0.03, 0.95) for t in range(3)]
     stored = tmp_path / "calibration.json"
     stored.write_text(json.dumps({"runs": trials}))
-    assert perf.main(["calibrate", "--rejudge", str(stored), "--out", str(tmp_path / "same")]) == 0
+    assert perf.main(["calibrate", "--rejudge", str(stored), "--level", "0.95", "--out", str(tmp_path / "same")]) == 0
     again = json.loads((tmp_path / "same" / "calibration.json").read_text())
     assert [t["comparisons"] for t in again["runs"]] == [t["comparisons"] for t in trials]  # one verdict per timing
     assert again["kinds"]["+25% work"]["failed"] == 3 and again["kinds"]["A/A copy"]["failed"] == 0
