@@ -328,7 +328,7 @@ def _versions(run: Run, side: str) -> str:
 
 
 def gate_json(
-    run: Run, comparisons: Sequence[Comparison], threshold: float, labels: tuple[str, str], level: float = LEVEL
+    run: Run, comparisons: Sequence[Comparison], threshold: float, labels: tuple[str, str], level: float = GATE_LEVEL
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -411,7 +411,14 @@ def append_step_summary(markdown: str, environ: Mapping[str, str] = os.environ) 
 CALIBRATION_SIDES = (("baseline", 0.0), ("A/A copy", 0.0), ("+10% work", 0.10), ("+25% work", 0.25))
 
 
-def calibration_summary(trials: Sequence[Mapping[str, Any]], threshold: float, level: float = LEVEL) -> dict[str, Any]:
+def fails(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a gate's stored comparison rows (dicts, as in the JSON) fail it: any row slower."""
+    return any(row["verdict"] == "slower" for row in rows)
+
+
+def calibration_summary(
+    trials: Sequence[Mapping[str, Any]], threshold: float, level: float = GATE_LEVEL
+) -> dict[str, Any]:
     """How often the gate failed, per candidate kind, over the trials."""
     kinds: dict[str, dict[str, Any]] = {}
     for trial in trials:
@@ -419,7 +426,7 @@ def calibration_summary(trials: Sequence[Mapping[str, Any]], threshold: float, l
             k = kinds.setdefault(label, {"trials": 0, "failed": 0, "ratios": {}, "slower": {}, "covered": 0, "n": 0})
             truth = 1 + dict(CALIBRATION_SIDES).get(label, 0.0)  # the work injected: the ratio to find
             k["trials"] += 1
-            k["failed"] += any(c["verdict"] == "slower" for c in comparisons)
+            k["failed"] += fails(comparisons)
             for c in comparisons:
                 k["ratios"].setdefault(c["figure"], []).append(c["interval"]["ratio"])
                 k["slower"][c["figure"]] = k["slower"].get(c["figure"], 0) + (c["verdict"] == "slower")
@@ -436,7 +443,7 @@ def calibration_markdown(summary: Mapping[str, Any], wall_s: float, rejudged: st
         "## Performance gate calibration",
         "",
         f"{summary['trials']} trials, each a gate run measuring the baseline, an A/A copy and two injected slowdowns "
-        f"interleaved; threshold {summary['threshold']:.0%}, {summary.get('level', LEVEL):.1%} intervals; "
+        f"interleaved; threshold {summary['threshold']:.0%}, {summary['level']:.1%} intervals; "
         f"{wall_s:.0f} s of measuring in all.{source}",
         "",
         "| candidate | gate failed | rate | intervals holding the true ratio |",
@@ -675,7 +682,7 @@ def _main(args: argparse.Namespace) -> int:
     for t in range(args.trials):
         run = measure(sides, figures, args.rounds, args.restart_every, args.quick)
         trials.append(judge_trial(t, run, args.threshold, args.level))
-        failed = [label for label, cs in trials[-1]["comparisons"].items() if any(c["verdict"] == "slower" for c in cs)]
+        failed = [label for label, rows in trials[-1]["comparisons"].items() if fails(rows)]
         _log(f"trial {t + 1}/{args.trials}: {run.wall_s:.0f} s; gate fails for: {', '.join(failed) or 'none'}")
         summary = calibration_summary(trials, args.threshold, args.level)
         wall = time.perf_counter() - started
