@@ -211,6 +211,44 @@ def test_a_stored_calibration_is_judged_again_from_its_samples(tmp_path: Path) -
                 assert w["interval"]["low"] <= n["interval"]["low"] and w["interval"]["high"] >= n["interval"]["high"]
 
 
+def _pair_runs(seed: int) -> list[perf.Run]:
+    """The four-sided synthetic run split as the pairs design measures: baseline and one candidate a run."""
+    whole = _calibration_run(seed)
+    runs = []
+    for side in whole.sides[1:]:
+        keep = {"baseline", side.label}
+        run = perf.Run([whole.sides[0], side], whole.figures, 8, 2, {label: [] for label in keep})
+        run.samples = [x for x in whole.samples if x.side in keep]
+        run.wall_s = 5.0
+        runs.append(run)
+    return runs
+
+
+def test_a_pairs_calibration_keeps_each_runs_samples_and_is_judged_again_from_them(tmp_path: Path) -> None:
+    trials = [perf.judge_trial(t, _pair_runs(t), 0.03, 0.95) for t in range(3)]
+    assert list(trials[0]["samples_by_kind"]) == ["A/A copy", "+10% work", "+25% work"]
+    assert trials[0]["wall_s"] == 15.0 and "samples" not in trials[0]
+    summary = perf.calibration_summary(trials, 0.03, 0.95, "pairs")
+    stored = tmp_path / "calibration.json"
+    stored.write_text(json.dumps({**summary, "runs": trials}))
+    assert perf.main(["calibrate", "--rejudge", str(stored), "--level", "0.95", "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "calibration.json").read_text())
+    assert [t["comparisons"] for t in again["runs"]] == [t["comparisons"] for t in trials]
+    assert again["design"] == "pairs" and again["kinds"]["+25% work"]["failed"] == 3
+    md = (tmp_path / "again" / "calibration.md").read_text()
+    assert "one gate run per candidate" in md
+    # The same timings judged as one shared run give the same verdicts: the pairs share no samples.
+    shared = perf.judge_trial(0, _calibration_run(0), 0.03, 0.95)
+    assert shared["comparisons"] == trials[0]["comparisons"] and "samples" in shared
+
+
+def test_calibration_kinds_are_named_briefly_and_an_unknown_one_is_refused() -> None:
+    assert perf.calibration_kinds("10, aa,10") == ["+10% work", "A/A copy"]
+    for bad in ("", "aa,50"):
+        with pytest.raises(SystemExit, match=r"--kinds .*expected a comma-separated subset of aa, 10, 25"):
+            perf.calibration_kinds(bad)
+
+
 def test_rejudging_refuses_to_overwrite_its_source_or_read_a_file_without_runs(tmp_path: Path) -> None:
     stored = tmp_path / "calibration.json"
     stored.write_text(json.dumps({"runs": [perf.judge_trial(0, _calibration_run(0), 0.03, 0.95)]}))
@@ -317,6 +355,23 @@ def test_a_quick_gate_run_catches_a_much_slower_candidate_and_writes_its_reports
     samples = report["run"]["samples"]  # type: ignore[index]
     assert len(samples) == 3 * 6 * 2  # rounds x figures x sides
     assert "## Performance gate: FAIL" in proc.stdout
+
+
+def test_a_quick_pairs_calibration_runs_one_gate_per_candidate(tmp_path: Path) -> None:
+    out = tmp_path / "cal"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ensemble_conformance.tooling.perf", "calibrate", "--quick", "--trials", "1",
+         "--kinds", "aa,25", "--rounds", "2", "--restart-every", "0", "--python", sys.executable, "--out", str(out)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "calibration.json").read_text())
+    assert report["design"] == "pairs" and list(report["kinds"]) == ["A/A copy", "+25% work"]
+    (trial,) = report["runs"]
+    for kind, samples in trial["samples_by_kind"].items():
+        assert {x["side"] for x in samples} == {"baseline", kind}
+        assert len(samples) == 2 * 6 * 2  # rounds x figures x the two sides of its own run
+    assert "one gate run per candidate" in (out / "calibration.md").read_text()
 
 
 def test_a_worker_that_cannot_start_is_reported_with_its_error(

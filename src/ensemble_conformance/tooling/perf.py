@@ -409,6 +409,8 @@ def append_step_summary(markdown: str, environ: Mapping[str, str] = os.environ) 
 # Calibration -------------------------------------------------------------------------
 
 CALIBRATION_SIDES = (("baseline", 0.0), ("A/A copy", 0.0), ("+10% work", 0.10), ("+25% work", 0.25))
+CALIBRATION_KINDS = {"aa": "A/A copy", "10": "+10% work", "25": "+25% work"}  # --kinds names
+DESIGNS = ("pairs", "shared")
 
 
 def fails(rows: Sequence[Mapping[str, Any]]) -> bool:
@@ -417,7 +419,7 @@ def fails(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def calibration_summary(
-    trials: Sequence[Mapping[str, Any]], threshold: float, level: float = GATE_LEVEL
+    trials: Sequence[Mapping[str, Any]], threshold: float, level: float = GATE_LEVEL, design: str = "pairs"
 ) -> dict[str, Any]:
     """How often the gate failed, per candidate kind, over the trials."""
     kinds: dict[str, dict[str, Any]] = {}
@@ -434,16 +436,21 @@ def calibration_summary(
                 k["n"] += 1
     for k in kinds.values():
         k["rate"] = k["failed"] / k["trials"]
-    return {"threshold": threshold, "level": level, "kinds": kinds, "trials": len(trials)}
+    return {"threshold": threshold, "level": level, "design": design, "kinds": kinds, "trials": len(trials)}
 
 
 def calibration_markdown(summary: Mapping[str, Any], wall_s: float, rejudged: str = "") -> str:
     source = f" Re-judged from the timings in {rejudged}: the same samples, not new trials." if rejudged else ""
+    how = (
+        "one gate run measuring the baseline and every candidate interleaved"
+        if summary.get("design") == "shared"
+        else "one gate run per candidate (the baseline against it alone, as the gate runs)"
+    )
     lines = [
         "## Performance gate calibration",
         "",
-        f"{summary['trials']} trials, each a gate run measuring the baseline, an A/A copy and two injected slowdowns "
-        f"interleaved; threshold {summary['threshold']:.0%}, {summary['level']:.1%} intervals; "
+        f"{summary['trials']} trials, each {how}; threshold {summary['threshold']:.0%}, "
+        f"{summary['level']:.1%} intervals; "
         f"{wall_s:.0f} s of measuring in all.{source}",
         "",
         "| candidate | gate failed | rate | intervals holding the true ratio |",
@@ -603,7 +610,13 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--inject", type=float, default=0.0, help=argparse.SUPPRESS)  # calibration and tests only
     c = sub.add_parser("calibrate", parents=[common], help="A/A and injected slowdowns on one environment")
     c.add_argument("--python", type=_interpreter, default=sys.executable, help="the environment's python")
-    c.add_argument("--trials", type=positive_int, default=20, help="gate runs (default 20)")
+    c.add_argument("--trials", type=positive_int, default=20, help="trials (default 20)")
+    c.add_argument(
+        "--kinds", default=",".join(CALIBRATION_KINDS), help="candidates: a subset of aa,10,25 (default: all)"
+    )
+    c.add_argument(
+        "--design", choices=DESIGNS, default="pairs", help="pairs: a gate run per candidate (default); shared: one run"
+    )
     c.add_argument(
         "--rejudge",
         type=Path,
@@ -676,15 +689,16 @@ def _main(args: argparse.Namespace) -> int:
     if args.rejudge is not None:
         return _rejudge(args)
     figures = figure_names(args.figures, args.quick, args.python)
+    kinds = calibration_kinds(args.kinds)
     trials = []
     started = time.perf_counter()
-    sides = [Side(label, args.python, inject=inject) for label, inject in CALIBRATION_SIDES]
     for t in range(args.trials):
-        run = measure(sides, figures, args.rounds, args.restart_every, args.quick)
-        trials.append(judge_trial(t, run, args.threshold, args.level))
+        runs = calibration_runs(args.python, kinds, args.design, figures, args.rounds, args.restart_every, args.quick)
+        trials.append(judge_trial(t, runs, args.threshold, args.level))
         failed = [label for label, rows in trials[-1]["comparisons"].items() if fails(rows)]
-        _log(f"trial {t + 1}/{args.trials}: {run.wall_s:.0f} s; gate fails for: {', '.join(failed) or 'none'}")
-        summary = calibration_summary(trials, args.threshold, args.level)
+        wall_t = trials[-1]["wall_s"]
+        _log(f"trial {t + 1}/{args.trials}: {wall_t:.0f} s; gate fails for: {', '.join(failed) or 'none'}")
+        summary = calibration_summary(trials, args.threshold, args.level, args.design)
         wall = time.perf_counter() - started
         write_text(out / "calibration.json", json.dumps({**summary, "wall_s": wall, "runs": trials}, indent=2) + "\n")
         write_text(out / "calibration.md", calibration_markdown(summary, wall))
@@ -692,15 +706,65 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def judge_trial(index: int, run: Run, threshold: float, level: float) -> dict[str, Any]:
+def calibration_kinds(text: str) -> list[str]:
+    """``aa,10,25`` -> the calibration's candidate labels, in that order."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CALIBRATION_KINDS]
+    if not names or unknown:
+        known = ", ".join(CALIBRATION_KINDS)
+        raise SystemExit(f"error: --kinds {text!r}: expected a comma-separated subset of {known}")
+    return [CALIBRATION_KINDS[n] for n in dict.fromkeys(names)]
+
+
+def calibration_runs(
+    python: str,
+    kinds: Sequence[str],
+    design: str,
+    figures: Sequence[str],
+    rounds: int,
+    restart_every: int,
+    quick: bool,
+) -> list[Run]:
+    """One calibration trial's measuring. ``pairs`` (the default): one gate run per kind,
+    the baseline against that candidate alone, two workers alive, exactly as the gate runs.
+    ``shared``: one run with the baseline and every candidate interleaved (four workers alive;
+    the calibrations before v5): cheaper, but the samples of a pair lie further apart and
+    four processes share the caches, so it measured a noisier gate than the one users run."""
+    base = Side("baseline", python)
+    candidates = [Side(label, python, inject=dict(CALIBRATION_SIDES)[label]) for label in kinds]
+    if design == "shared":
+        return [measure([base, *candidates], figures, rounds, restart_every, quick)]
+    return [measure([base, c], figures, rounds, restart_every, quick) for c in candidates]
+
+
+def judge_trial(index: int, runs: Run | Sequence[Run], threshold: float, level: float) -> dict[str, Any]:
     """One calibration trial: every candidate kind judged against the baseline as the gate
-    judges a candidate, with the trial's samples (so other settings can judge them again)."""
+    judges a candidate, with the trial's samples (so other settings can judge them again):
+    ``samples`` for a shared run, ``samples_by_kind`` for pairs."""
+    runs = [runs] if isinstance(runs, Run) else list(runs)
     by_kind = {
         s.label: [asdict(c) for c in compare(run, "baseline", s.label, threshold, overall=True, level=level)]
+        for run in runs
         for s in run.sides[1:]
     }
-    samples = [asdict(x) for x in run.samples]
-    return {"trial": index, "wall_s": run.wall_s, "comparisons": by_kind, "samples": samples}
+    trial: dict[str, Any] = {"trial": index, "wall_s": sum(r.wall_s for r in runs), "comparisons": by_kind}
+    if len(runs) == 1 and len(runs[0].sides) != 2:
+        trial["samples"] = [asdict(x) for x in runs[0].samples]
+    else:
+        trial["samples_by_kind"] = {r.sides[1].label: [asdict(x) for x in r.samples] for r in runs}
+        trial["wall_s_by_kind"] = {r.sides[1].label: r.wall_s for r in runs}
+    return trial
+
+
+def stored_runs(trial: Mapping[str, Any], source: Path) -> list[Run]:
+    """A calibration trial's Runs rebuilt from its stored samples (one, or one per kind)."""
+    if "samples_by_kind" in trial:
+        walls = trial.get("wall_s_by_kind", {})
+        return [
+            stored_run({"trial": trial.get("trial"), "samples": samples, "wall_s": walls.get(kind, 0.0)}, source)
+            for kind, samples in trial["samples_by_kind"].items()
+        ]
+    return [stored_run(trial, source)]
 
 
 def stored_run(trial: Mapping[str, Any], source: Path) -> Run:
@@ -731,8 +795,9 @@ def _rejudge(args: argparse.Namespace) -> int:
         runs = stored["runs"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"error: --rejudge {source}: not a calibration.json with its runs ({err})") from None
-    trials = [judge_trial(t["trial"], stored_run(t, source), args.threshold, args.level) for t in runs]
-    summary = calibration_summary(trials, args.threshold, args.level)
+    trials = [judge_trial(t["trial"], stored_runs(t, source), args.threshold, args.level) for t in runs]
+    design = str(stored.get("design", "shared"))
+    summary = calibration_summary(trials, args.threshold, args.level, design)
     wall = sum(t["wall_s"] for t in trials)
     write_text(
         target, json.dumps({**summary, "wall_s": wall, "rejudged": str(source), "runs": trials}, indent=2) + "\n"

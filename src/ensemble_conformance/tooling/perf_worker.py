@@ -2,7 +2,9 @@
 
     python -m ensemble_conformance.tooling.perf_worker [--inject F] [--figures A,B] [--quick]
 
-It builds and warms up every figure (two calls each, untimed), prints a JSON ``ready``
+It builds and warms up every figure (two calls each, then WARMUP whole samples, all
+untimed: in a fresh process the first sample of a figure ran slow and scattered, 0.096 a
+round against 0.028 for the second in an A/A gate's composite), prints a JSON ``ready``
 line (versions, import and setup times), then answers each ``measure`` line on stdin with
 one sample of that figure: its ``calls`` calls timed together (about SAMPLE_S), the garbage
 collector off, as seconds per call. The gate (tooling/perf.py) keeps one worker per
@@ -34,6 +36,7 @@ from ensemble_conformance.tooling import workloads  # noqa: E402
 
 D_IN = FEATURES = 256
 SAMPLE_S = 0.25  # about how long one sample of a figure runs
+WARMUP = 1  # untimed samples of every figure before the ready line (a fresh process's first samples run slow)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def time_sample(call: Callable[[], Any], calls: int, extra: int) -> float:
         gc.enable()
 
 
-def serve(names: Sequence[str], inject: float, quick: bool, lines: Any, out: Any) -> None:
+def serve(names: Sequence[str], inject: float, quick: bool, lines: Any, out: Any, warmup: int = WARMUP) -> None:
     """Build and warm every figure, print a ``ready`` line, then answer each ``measure NAME``
     line (``measure NAME ROUND``) with one sample of that figure until ``quit`` or the end of input."""
     table = _figures(quick)
@@ -122,6 +125,9 @@ def serve(names: Sequence[str], inject: float, quick: bool, lines: Any, out: Any
         jax.block_until_ready(call())  # type: ignore[no-untyped-call]
         jax.block_until_ready(call())  # type: ignore[no-untyped-call]
         calls[name] = call
+    for _ in range(warmup):
+        for name in names:
+            time_sample(calls[name], table[name].calls, 0)
     import flax
 
     ready = {
@@ -154,14 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inject", type=float, default=0.0, help="extra work, a fraction of the calls (default 0)")
     parser.add_argument("--figures", help="comma-separated figure names (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for tests")
+    parser.add_argument(
+        "--warmup", type=int, default=WARMUP, help=f"untimed samples of each figure before ready (default {WARMUP})"
+    )
     args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error(f"--warmup {args.warmup}: expected an integer >= 0")
     if not 0.0 <= args.inject <= 10.0:
         parser.error(f"--inject {args.inject}: expected a fraction between 0 and 10")
     if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
         parser.error("the persistent compilation cache is on (JAX_COMPILATION_CACHE_DIR): compile times would be reads")
     default = QUICK_FIGURES if args.quick else FIGURES
     names = [n.strip() for n in args.figures.split(",")] if args.figures else list(default)
-    serve(names, args.inject, args.quick, sys.stdin, sys.stdout)
+    serve(names, args.inject, args.quick, sys.stdin, sys.stdout, args.warmup)
     return 0
 
 
