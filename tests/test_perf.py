@@ -201,6 +201,7 @@ def test_a_stored_calibration_is_judged_again_from_its_samples(tmp_path: Path) -
     again = json.loads((tmp_path / "same" / "calibration.json").read_text())
     assert [t["comparisons"] for t in again["runs"]] == [t["comparisons"] for t in trials]  # one verdict per timing
     assert again["kinds"]["+25% work"]["failed"] == 3 and again["kinds"]["A/A copy"]["failed"] == 0
+    assert again["design"] == "shared"  # read from how the trials kept their samples
     assert "Re-judged from the timings in" in (tmp_path / "same" / "calibration.md").read_text()
     wide = tmp_path / "wide"
     assert perf.main(["calibrate", "--rejudge", str(stored), "--level", "0.99", "--out", str(wide)]) == 0
@@ -228,7 +229,8 @@ def test_a_pairs_calibration_keeps_each_runs_samples_and_is_judged_again_from_th
     trials = [perf.judge_trial(t, _pair_runs(t), 0.03, 0.95) for t in range(3)]
     assert list(trials[0]["samples_by_kind"]) == ["A/A copy", "+10% work", "+25% work"]
     assert trials[0]["wall_s"] == 15.0 and "samples" not in trials[0]
-    summary = perf.calibration_summary(trials, 0.03, 0.95, "pairs")
+    summary = perf.calibration_summary(trials, 0.03, 0.95)
+    assert summary["design"] == "pairs"
     stored = tmp_path / "calibration.json"
     stored.write_text(json.dumps({**summary, "runs": trials}))
     assert perf.main(["calibrate", "--rejudge", str(stored), "--level", "0.95", "--out", str(tmp_path / "again")]) == 0

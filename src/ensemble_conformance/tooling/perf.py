@@ -419,9 +419,10 @@ def fails(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def calibration_summary(
-    trials: Sequence[Mapping[str, Any]], threshold: float, level: float = GATE_LEVEL, design: str = "pairs"
+    trials: Sequence[Mapping[str, Any]], threshold: float, level: float = GATE_LEVEL
 ) -> dict[str, Any]:
-    """How often the gate failed, per candidate kind, over the trials."""
+    """How often the gate failed, per candidate kind, over the trials (and their design,
+    read from how each trial kept its samples)."""
     kinds: dict[str, dict[str, Any]] = {}
     for trial in trials:
         for label, comparisons in trial["comparisons"].items():
@@ -436,6 +437,7 @@ def calibration_summary(
                 k["n"] += 1
     for k in kinds.values():
         k["rate"] = k["failed"] / k["trials"]
+    design = "shared" if any("samples" in t for t in trials) else "pairs"
     return {"threshold": threshold, "level": level, "design": design, "kinds": kinds, "trials": len(trials)}
 
 
@@ -698,7 +700,7 @@ def _main(args: argparse.Namespace) -> int:
         failed = [label for label, rows in trials[-1]["comparisons"].items() if fails(rows)]
         wall_t = trials[-1]["wall_s"]
         _log(f"trial {t + 1}/{args.trials}: {wall_t:.0f} s; gate fails for: {', '.join(failed) or 'none'}")
-        summary = calibration_summary(trials, args.threshold, args.level, args.design)
+        summary = calibration_summary(trials, args.threshold, args.level)
         wall = time.perf_counter() - started
         write_text(out / "calibration.json", json.dumps({**summary, "wall_s": wall, "runs": trials}, indent=2) + "\n")
         write_text(out / "calibration.md", calibration_markdown(summary, wall))
@@ -796,8 +798,7 @@ def _rejudge(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"error: --rejudge {source}: not a calibration.json with its runs ({err})") from None
     trials = [judge_trial(t["trial"], stored_runs(t, source), args.threshold, args.level) for t in runs]
-    design = str(stored.get("design", "shared"))
-    summary = calibration_summary(trials, args.threshold, args.level, design)
+    summary = calibration_summary(trials, args.threshold, args.level)
     wall = sum(t["wall_s"] for t in trials)
     write_text(
         target, json.dumps({**summary, "wall_s": wall, "rejudged": str(source), "runs": trials}, indent=2) + "\n"
