@@ -112,9 +112,10 @@ def versions_line(env: dict[str, Any]) -> str:
 
 
 def differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
-    """Human lines for each version or setting that differs, in a fixed order."""
+    """Human lines for each version or setting that differs, in a fixed order. A key the
+    golden never recorded (optax for a core case) is no difference."""
     lines = []
     for key in VERSION_KEYS + SETTING_KEYS:
-        if now.get(key) != then.get(key):
+        if key in then and now.get(key) != then.get(key):
             lines.append(f"{key}: now {now.get(key)!r}, golden {then.get(key)!r}")
     return lines

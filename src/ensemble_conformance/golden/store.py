@@ -65,6 +65,9 @@ Layout = Mapping[str, tuple[tuple[int, ...], str]]
 FAULT: Callable[[str], None] | None = None
 
 
+_HELD: set[Path] = set()  # directories whose lock this process holds
+
+
 def _step(name: str) -> None:
     if FAULT is not None:
         FAULT(name)
@@ -84,6 +87,29 @@ class GoldenIntegrityError(GoldenError):
 
 class GoldenLockError(GoldenError):
     """Another regeneration holds the directory's lock."""
+
+
+class GoldenFormatError(GoldenError):
+    """A file written by a newer ensemble-conformance: never overwritten, never read as ours."""
+
+
+class GoldenBusyError(GoldenError):
+    """The directory changed under a reader: a regeneration is running or committed meanwhile."""
+
+
+def _format_problem(found: Any, what: Path) -> GoldenError | None:
+    """None when ``found`` is this tool's format_version; else the error to raise: a newer
+    version asks for an upgrade (regenerating would destroy the newer file), anything else is
+    damage."""
+    if found == FORMAT_VERSION and not isinstance(found, bool):
+        return None
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+        return GoldenFormatError(
+            f"{what} has format_version {found}; this ensemble-conformance reads format {FORMAT_VERSION}. It was "
+            "written by a newer ensemble-conformance: upgrade ensemble-conformance to read it "
+            "(pip install -U ensemble-conformance). Do not regenerate over it."
+        )
+    return GoldenIntegrityError(f"{what}: format_version {found!r} is not one ensemble-conformance writes")
 
 
 @dataclass(frozen=True)
@@ -247,12 +273,13 @@ def read_npz(path: Path, case: Any, layout: Layout | None = None) -> tuple[dict[
             raise TypeError("dtypes is not a mapping")
     except (KeyError, ValueError, TypeError) as err:
         raise GoldenIntegrityError(f"{path}: metadata member {META_KEY!r} missing or broken ({err})") from err
+    problem = _format_problem(meta.get("format_version"), path)
+    if problem is not None:
+        raise problem
     if meta.get("case_id") != case.id:
         raise GoldenIntegrityError(f"{path}: holds case {meta.get('case_id')!r}, expected {case.id!r}")
     if meta.get("case") != _spec(case):
-        raise GoldenIntegrityError(
-            f"{path}: made for case {meta.get('case')}, but the grid now defines {_spec(case)}; regenerate it"
-        )
+        raise GoldenIntegrityError(f"{path}: made for case {meta.get('case')}, but the grid now defines {_spec(case)}")
     if set(dtypes) != set(raw):
         raise GoldenIntegrityError(f"{path}: the metadata lists arrays {sorted(dtypes)}, the file holds {sorted(raw)}")
     arrays = {key: _decode(path, key, value, dtypes[key]) for key, value in raw.items()}
@@ -263,7 +290,7 @@ def read_npz(path: Path, case: Any, layout: Layout | None = None) -> tuple[dict[
         if count:
             raise GoldenIntegrityError(
                 f"{path}: array {key!r} holds {count} NaN or infinite value(s), the first at index {first}; "
-                "a golden must be finite. Restore the file from version control or regenerate it."
+                "a golden must be finite"
             )
     return arrays, meta
 
@@ -401,12 +428,13 @@ class GoldenStore:
             ) from err
         except OSError as err:
             raise GoldenError(f"cannot read {self.manifest_path}: {err.strerror or err}") from err
-        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-            found = data.get("format_version") if isinstance(data, dict) else None
+        problem = _format_problem(data.get("format_version") if isinstance(data, dict) else None, self.manifest_path)
+        if isinstance(problem, GoldenIntegrityError):
             raise GoldenIntegrityError(
-                f"{self.manifest_path}: format_version {found!r} is not {FORMAT_VERSION}; "
-                f"regenerate the goldens with `{self.regen_command(['--all'])}`"
+                f"{problem}. Restore the manifest from version control (git checkout -- {self.manifest_path})."
             )
+        if problem is not None:
+            raise problem
         return validate_manifest(data, self.manifest_path)
 
     def interrupted(self) -> bool:
@@ -424,6 +452,8 @@ class GoldenStore:
         """What stops every comparison in this directory, each with what to do; empty when usable."""
         if not self.directory.is_dir():
             what = "is not a directory" if self.directory.exists() else "does not exist"
+            if self.directory.is_symlink() and not self.directory.exists():
+                what = f"is a symbolic link to {os.readlink(self.directory)}, which does not exist"
             return [
                 f"golden directory {self.directory} {what}. Check --golden-dir; to create goldens there run "
                 f"`{self.regen_command(['--all'])}`."
@@ -461,22 +491,31 @@ class GoldenStore:
         return GoldenRecord.from_arrays(self.path_for(case.id), case, self.load_arrays(case)[0])
 
     def load_arrays(self, case: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The verified arrays and metadata of any case's golden (a core case or a scenario)."""
+        """The verified arrays and metadata of any case's golden (a core case or a scenario).
+
+        Readers take no lock (a regeneration holds it for minutes); a file that does not
+        fit the manifest read at the start of the run is first checked against a
+        regeneration running now (GoldenBusyError) or one committed since (the manifest on
+        disk lists the file as it is): neither is damage."""
         if self.interrupted():
-            raise self._interrupted_error()
+            raise self._busy(case.id) or self._interrupted_error()
         path = self.path_for(case.id)
         if not path.exists():
-            raise GoldenMissingError(
+            raise self._busy(case.id) or GoldenMissingError(
                 f"no golden file {path} for case {case.id}. Create it on the reference pins with:\n"
                 f"  {self.regen_command([case.id])}"
             )
         entry = self.manifest()["cases"].get(case.id)
+        actual = sha256_of(path)
+        if entry is None or actual != entry["sha256"]:
+            busy = self._busy(case.id, actual)
+            if busy is not None:
+                raise busy
         if entry is None:
             raise GoldenIntegrityError(
                 f"{path} is not listed in {self.manifest_path}, so it cannot be trusted. "
                 f"Regenerate it with `{self.regen_command([case.id])}`."
             )
-        actual = sha256_of(path)
         if actual != entry["sha256"]:
             raise GoldenIntegrityError(
                 f"{path} has sha256 {actual}, but {self.manifest_path} records {entry['sha256']}: "
@@ -485,7 +524,58 @@ class GoldenStore:
                 f"`{self.regen_command([case.id])}`."
             )
         layout = self.layout(case) if self.layout is not None else None
-        return read_npz(path, case, layout)
+        try:
+            return read_npz(path, case, layout)
+        except GoldenIntegrityError as err:
+            raise GoldenIntegrityError(
+                f"{err}. If the file was damaged, restore it and the manifest from version control "
+                f"(git checkout -- {path} {self.manifest_path}); if the case changed, regenerate it with "
+                f"`{self.regen_command([case.id])}`."
+            ) from err
+
+    def regenerating(self) -> str | None:
+        """Who holds the regeneration lock now (its holder line), or None. Takes no lock of
+        its own beyond a non-blocking probe, and creates nothing."""
+        lock = self.directory / LOCK
+        if self.directory.resolve() in _HELD:
+            return None  # this process is the regeneration: it reads its own directory
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return lock.read_text(errors="replace").strip() or "another process"
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def _busy(self, case_id: str, actual: str | None = None) -> GoldenBusyError | None:
+        """Why a golden that does not fit this run's manifest is no damage: a regeneration of
+        the directory is running now, or one committed after the manifest was read."""
+        holder = self.regenerating()
+        if holder is not None:
+            return GoldenBusyError(
+                f"{self.directory} is being regenerated right now ({holder}), so {self.path_for(case_id).name} "
+                "was read mid-change. Nothing is damaged: rerun the suite once the regeneration has finished."
+            )
+        if self._manifest is None or actual is None:
+            return None
+        try:
+            fresh = self._read_manifest()
+        except GoldenError:
+            return None
+        entry = fresh["cases"].get(case_id)
+        if fresh != self._manifest and entry is not None and entry["sha256"] == actual:
+            return GoldenBusyError(
+                f"{self.directory} was regenerated while this run read it ({self.manifest_path} changed after the "
+                f"run started; {self.path_for(case_id).name} is the regenerated file). Nothing is damaged: rerun "
+                "the suite to judge every case by the new goldens."
+            )
+        return None
 
     def stored_ids(self) -> list[str]:
         """Case ids of every .npz in the directory, sorted."""
@@ -505,34 +595,52 @@ class GoldenStore:
     def lock(self, timeout: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
         """Hold the directory's exclusive lock. Waits up to ``timeout`` seconds for another
         holder (telling ``on_wait`` who it is), then raises GoldenLockError naming it."""
+        dangling = self.directory.is_symlink() and not self.directory.exists()
+        if dangling:
+            raise GoldenError(
+                f"golden directory {self.directory} is a symbolic link to {os.readlink(self.directory)}, which does "
+                "not exist. Create the target directory or point the link (or --golden-dir) at an existing one."
+            )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileExistsError as err:
+            raise GoldenError(f"golden directory {self.directory} exists but is not a directory") from err
         except OSError as err:
             raise _io_error("lock", self.directory / LOCK, err) from err
         try:
+            # A reader's probe (regenerating()) holds a shared lock for microseconds and
+            # writes no holder line: a lock without one is waited for a moment longer.
             deadline = time.monotonic() + timeout
+            grace = time.monotonic() + 2.0
             told = False
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    holder = Path(self.directory / LOCK).read_text(errors="replace").strip() or "unknown holder"
-                    if time.monotonic() >= deadline:
+                    holder = Path(self.directory / LOCK).read_text(errors="replace").strip()
+                    if time.monotonic() >= deadline and (holder or time.monotonic() >= grace):
                         raise GoldenLockError(
-                            f"{self.directory} is being regenerated by another process ({holder}). "
-                            "Wait for it to finish, or stop it, then run the regeneration again."
+                            f"{self.directory} is being regenerated by another process ({holder or 'unknown holder'})"
+                            ". Wait for it to finish, or stop it, then run the regeneration again."
                         ) from None
-                    if on_wait is not None and not told:
+                    if on_wait is not None and holder and not told:
                         on_wait(f"waiting for the regeneration lock on {self.directory}, held by {holder}")
                         told = True
-                    time.sleep(0.1)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (_holder_text() + "\n").encode(), 0)
+                    time.sleep(0.01 if not holder else 0.1)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (_holder_text() + "\n").encode(), 0)
+            except OSError as err:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise _io_error("lock", self.directory / LOCK, err) from err
+            held = self.directory.resolve()
+            _HELD.add(held)
             try:
                 yield
             finally:
+                _HELD.discard(held)
                 os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -563,9 +671,14 @@ class GoldenStore:
         if self.interrupted():
             try:
                 journal = json.loads(self.journal_path.read_text())
+                newer = _format_problem(journal.get("format_version"), self.journal_path)
+                if isinstance(newer, GoldenFormatError):
+                    raise newer
                 files: dict[str, str | None] = journal["files"]
                 manifest = validate_manifest(journal["manifest"], self.journal_path)
-            except (OSError, ValueError, KeyError, TypeError, GoldenError) as err:
+            except GoldenFormatError:
+                raise
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, GoldenError) as err:
                 raise GoldenIntegrityError(
                     f"{self.journal_path} cannot be read ({err}); restore {self.directory} from version control"
                 ) from err

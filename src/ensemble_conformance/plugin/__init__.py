@@ -25,7 +25,9 @@ the ``ensemble_golden`` fixture checks any arrays in an ordinary test.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shlex
 import signal
 import sys
@@ -193,7 +195,7 @@ def golden_directory(config: pytest.Config) -> Path:
 
 def _regen_hint(config: pytest.Config, golden: Path) -> str:
     """The command that rewrites goldens in the chosen directory (per PRNG epoch)."""
-    from ensemble_conformance.tooling.regen import regen_session
+    from ensemble_conformance.tooling.regen import regen_hint
 
     if not reference_suite(config):
         extra = f" --golden-dir={shlex.quote(str(golden))}" if config.getoption("--golden-dir") else ""
@@ -201,8 +203,8 @@ def _regen_hint(config: pytest.Config, golden: Path) -> str:
     golden = golden.resolve()
     for epoch in EPOCHS.values():
         if golden == epoch.directory().resolve():
-            return f"nox -s {regen_session(epoch)} --"
-    return f"nox -s regen -- --golden-dir {shlex.quote(str(golden))}"
+            return regen_hint(epoch)
+    return regen_hint(EPOCHS["partitionable"], str(golden))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -230,17 +232,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
         from ensemble_conformance.scenarios.sharding import shardable
 
-        if devices < 2 or jax.device_count() != devices:
-            raise pytest.UsageError(
-                f"--sharded {devices}: jax sees {jax.device_count()} device(s); the sharded tests need exactly "
-                f"{devices} (at least 2). On CPU, start the run with "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} (it must be set before jax starts), "
-                "or use `nox -s sharded`."
-            )
-        if not shardable(devices):
+        if devices < 2 or not shardable(devices):  # first: the device-count advice must name a usable count
             raise pytest.UsageError(
                 f"--sharded {devices}: no case has a member count divisible by {devices}, so nothing would be "
                 "tested. Use a device count that divides 8 or 64 (2, 4 or 8)."
+            )
+        if jax.device_count() != devices:
+            raise pytest.UsageError(
+                f"--sharded {devices}: jax sees {jax.device_count()} device(s); the sharded tests need exactly "
+                f"{devices}. On CPU, start the run with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} (it must be set before jax starts), "
+                "or use `nox -s sharded`."
             )
     timeout = config.getoption("--case-timeout")
     if timeout < 0:
@@ -312,6 +314,11 @@ def _check_before_the_run(config: pytest.Config, store: GoldenStore) -> None:
         target = Path(path)
         if target.is_dir():
             raise pytest.UsageError(f"--report-json {path}: is a directory; give a file path")
+        blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise pytest.UsageError(
+                f"--report-json {path}: {blocking} is a file, not a directory; give a path under a directory"
+            )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_writer(target.parent / f".{target.name}.probe"):
@@ -319,6 +326,37 @@ def _check_before_the_run(config: pytest.Config, store: GoldenStore) -> None:
             (target.parent / f".{target.name}.probe").unlink()
         except OSError as err:
             raise pytest.UsageError(f"--report-json {path}: cannot write there ({err.strerror or err})") from err
+        config.stash[_REPORT_LOCK] = _claim_report(target)
+
+
+def _claim_report(target: Path) -> int:
+    """Hold an exclusive lock beside the --report-json file for the whole run, so that two
+    runs given one path never overwrite each other's report: the second stops, naming the first."""
+    lock = target.parent / f".{target.name}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise pytest.UsageError(f"--report-json {target}: cannot write there ({err.strerror or err})") from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = lock.read_text(errors="replace").strip() or "another run"
+        os.close(fd)
+        raise pytest.UsageError(
+            f"--report-json {target}: another run is writing this report ({holder}); two runs would overwrite "
+            "each other's. Give each run its own --report-json path."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv[:4])}\n".encode(), 0)
+    return fd
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    fd = config.stash.get(_REPORT_LOCK, None)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.close(fd)  # releases the lock; the empty lock file stays (removing it would race)
+        del config.stash[_REPORT_LOCK]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -433,10 +471,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not entries or item.get_closest_marker("golden") is None or callspec is None:
             continue
         entry = known_drift.match(entries, callspec.id)
-        if entry is not None:
-            item.add_marker(pytest.mark.xfail(reason=f"known drift: {entry.reason}", strict=True))
+        if entry is not None:  # value drift only: an unreadable or untrusted golden still fails
+            item.add_marker(pytest.mark.xfail(reason=f"known drift: {entry.reason}", strict=True, raises=project.Drift))
 
 
+_REPORT_LOCK = pytest.StashKey[int]()
 _IMPL = pytest.StashKey[Any]()  # the --impl function (scenarios.variants.CoreFunction)
 _ACTIVE = pytest.StashKey[bool]()
 _KNOWN = pytest.StashKey[list[known_drift.Entry]]()
@@ -649,7 +688,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"ensemble-conformance: cannot list unused goldens: {err}", red=True)
         return
     entries: list[known_drift.Entry] = config.stash.get(_KNOWN, [])
-    stale = known_drift.unused(entries, (c.id for c in CASES))
+    stale = known_drift.unused(entries, [*(c.id for c in CASES), *(c.id for c in SCENARIO_CASES)])
     for entry in stale:
         terminalreporter.write_line(
             f"--known-drift line {entry.line}: {entry.pattern!r} matches no case; remove it", yellow=True

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from ensemble_conformance.golden.compare import non_finite
-from ensemble_conformance.golden.store import GoldenError, GoldenMissingError, GoldenStore
+from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore
 from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics
 
 if TYPE_CHECKING:
@@ -141,17 +141,26 @@ def _fail(lines: list[str]) -> None:
     pytest.fail("\n".join(lines), pytrace=False)
 
 
-def _load(store: GoldenStore, case: ScenarioCase) -> tuple[Outcome | None, str]:
+class Drift(pytest.fail.Exception):  # type: ignore[misc,name-defined]
+    """A golden comparison that ran and found other values or another outcome than its golden:
+    the only failure a --known-drift entry expects. A golden that cannot be read, a run
+    that cannot start, are never drift."""
+
+
+def fail_drift(lines: list[str]) -> None:
+    """Fail as drift (one message, no traceback)."""
+    raise Drift("\n".join(lines), pytrace=False)
+
+
+def _load(store: GoldenStore, case: ScenarioCase) -> tuple[Outcome | None, GoldenError | ValueError | None]:
     """The case's golden outcome, or None and why it cannot be had."""
     from ensemble_conformance.scenarios.lifecycle import golden_outcome
 
     try:
         arrays, meta = store.load_arrays(case)
-        return golden_outcome(arrays, meta, str(store.path_for(case.id))), ""
-    except GoldenMissingError as err:
-        return None, str(err)
+        return golden_outcome(arrays, meta, str(store.path_for(case.id))), None
     except (GoldenError, ValueError) as err:
-        return None, str(err)
+        return None, err
 
 
 def judge_against_golden(
@@ -175,8 +184,10 @@ def judge_against_golden(
     record_property("outcome", now.describe())
     mode = regen_mode(config)
     if mode is not None:
+        if golden is None and isinstance(problem, GoldenFormatError):
+            _fail([f"ensemble-conformance: not regenerated: {problem}"])  # a newer tool's file stays
         if golden is None:
-            state = "new" if not store.path_for(case.id).exists() else f"replacing ({problem.splitlines()[0]})"
+            state = "new" if not store.path_for(case.id).exists() else f"replacing ({str(problem).splitlines()[0]})"
         else:
             verdict = judge(golden, now, numerics)
             if verdict.ok and mode != "all":
@@ -187,7 +198,7 @@ def judge_against_golden(
         _stage(config, ScenarioRecord(case, now), state)
         return
     if golden is None:
-        record_property("golden_problem", problem.splitlines()[0])
+        record_property("golden_problem", str(problem).splitlines()[0])
         _fail([f"ensemble-conformance: {problem}"])
         return
     verdict = judge(golden, now, numerics)
@@ -217,7 +228,7 @@ def judge_against_golden(
     if fix:
         lines.append(f"  remedy: {fix}")
     lines += ["  If this change is intended, regenerate the golden:", f"    {store.regen_command([case.id])}"]
-    _fail(lines)
+    fail_drift(lines)
 
 
 def run_once(program: Program, case: ScenarioCase, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:

@@ -58,7 +58,15 @@ from ensemble_conformance.scenarios import derivation
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.core import forward_broadcast_input
 from ensemble_conformance.scenarios.runner import compute
-from ensemble_conformance.scenarios.variants import VARIANTS, Arrays, CoreFunction, Variant, host, magnitude
+from ensemble_conformance.scenarios.variants import (
+    VARIANTS,
+    Arrays,
+    CoreFunction,
+    Variant,
+    call_core,
+    host,
+    magnitude,
+)
 
 
 @dataclass(frozen=True)
@@ -283,10 +291,6 @@ def _same_arrays(a: Arrays, b: Arrays) -> bool:
     return a.keys() == b.keys() and all(np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in a)
 
 
-def _call(impl: CoreFunction, seed: float, x: np.ndarray, case: Case) -> np.ndarray:
-    return host(impl(seed, jnp.asarray(x), float(case.num_models), float(case.features)))
-
-
 def _guarded(name: str, check: Callable[[], OracleResult]) -> OracleResult:
     try:
         return check()
@@ -299,7 +303,7 @@ def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, numerics: Numer
     variant = VARIANTS[case.variant]
     x = inputs["x"]
     try:
-        output = _call(impl, case.seed, x, case)
+        output = call_core(impl, case.seed, x, case)
     except Exception as err:
         return [OracleResult("runs", False, f"raised {type(err).__name__}: {err}")]
     derived = variant.derive(case)
@@ -315,14 +319,14 @@ def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, numerics: Numer
 
     def jit_check() -> OracleResult:
         jitted = jax.jit(impl, static_argnums=(0, 2, 3))
-        return within_bound("eager_vs_jit", output, _call(jitted, case.seed, x, case), 2 * bound)
+        return within_bound("eager_vs_jit", output, call_core(jitted, case.seed, x, case), 2 * bound)
 
     results.append(_guarded("eager_vs_jit", jit_check))
 
     def seed_check() -> OracleResult:
         # int() truncates toward zero: 2.5 and 2.0 are one seed, so are 0.0 and 0.5.
         other = float(int(case.seed)) if case.seed != int(case.seed) else case.seed + math.copysign(0.5, case.seed)
-        same = np.array_equal(_call(impl, other, x, case).view(np.uint8), output.view(np.uint8))
+        same = np.array_equal(call_core(impl, other, x, case).view(np.uint8), output.view(np.uint8))
         return OracleResult("seed_cast", same, "" if same else f"seed {other!r} gave other values than {case.seed!r}")
 
     results.append(_guarded("seed_cast", seed_check))

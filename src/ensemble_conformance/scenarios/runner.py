@@ -17,7 +17,14 @@ from ensemble_conformance.backends import emulation
 from ensemble_conformance.golden.tolerances import CPU, Numerics
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.core import vmap_over_ensemble
-from ensemble_conformance.scenarios.variants import VARIANTS, Arrays, Computed, CoreFunction, run_ensemble_with
+from ensemble_conformance.scenarios.variants import (
+    VARIANTS,
+    Arrays,
+    Computed,
+    CoreFunction,
+    ImplResultError,
+    run_ensemble_with,
+)
 
 
 def make_inputs(case: Case) -> Arrays:
@@ -123,3 +130,20 @@ def _import_error(err: BaseException, origin: Path | None = None) -> str:
     trace.stack = traceback.StackSummary.from_list(shown)
     lines = "".join(trace.format(chain=False)).rstrip().splitlines()
     return "\n".join("  " + line for line in lines)
+
+
+def impl_failure(err: BaseException) -> str:
+    """One line for an implementation under test that raised or returned no array: the
+    exception and the innermost frame of the implementation's own code."""
+    frames = traceback.extract_tb(err.__traceback__)
+    libraries = [Path(m.__file__).parent for m in (np, nnx, sys.modules["jax"]) if m.__file__]
+    own = Path(__file__).parent.parent
+    theirs = [
+        f
+        for f in frames
+        if not any(Path(f.filename).is_relative_to(d) for d in (*libraries, own)) and not f.filename.startswith("<")
+    ]
+    where = f" at {theirs[-1].filename}:{theirs[-1].lineno} in {theirs[-1].name}" if theirs else ""
+    if isinstance(err, ImplResultError):
+        return f"the implementation under test (--impl) {err}"
+    return f"the implementation under test (--impl) raised {type(err).__name__}: {err}{where}"

@@ -340,6 +340,22 @@ def magnitude(case: Case, inputs: Arrays, params: Arrays) -> np.ndarray:
     return variant.reference(inputs, params, True).reshape(variant.output_shape(case))
 
 
+class ImplResultError(TypeError):
+    """An implementation returned something other than an array."""
+
+
 def run_ensemble_with(impl: CoreFunction, case: Case, inputs: Arrays) -> np.ndarray:
     """The core function's output for a case, from any implementation of its signature."""
-    return host(impl(case.seed, jnp.asarray(inputs["x"]), float(case.num_models), float(case.features)))
+    return call_core(impl, case.seed, inputs["x"], case)
+
+
+def call_core(impl: CoreFunction, seed: float, x: np.ndarray, case: Case) -> np.ndarray:
+    """``impl(seed, x, N, F)`` on the host. Anything but an array (a jax or numpy array) is
+    an ImplResultError naming what came back."""
+    result = impl(seed, jnp.asarray(x), float(case.num_models), float(case.features))
+    if not (isinstance(result, (jax.Array, np.ndarray)) or (hasattr(result, "__array__") and hasattr(result, "shape"))):
+        raise ImplResultError(
+            f"returned a {type(result).__name__}, not an array: vmap_over_ensemble(seed, x, num_models, features) "
+            "must return one jax or numpy array of shape (num_models, ..., features)"
+        )
+    return host(result)

@@ -12,10 +12,11 @@ import pytest
 
 from ensemble_conformance.golden.store import GoldenError, GoldenStore
 from ensemble_conformance.golden.tolerances import Numerics
+from ensemble_conformance.plugin.project import fail_drift
 from ensemble_conformance.scenarios.cases import CASES, Case
 from ensemble_conformance.scenarios.check import check_case, failure_message
 from ensemble_conformance.scenarios.explain import explain
-from ensemble_conformance.scenarios.runner import compute
+from ensemble_conformance.scenarios.runner import compute, impl_failure
 from ensemble_conformance.scenarios.variants import CoreFunction
 
 
@@ -37,7 +38,14 @@ def test_matches_golden(
     if problem is not None:
         record_property("golden_problem", problem.splitlines()[0])
         pytest.fail(problem, pytrace=False)
-    computed = compute(case, golden.inputs, impl, numerics)
+    try:
+        computed = compute(case, golden.inputs, impl, numerics)
+    except Exception as err:
+        if impl is None:
+            raise  # the package's own implementation: its traceback is the report
+        problem = f"ensemble-conformance: case {case.id}: {impl_failure(err)}"
+    if problem is not None:  # outside the except: one line, no chained traceback
+        pytest.fail(problem, pytrace=False)
     outcome = check_case(case, golden, computed, numerics)
     # Figures for --report-json, also when the case passes.
     measured = [r for r in outcome.reports if r.problem is None]
@@ -55,14 +63,15 @@ def test_matches_golden(
     record_property("drift_cause", why.cause.value)
     if why.restore:
         record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
-    pytest.fail(
-        failure_message(
-            outcome,
-            golden_path=str(golden_store.path_for(case.id)),
-            env_now=env,
-            env_golden=env_golden,
-            regen_command=None if impl is not None else golden_store.regen_command([case.id]),
-            explanation=why.describe(),
-        ),
-        pytrace=False,
+    fail_drift(
+        [
+            failure_message(
+                outcome,
+                golden_path=str(golden_store.path_for(case.id)),
+                env_now=env,
+                env_golden=env_golden,
+                regen_command=None if impl is not None else golden_store.regen_command([case.id]),
+                explanation=why.describe(),
+            )
+        ]
     )

@@ -24,7 +24,7 @@ import pytest
 from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.golden.store import GoldenError, GoldenStore
 from ensemble_conformance.golden.tolerances import Numerics
-from ensemble_conformance.plugin.project import run_once
+from ensemble_conformance.plugin.project import fail_drift, run_once
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import (
     PROGRAMS,
@@ -67,6 +67,7 @@ def test_scenario_matches_golden(
         arrays, meta = golden_store.load_arrays(case)
         golden = golden_outcome(arrays, meta, str(path))
     except (GoldenError, ValueError) as err:
+        record_property("golden_problem", str(err).splitlines()[0])
         pytest.fail(f"ensemble-conformance: {err}", pytrace=False)
     now, emitted = run_case(case, bool(pytestconfig.getoption("--future-warnings")))
     record_property("outcome", now.describe())
@@ -85,11 +86,12 @@ def test_scenario_matches_golden(
         record_property("era", era.describe())
         if era.holds(now, cls):
             return
-        pytest.fail(
-            f"ensemble-conformance: scenario {case.id} on flax {env.get('flax')}: expected {era.describe()} "
-            f"({era.reason}) against the goldens of flax {made_on}; now: {cls}: {now.describe()}\n"
-            + "\n".join("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
-            pytrace=False,
+        fail_drift(
+            [
+                f"ensemble-conformance: scenario {case.id} on flax {env.get('flax')}: expected {era.describe()} "
+                f"({era.reason}) against the goldens of flax {made_on}; now: {cls}: {now.describe()}",
+                *("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
+            ]
         )
     if verdict.ok:
         return
@@ -102,7 +104,7 @@ def test_scenario_matches_golden(
         "  If this change is intended, regenerate on the reference pins:",
         f"    {golden_store.regen_command([case.id])}",
     ]
-    pytest.fail("\n".join(lines), pytrace=False)
+    fail_drift(lines)
 
 
 @pytest.mark.oracle

@@ -18,13 +18,21 @@ the old goldens or the new ones, never a mix the suite would trust.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from ensemble_conformance.golden import environment
 from ensemble_conformance.golden.pins import EPOCHS, Epoch
-from ensemble_conformance.golden.store import GoldenError, GoldenMissingError, GoldenRecord, GoldenStore, Transaction
+from ensemble_conformance.golden.store import (
+    GoldenError,
+    GoldenFormatError,
+    GoldenMissingError,
+    GoldenRecord,
+    GoldenStore,
+    Transaction,
+)
 from ensemble_conformance.golden.tolerances import Numerics, precision_name
 from ensemble_conformance.scenarios.cases import CASES, Case, select
 from ensemble_conformance.scenarios.check import check_case
@@ -48,6 +56,12 @@ def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionab
 
 def regen_session(epoch: Epoch) -> str:
     return "regen" if epoch.name == "partitionable" else f"regen_{epoch.name}"
+
+
+def regen_hint(epoch: Epoch, golden_dir: str | None = None) -> str:
+    """The command that reruns this regeneration: its session, and its --golden-dir when given."""
+    where = f" --golden-dir {shlex.quote(str(golden_dir))}" if golden_dir else ""
+    return f"nox -s {regen_session(epoch)} --{where}"
 
 
 def _summary(outcome_reports: Sequence[Any]) -> str:
@@ -118,7 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("--force given: writing goldens from this environment.", file=sys.stderr)
 
-    store = GoldenStore(args.golden_dir or epoch.golden_dir, reference=epoch.reference, layout=layout)
+    store = GoldenStore(
+        args.golden_dir or epoch.golden_dir,
+        regen_hint=regen_hint(epoch, args.golden_dir),
+        reference=epoch.reference,
+        layout=layout,
+    )
     try:
         if args.dry_run:
             _regenerate(args, store, cases, env, Transaction(store))
@@ -154,6 +173,8 @@ def _regenerate(
             golden = store.load(case)
         except GoldenMissingError:
             pass
+        except GoldenFormatError:
+            raise  # a newer tool's file: never overwritten
         except GoldenError as err:
             state = f"replacing damaged file ({str(err).splitlines()[0]})"
         inputs = golden.inputs if golden is not None else make_inputs(case)
@@ -219,6 +240,8 @@ def _regenerate_scenarios(
             golden = golden_outcome(arrays, meta, str(store.path_for(case.id)))
         except GoldenMissingError:
             pass
+        except GoldenFormatError:
+            raise  # a newer tool's file: never overwritten
         except (GoldenError, ValueError) as err:
             state = f"replacing damaged file ({str(err).splitlines()[0]})"
         if golden is not None:
