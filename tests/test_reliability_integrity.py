@@ -9,6 +9,7 @@ import fcntl
 import io
 import json
 import os
+import platform
 import subprocess
 import sys
 import zipfile
@@ -385,3 +386,49 @@ def test_sharded_on_a_count_no_case_divides_never_advises_that_count(suite: Suit
 
 def test_store_errors_are_golden_errors() -> None:
     assert issubclass(GoldenBusyError, GoldenError) and issubclass(GoldenFormatError, GoldenError)
+
+
+# Goldens reproduce bit for bit, or say why not ------------------------------------------------------
+
+
+def test_regen_check_lists_goldens_this_machine_does_not_reproduce_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    golden = _copy(tmp_path, CASE.id, OTHER.id)
+    assert regen.main(["--golden-dir", str(golden), "--check", CASE.id, OTHER.id]) == 0
+    assert "2 of 2 golden(s) reproduce bit for bit on this machine" in capsys.readouterr().out
+    good = GoldenStore(GOLDEN).load(CASE)
+    nudged = np.nextafter(good.output, np.float32(np.inf))  # one ULP: within tolerance, other bytes
+    _rewrite(golden, GoldenRecord(CASE, good.inputs, nudged, good.params))
+    before = {p.name: p.read_bytes() for p in golden.iterdir()}
+    assert regen.main(["--golden-dir", str(golden), "--check", CASE.id, OTHER.id]) == 1
+    out = capsys.readouterr().out
+    assert f"{CASE.id}: does not reproduce bit for bit here (output 0/10 out of tolerance" in out
+    assert OTHER.id + ":" not in out and "1 of 2 golden(s) reproduce" in out
+    assert before == {p.name: p.read_bytes() for p in golden.iterdir()}
+
+
+def test_a_rewrite_to_the_same_bytes_in_another_environment_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    golden = _copy(tmp_path, CASE.id)
+    manifest = json.loads((golden / "manifest.json").read_text())
+    env_id = manifest["cases"][CASE.id]["environment"]
+    manifest["environments"][env_id] = {**manifest["environments"][env_id], "ml_dtypes": "0.0.1"}
+    (golden / "manifest.json").write_text(json.dumps(manifest))
+    assert regen.main(["--golden-dir", str(golden), "--force", CASE.id]) == 0
+    out = capsys.readouterr().out
+    assert f"{CASE.id}: bit-identical; its manifest entry is updated (recorded in another environment)" in out
+    assert (golden / f"{CASE.id}.npz").read_bytes() == (GOLDEN / f"{CASE.id}.npz").read_bytes()
+
+
+def test_the_cpu_instruction_set_is_recorded_and_shown_when_it_differs() -> None:
+    assert environment.cpu_isa() in {"avx512", "avx2", "avx", "sse", "unknown", platform.machine()}
+    manifest = json.loads((GOLDEN / "manifest.json").read_text())
+    recorded = [e for e in manifest["environments"].values() if "cpu_isa" in e]
+    assert recorded, "a regeneration records the CPU's instruction set"
+    then = recorded[0]
+    other = "sse" if then["cpu_isa"] != "sse" else "avx2"
+    assert environment.differences({**then, "cpu_isa": other}, then) == [
+        f"cpu_isa: now {other!r}, golden {then['cpu_isa']!r}"
+    ]

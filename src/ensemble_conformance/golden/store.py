@@ -367,6 +367,11 @@ class Transaction:
         current = self.store.manifest()["cases"].get(record.case.id)
         return not (current == entry and path.exists() and sha256_of(path) == digest)
 
+    def same_bytes(self, case_id: str) -> bool:
+        """Whether the staged golden of ``case_id`` is the file already there, byte for byte."""
+        path = self.store.path_for(case_id)
+        return case_id in self.staged and path.exists() and sha256_of(path) == self.staged[case_id][1]["sha256"]
+
     def remove(self, case_id: str) -> None:
         self.staged.pop(case_id, None)
         self.removed.add(case_id)

@@ -18,6 +18,7 @@ the old goldens or the new ones, never a mix the suite would trust.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from ensemble_conformance.golden.store import (
     GoldenRecord,
     GoldenStore,
     Transaction,
+    encode_npz,
+    sha256_of,
 )
 from ensemble_conformance.golden.tolerances import Numerics, precision_name
 from ensemble_conformance.scenarios.cases import CASES, Case, select
@@ -94,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="run even off the reference pins")
     parser.add_argument("--prune", action="store_true", help="delete golden files that no case uses")
     parser.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compute every selected case and list the goldens this machine does not reproduce bit for bit "
+        "(writes nothing; exit 1 if any)",
+    )
     parser.add_argument("--list", action="store_true", help="print every case id and exit")
     parser.add_argument(
         "--lock-timeout",
@@ -112,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.all and args.ids:
         parser.error("give case ids or --all, not both")
+    if args.check and (args.dry_run or args.prune):
+        parser.error("--check writes nothing: it does not combine with --dry-run or --prune")
     try:
         cases = select([i for i in args.ids if i not in scenario_ids]) if args.ids else list(CASES)
     except ValueError as err:
@@ -139,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         layout=layout,
     )
     try:
+        if args.check:
+            differ = _regenerate(args, store, cases, env, Transaction(store))
+            differ += _regenerate_scenarios(args, store, scenarios, env, Transaction(store))
+            total = len(cases) + len(scenarios)
+            print(f"{total - differ} of {total} golden(s) reproduce bit for bit on this machine ({env['cpu_isa']})")
+            return 1 if differ else 0
         if args.dry_run:
             _regenerate(args, store, cases, env, Transaction(store))
             _regenerate_scenarios(args, store, scenarios, env, Transaction(store))
@@ -161,9 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _regenerate(
     args: argparse.Namespace, store: GoldenStore, cases: Sequence[Case], env: dict[str, Any], txn: Transaction
-) -> None:
-    """Compute every case and stage what changes in ``txn``; print one line per case."""
-    rewrite_all = args.all or bool(args.ids)
+) -> int:
+    """Compute every case and stage what changes in ``txn``; print one line per case. With
+    --check, stage nothing and return how many goldens do not reproduce bit for bit."""
+    rewrite_all = args.all or bool(args.ids) or args.check
+    differ = 0
     counts = {"new": 0, "rewritten": 0, "unchanged": 0, "kept": 0}
     numerics = Numerics(str(env["backend"]), precision_name(env["jax_default_matmul_precision"]))
     for case in cases:
@@ -187,18 +206,45 @@ def _regenerate(
                 counts["kept"] += 1
                 continue
             state = ("failing, rewritten: " if not outcome.ok else "") + _summary(outcome.reports)
+        if args.check:
+            differ += _check(store, case.id, record, state)
+            continue
         if args.dry_run:
             print(f"{case.id}: would write ({state})")
             continue
         changed = txn.write(record, env)
         key = "new" if golden is None else ("rewritten" if changed else "unchanged")
         counts[key] += 1
-        print(f"{case.id}: {state if changed or golden is None else 'unchanged'}")
+        print(f"{case.id}: {_written(txn, case.id, state, changed, golden is None)}")
 
+    if args.check:
+        return differ
     print(
         f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
         f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)"
     )
+    return differ
+
+
+def _check(store: GoldenStore, case_id: str, record: Any, state: str) -> int:
+    """1 (and a line) when the stored golden is not the bytes this machine computes now."""
+    path = store.path_for(case_id)
+    if path.exists() and sha256_of(path) == hashlib.sha256(encode_npz(record)).hexdigest():
+        return 0
+    print(f"{case_id}: does not reproduce bit for bit here ({state})")
+    return 1
+
+
+def _written(txn: Transaction, case_id: str, state: str, changed: bool, new: bool) -> str:
+    """What a write did: new, other bytes (and how far they moved), or the same bytes under
+    an updated manifest entry (another environment), never 'within tolerance' for equal bytes."""
+    if new:
+        return state
+    if not changed:
+        return "unchanged"
+    if txn.same_bytes(case_id):
+        return "bit-identical; its manifest entry is updated (recorded in another environment)"
+    return state
 
 
 def _prune(args: argparse.Namespace, store: GoldenStore, known: list[str], txn: Transaction) -> None:
@@ -221,16 +267,17 @@ def _scenario_cases(epoch: Epoch) -> Sequence[Any]:
 
 def _regenerate_scenarios(
     args: argparse.Namespace, store: GoldenStore, scenarios: Sequence[Any], env: dict[str, Any], txn: Transaction
-) -> None:
-    """Run every lifecycle scenario and stage its outcome (values, or the error it raises)."""
+) -> int:
+    """Run every lifecycle scenario and stage its outcome (values, or the error it raises);
+    with --check, return how many goldens do not reproduce bit for bit."""
     if not scenarios:
-        return
+        return 0
     from ensemble_conformance.scenarios.lifecycle import PROGRAMS, ScenarioRecord, golden_outcome, judge
     from ensemble_conformance.scenarios.program import run_program
 
-    rewrite_all = args.all or bool(args.ids)
+    rewrite_all = args.all or bool(args.ids) or args.check
     numerics = Numerics(str(env["backend"]), precision_name(env["jax_default_matmul_precision"]))
-    kept = 0
+    kept = differ = 0
     for case in scenarios:
         now = run_program(PROGRAMS[case.program], case.p)
         state = f"new ({now.describe()})"
@@ -250,12 +297,18 @@ def _regenerate_scenarios(
                 kept += 1
                 continue
             state = "; ".join(verdict.lines()) or "within tolerance"
+        record = ScenarioRecord(case, now)
+        if args.check:
+            differ += _check(store, case.id, record, state)
+            continue
         if args.dry_run:
             print(f"{case.id}: would write ({state})")
             continue
-        changed = txn.write(ScenarioRecord(case, now), env)
-        print(f"{case.id}: {state if changed or golden is None else 'unchanged'}")
-    print(f"{len(scenarios)} scenario(s): {kept} kept (within tolerance)")
+        changed = txn.write(record, env)
+        print(f"{case.id}: {_written(txn, case.id, state, changed, golden is None)}")
+    if not args.check:
+        print(f"{len(scenarios)} scenario(s): {kept} kept (within tolerance)")
+    return differ
 
 
 if __name__ == "__main__":
