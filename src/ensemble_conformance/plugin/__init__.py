@@ -3,8 +3,9 @@ session's bookkeeping (drift summary, --report-json, regeneration in a project).
 
 Registered by entry point (``pytest11``), so ``pip install ensemble-conformance`` makes it
 load in every pytest run of that environment. It stays out of the way of other tests: it
-adds options and fixtures, and does its work (checks before the run, the report header,
-the summaries) only in an ensemble-conformance session, which is one that
+adds its options and its ``ensemble_``-named fixtures, and does its work (checks before the
+run, the report header, the summaries) only in an ensemble-conformance session, which is one
+that
 
 - runs the packaged reference suite (``ensemble_conformance.suite``, or this repository's
   ``conformance/`` shim): goldens default to the reference ones shipped in the package;
@@ -12,10 +13,13 @@ the summaries) only in an ensemble-conformance session, which is one that
   the ini option ``ensemble_golden_dir`` (or ``--golden-dir``), or passes any of the
   options below.
 
-    pytest [--golden-dir DIR] [--impl module:function] [--backend cpu|cuda|rocm|tpu]
-           [--precision default|highest] [--emulate gpu|tpu] [--sharded 8]
-           [--case-timeout SECONDS] [--known-drift FILE] [--report-json PATH]
-           [--regen | --regen-all] [--regen-force]
+    pytest [--golden-dir DIR] [--backend cpu|cuda|rocm|tpu] [--precision default|highest]
+           [--nnx-mode graph|tree|...] [--case-timeout SECONDS] [--known-drift FILE]
+           [--report-json PATH] [--regen | --regen-all] [--regen-force] [--future-warnings]
+
+The reference suite's own options (``--impl``, ``--patch``, ``--emulate``, ``--sharded``)
+are added by suite_options.py, which the suite's conftest.py loads: they exist in a run of
+the suite only.
 
 The engine (golden store, comparison, failure messages) lives in the package and knows
 nothing of pytest; this plugin only wires it in. A project declares its ensembles with
@@ -62,13 +66,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "reference suite; the ini option ensemble_golden_dir, else tests/golden, for a project's scenarios)",
     )
     group.addoption(
-        "--impl",
-        default=None,
-        metavar="MODULE:FUNCTION",
-        help="check this implementation of vmap_over_ensemble(seed, x, num_models, features) "
-        "instead of the package's (also path/to/file.py:function)",
-    )
-    group.addoption(
         "--backend",
         default=None,
         choices=sorted(BACKENDS),
@@ -82,32 +79,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(default: jax's setting, normally DEFAULT)",
     )
     group.addoption(
-        "--emulate",
-        default=None,
-        choices=("gpu", "tpu"),
-        help="on CPU, compute every dot the way this backend's hardware does at --precision and judge "
-        "by its tolerance entry (golden comparisons only)",
-    )
-    group.addoption(
-        "--sharded",
-        default=None,
-        type=int,
-        metavar="DEVICES",
-        help="also run the sharded-ensemble tests (test_sharded.py) on exactly this many devices; "
-        "on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES",
-    )
-    group.addoption(
         "--known-drift",
         default=None,
         metavar="FILE",
         help="golden comparisons expected to fail (case-id pattern  # reason); strict: a pass is an error",
-    )
-    group.addoption(
-        "--patch",
-        default=None,
-        metavar="MODULE:FUNCTION",
-        help="call this function (no arguments) in every process before any case: it may change jax, flax, "
-        "optax or orbax behaviour, as a broken release would (the lifecycle mutants use it)",
     )
     group.addoption(
         "--future-warnings",
@@ -164,8 +139,11 @@ SUITE_FLAG = "ENSEMBLE_CONFORMANCE_SUITE"  # set in the reference suite's confte
 
 
 def reference_suite(config: pytest.Config) -> bool:
-    """Whether this session runs the reference suite: a conftest.py of it is loaded."""
-    return any(getattr(plugin, SUITE_FLAG, False) for plugin in config.pluginmanager.get_plugins())
+    """Whether this session runs the reference suite: a conftest.py of it is loaded, or the
+    command line names the packaged suite (``--pyargs ensemble_conformance.suite``)."""
+    return config.stash.get(_PYARGS_SUITE, False) or any(
+        getattr(plugin, SUITE_FLAG, False) for plugin in config.pluginmanager.get_plugins()
+    )
 
 
 _OPTIONS = ("--golden-dir", "--impl", "--backend", "--precision", "--emulate", "--sharded", "--known-drift")
@@ -177,7 +155,7 @@ def active(config: pytest.Config) -> bool:
     directory, or a run given any of this plugin's options. Elsewhere the plugin only adds
     its options and fixtures."""
     if config.stash.get(_ACTIVE, None) is None:
-        given = any(config.getoption(name) not in (None, False) for name in (*_OPTIONS, *_FLAGS))
+        given = any(config.getoption(name, None) not in (None, False) for name in (*_OPTIONS, *_FLAGS))
         config.stash[_ACTIVE] = reference_suite(config) or bool(config.getini("ensemble_golden_dir")) or given
     return config.stash[_ACTIVE]
 
@@ -226,7 +204,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if wanted is not None:
         _assert_backend(wanted)
     _configure_numerics(config)
-    devices = config.getoption("--sharded")
+    devices = config.getoption("--sharded", None)
     if devices is not None:
         import jax
 
@@ -247,7 +225,7 @@ def pytest_configure(config: pytest.Config) -> None:
     timeout = config.getoption("--case-timeout")
     if timeout < 0:
         raise pytest.UsageError(f"--case-timeout must be 0 (off) or a positive number of seconds, got {timeout:g}")
-    patch = config.getoption("--patch")
+    patch = config.getoption("--patch", None)
     if patch:
         from ensemble_conformance.scenarios.runner import load_impl
 
@@ -256,7 +234,7 @@ def pytest_configure(config: pytest.Config) -> None:
             patch_fn()
         except ValueError as err:
             raise pytest.UsageError(str(err)) from err
-    spec = config.getoption("--impl")
+    spec = config.getoption("--impl", None)
     if spec:
         from ensemble_conformance.scenarios.runner import load_impl
 
@@ -270,13 +248,18 @@ def pytest_configure(config: pytest.Config) -> None:
     store = GoldenStore(golden, regen_hint=_regen_hint(config, golden), layout=layout)
     config.stash[_STORE] = store
     regen = project.regen_mode(config)
+    misread = None if hasattr(config, "workerinput") else _misread_configuration(config)
     if regen is not None:
         if reference_suite(config):
             raise pytest.UsageError(
                 "--regen and --regen-all rewrite a project's goldens; the reference goldens are rewritten by "
                 "`nox -s regen` on the reference pins"
             )
+        if misread:  # the project's ensemble_reference_pins went unread: no regeneration on a guess
+            raise pytest.UsageError(f"refusing to regenerate: {misread}")
         project.check_regen(config, regen)
+    elif misread:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(f"ensemble-conformance: {misread}"), stacklevel=2)
     elif not hasattr(config, "workerinput"):
         _check_before_the_run(config, store)
     drift_file = config.getoption("--known-drift")
@@ -285,6 +268,63 @@ def pytest_configure(config: pytest.Config) -> None:
             config.stash[_KNOWN] = known_drift.parse(Path(drift_file))
         except (OSError, ValueError) as err:
             raise pytest.UsageError(f"--known-drift: {err}") from err
+
+
+# The plugin's options that take a value (the suite's included). Given as ``--golden-dir DIR``,
+# pytest has taken DIR for a test path when it chose the rootdir and ini file (it does so
+# before any plugin adds its options); ``--golden-dir=DIR`` is read right.
+_VALUE_OPTIONS = (
+    "--golden-dir",
+    "--report-json",
+    "--known-drift",
+    "--backend",
+    "--precision",
+    "--nnx-mode",
+    "--case-timeout",
+    "--impl",
+    "--patch",
+    "--emulate",
+    "--sharded",
+)
+
+
+def _misread_configuration(config: pytest.Config) -> str | None:
+    """Why this run's rootdir or ini file is not the one its command line names, when an
+    option of this plugin was given as ``--option VALUE`` and pytest took VALUE for a test
+    path while choosing them (a golden directory outside the project moves the rootdir out
+    of it, and the project's ini options, ``ensemble_reference_pins`` among them, go unread);
+    None when the choice is the same either way."""
+    args = [str(arg) for arg in config.invocation_params.args]
+    separated = [f"{arg} {args[i + 1]}" for i, arg in enumerate(args[:-1]) if arg in _VALUE_OPTIONS]
+    if not separated:
+        return None
+    try:
+        import inspect
+
+        from _pytest.config.findpaths import determine_setup
+
+        given = {
+            "inifile": config.option.inifilename,
+            "override_ini": config.option.override_ini,
+            "args": [str(arg) for arg in config.option.file_or_dir or []],
+            "rootdir_cmd_arg": config.option.rootdir or None,
+            "invocation_dir": config.invocation_params.dir,
+        }
+        accepted = inspect.signature(determine_setup).parameters
+        rootpath, inipath = determine_setup(**{k: v for k, v in given.items() if k in accepted})[:2]
+    except Exception:  # pytest's internals moved: no judgement rather than a wrong one
+        return None
+    if rootpath == config.rootpath and inipath == config.inipath:
+        return None
+    meant = f"{inipath}" if inipath is not None else f"the rootdir {rootpath}"
+    now = f"{config.inipath}" if config.inipath is not None else f"no ini file (rootdir {config.rootpath})"
+    fixed = ", ".join(text.replace(" ", "=", 1) for text in separated)
+    return (
+        f"pytest chose its rootdir and ini file before this plugin's options were known, and took the value of "
+        f"{', '.join(separated)} for a test path: it read {now}, not {meant}, so the project's pytest "
+        f"configuration (ensemble_reference_pins, ensemble_golden_dir, addopts) does not apply to this run. "
+        f"Write {fixed}, or use `ensemble-conformance run|regen`, which does."
+    )
 
 
 def _compares_goldens(config: pytest.Config) -> bool:
@@ -434,21 +474,50 @@ def _configure_numerics(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"matmul precision {precision!r} has no tolerance entries; run at one of {', '.join(PRECISIONS)}"
         )
-    emulate = config.getoption("--emulate")
+    emulate = config.getoption("--emulate", None)
     backend = jax.default_backend()
     if emulate is not None:
         if backend != "cpu":
             raise pytest.UsageError(f"--emulate {emulate} runs on CPU only; jax runs on {backend!r}")
-        if config.getoption("--sharded") is not None:
+        if config.getoption("--sharded", None) is not None:
             raise pytest.UsageError("--emulate and --sharded do not combine: run them separately")
     config.stash[_NUMERICS] = Numerics(emulate or backend, precision, emulated=emulate is not None)
 
 
+def _suite_file(config: pytest.Config, path: Path) -> bool:
+    """Whether ``path`` lies in a directory of the reference suite (one whose conftest.py
+    sets ENSEMBLE_CONFORMANCE_SUITE)."""
+    for plugin in config.pluginmanager.get_plugins():
+        where = getattr(plugin, "__file__", None)
+        if getattr(plugin, SUITE_FLAG, False) and where and Path(where).resolve().parent == path.resolve().parent:
+            return True
+    return False
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """The sharded tests need a multi-device jax, set up before it starts: only with --sharded."""
-    if collection_path.name == "test_sharded.py" and config.getoption("--sharded") is None:
+    """The reference suite's sharded tests need a multi-device jax, set up before it starts:
+    only with --sharded. Any other project's test_sharded.py is none of this plugin's business."""
+    if (
+        collection_path.name == "test_sharded.py"
+        and config.getoption("--sharded", None) is None
+        and _suite_file(config, collection_path)
+    ):
         return True
     return None
+
+
+SUITE_OPTIONS = "ensemble_conformance.plugin.suite_options"
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """``pytest --pyargs ensemble_conformance.suite`` names no directory whose conftest.py
+    pytest loads before it reads the command line: load the suite's options here (and know
+    the session for the suite's before its conftest.py is loaded, at collection)."""
+    if getattr(early_config.known_args_namespace, "pyargs", False) and any(
+        str(arg).split("::")[0].startswith("ensemble_conformance.suite") for arg in args
+    ):
+        early_config.stash[_PYARGS_SUITE] = True
+        early_config.pluginmanager.import_plugin(SUITE_OPTIONS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -476,6 +545,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _REPORT_LOCK = pytest.StashKey[int]()
+_PYARGS_SUITE = pytest.StashKey[bool]()
 _IMPL = pytest.StashKey[Any]()  # the --impl function (scenarios.variants.CoreFunction)
 _ACTIVE = pytest.StashKey[bool]()
 _KNOWN = pytest.StashKey[list[known_drift.Entry]]()
@@ -524,10 +594,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         for env_id, golden_env in sorted(envs.items()):
             lines.append(f"  golden: {environment.versions_line(golden_env)} on {golden_env.get('backend')} ({env_id})")
             lines.extend(f"    differs: {d}" for d in environment.differences(env, golden_env))
-    spec = config.getoption("--impl")
+    spec = config.getoption("--impl", None)
     if reference_suite(config):
         lines.append(f"  implementation: {spec or 'ensemble_conformance.vmap_over_ensemble (the package)'}")
-    if config.getoption("--patch"):
+    if config.getoption("--patch", None):
         lines.append(f"  patched before the run: {config.getoption('--patch')}")
     if config.getoption("--future-warnings"):
         lines.append("  lifecycle scenarios run with DeprecationWarning and FutureWarning as errors")
@@ -648,7 +718,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "environment": env,
         "golden_dir": str(store.directory),
         "golden_environments": golden_envs,
-        "impl": config.getoption("--impl"),
+        "impl": config.getoption("--impl", None),
         "exit_status": int(exitstatus),
         "summary": {
             "cases": len(cases),
@@ -720,24 +790,48 @@ def numerics_of(config: pytest.Config) -> Numerics:
 
 
 @pytest.fixture(scope="session")
-def golden_store(pytestconfig: pytest.Config) -> GoldenStore:
+def ensemble_store(pytestconfig: pytest.Config) -> GoldenStore:
+    """The session's golden store (--golden-dir, the ini's ensemble_golden_dir, or the reference goldens)."""
     return store_of(pytestconfig)
 
 
 @pytest.fixture(scope="session")
-def impl(pytestconfig: pytest.Config) -> Any:
-    """The --impl function under test (scenarios.variants.CoreFunction), or None."""
+def ensemble_impl(pytestconfig: pytest.Config) -> Any:
+    """The reference suite's --impl function under test (scenarios.variants.CoreFunction), or None."""
     return pytestconfig.stash.get(_IMPL, None)
 
 
 @pytest.fixture(scope="session")
-def env(pytestconfig: pytest.Config) -> dict[str, Any]:
+def ensemble_env(pytestconfig: pytest.Config) -> dict[str, Any]:
+    """The environment fingerprint of this run (versions, backend, jax settings)."""
     return env_now(pytestconfig)
 
 
 @pytest.fixture(scope="session")
-def numerics(pytestconfig: pytest.Config) -> Numerics:
+def ensemble_numerics(pytestconfig: pytest.Config) -> Numerics:
+    """Whose arithmetic judges the run (backend, matmul precision, emulation): the tolerance entry."""
     return numerics_of(pytestconfig)
+
+
+# The fixtures' former names, kept as aliases while ensemble_tests (project.py) still asks for them.
+@pytest.fixture(scope="session")
+def golden_store(ensemble_store: GoldenStore) -> GoldenStore:
+    return ensemble_store
+
+
+@pytest.fixture(scope="session")
+def impl(ensemble_impl: Any) -> Any:
+    return ensemble_impl
+
+
+@pytest.fixture(scope="session")
+def env(ensemble_env: dict[str, Any]) -> dict[str, Any]:
+    return ensemble_env
+
+
+@pytest.fixture(scope="session")
+def numerics(ensemble_numerics: Numerics) -> Numerics:
+    return ensemble_numerics
 
 
 @pytest.fixture

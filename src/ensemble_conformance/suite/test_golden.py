@@ -24,29 +24,29 @@ from ensemble_conformance.scenarios.variants import CoreFunction
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_matches_golden(
     case: Case,
-    golden_store: GoldenStore,
-    impl: CoreFunction | None,
-    env: dict[str, Any],
-    numerics: Numerics,
+    ensemble_store: GoldenStore,
+    ensemble_impl: CoreFunction | None,
+    ensemble_env: dict[str, Any],
+    ensemble_numerics: Numerics,
     record_property: Callable[[str, object], None],
 ) -> None:
     problem: str | None = None
     try:
-        golden = golden_store.load(case)
+        golden = ensemble_store.load(case)
     except GoldenError as err:
         problem = f"ensemble-conformance: {err}"
     if problem is not None:
         record_property("golden_problem", problem.splitlines()[0])
         pytest.fail(problem, pytrace=False)
     try:
-        computed = compute(case, golden.inputs, impl, numerics)
+        computed = compute(case, golden.inputs, ensemble_impl, ensemble_numerics)
     except Exception as err:
-        if impl is None:
+        if ensemble_impl is None:
             raise  # the package's own implementation: its traceback is the report
         problem = f"ensemble-conformance: case {case.id}: {impl_failure(err)}"
     if problem is not None:  # outside the except: one line, no chained traceback
         pytest.fail(problem, pytrace=False)
-    outcome = check_case(case, golden, computed, numerics)
+    outcome = check_case(case, golden, computed, ensemble_numerics)
     # Figures for --report-json, also when the case passes.
     measured = [r for r in outcome.reports if r.problem is None]
     for key, group in (
@@ -58,8 +58,16 @@ def test_matches_golden(
     record_property("output_sha256", hashlib.sha256(computed.output.tobytes()).hexdigest())
     if outcome.ok:
         return
-    env_golden = golden_store.environment_of(case.id)
-    why = explain(case, golden, computed, env_now=env, env_golden=env_golden, impl=impl, numerics=numerics)
+    env_golden = ensemble_store.environment_of(case.id)
+    why = explain(
+        case,
+        golden,
+        computed,
+        env_now=ensemble_env,
+        env_golden=env_golden,
+        impl=ensemble_impl,
+        numerics=ensemble_numerics,
+    )
     record_property("drift_cause", why.cause.value)
     if why.restore:
         record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
@@ -67,10 +75,10 @@ def test_matches_golden(
         [
             failure_message(
                 outcome,
-                golden_path=str(golden_store.path_for(case.id)),
-                env_now=env,
+                golden_path=str(ensemble_store.path_for(case.id)),
+                env_now=ensemble_env,
                 env_golden=env_golden,
-                regen_command=None if impl is not None else golden_store.regen_command([case.id]),
+                regen_command=None if ensemble_impl is not None else ensemble_store.regen_command([case.id]),
                 explanation=why.describe(),
             )
         ]

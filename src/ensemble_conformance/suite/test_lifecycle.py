@@ -56,15 +56,15 @@ def outcome_of(pytestconfig: pytest.Config) -> Callable[[ScenarioCase], Outcome]
 @pytest.mark.parametrize("case", PARAMS)
 def test_scenario_matches_golden(
     case: ScenarioCase,
-    golden_store: GoldenStore,
-    numerics: Numerics,
-    env: dict[str, Any],
+    ensemble_store: GoldenStore,
+    ensemble_numerics: Numerics,
+    ensemble_env: dict[str, Any],
     record_property: Callable[[str, object], None],
     pytestconfig: pytest.Config,
 ) -> None:
-    path = golden_store.path_for(case.id)
+    path = ensemble_store.path_for(case.id)
     try:
-        arrays, meta = golden_store.load_arrays(case)
+        arrays, meta = ensemble_store.load_arrays(case)
         golden = golden_outcome(arrays, meta, str(path))
     except (GoldenError, ValueError) as err:
         record_property("golden_problem", str(err).splitlines()[0])
@@ -72,7 +72,7 @@ def test_scenario_matches_golden(
     now, emitted = run_case(case, bool(pytestconfig.getoption("--future-warnings")))
     record_property("outcome", now.describe())
     record_property("warnings", list(emitted))
-    verdict = judge(golden, now, numerics)
+    verdict = judge(golden, now, ensemble_numerics)
     cls = compat.classify(golden, now, verdict)
     record_property("max_ulp_by_class", verdict.worst_ulps())
     record_property("compat", cls)
@@ -80,16 +80,17 @@ def test_scenario_matches_golden(
     if remedy:
         record_property("remedy", remedy)
     program = PROGRAMS[case.program]
-    made_on = golden_store.environment_of(case.id).get("flax")
-    era = compat.expectation(case.program, str(env.get("flax"))) if made_on == REFERENCE.flax else None
+    made_on = ensemble_store.environment_of(case.id).get("flax")
+    era = compat.expectation(case.program, str(ensemble_env.get("flax"))) if made_on == REFERENCE.flax else None
     if era is not None:  # another release against the reference goldens: judged by its era
         record_property("era", era.describe())
         if era.holds(now, cls):
             return
         fail_drift(
             [
-                f"ensemble-conformance: scenario {case.id} on flax {env.get('flax')}: expected {era.describe()} "
-                f"({era.reason}) against the goldens of flax {made_on}; now: {cls}: {now.describe()}",
+                f"ensemble-conformance: scenario {case.id} on flax {ensemble_env.get('flax')}: "
+                f"expected {era.describe()} ({era.reason}) against the goldens of flax {made_on}; "
+                f"now: {cls}: {now.describe()}",
                 *("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
             ]
         )
@@ -99,10 +100,11 @@ def test_scenario_matches_golden(
     lines = [
         f"ensemble-conformance: scenario {case.id} does not match its golden {path}",
         f"  recipe: {program.doc}",
-        f"  mode now: {env.get('nnx_mode')}; golden made in: {golden_store.environment_of(case.id).get('nnx_mode')}",
+        f"  mode now: {ensemble_env.get('nnx_mode')}; "
+        f"golden made in: {ensemble_store.environment_of(case.id).get('nnx_mode')}",
         *("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
         "  If this change is intended, regenerate on the reference pins:",
-        f"    {golden_store.regen_command([case.id])}",
+        f"    {ensemble_store.regen_command([case.id])}",
     ]
     fail_drift(lines)
 
@@ -110,16 +112,16 @@ def test_scenario_matches_golden(
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", PARAMS)
 def test_scenario_expected_outcome(
-    case: ScenarioCase, env: dict[str, Any], outcome_of: Callable[[ScenarioCase], Outcome]
+    case: ScenarioCase, ensemble_env: dict[str, Any], outcome_of: Callable[[ScenarioCase], Outcome]
 ) -> None:
-    mode = str(env.get("nnx_mode"))
+    mode = str(ensemble_env.get("nnx_mode"))
     now = outcome_of(case)
-    era = compat.expectation(case.program, str(env.get("flax")))
+    era = compat.expectation(case.program, str(ensemble_env.get("flax")))
     if era is not None:
         if era.outcome != now.kind or not now.error.startswith(era.error):
             pytest.fail(
-                f"ensemble-conformance: scenario {case.id} on flax {env.get('flax')}: expected {era.describe()} "
-                f"({era.reason}); got {now.describe()}",
+                f"ensemble-conformance: scenario {case.id} on flax {ensemble_env.get('flax')}: "
+                f"expected {era.describe()} ({era.reason}); got {now.describe()}",
                 pytrace=False,
             )
         return
@@ -135,11 +137,11 @@ def test_scenario_expected_outcome(
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", PARAMS)
 def test_scenario_oracles(
-    case: ScenarioCase, env: dict[str, Any], outcome_of: Callable[[ScenarioCase], Outcome]
+    case: ScenarioCase, ensemble_env: dict[str, Any], outcome_of: Callable[[ScenarioCase], Outcome]
 ) -> None:
     if outcome_of(case).kind != "values":
         pytest.skip(f"no values to judge: {outcome_of(case).describe()}")
-    era = compat.expectation(case.program, str(env.get("flax")))
+    era = compat.expectation(case.program, str(ensemble_env.get("flax")))
     foreseen = era.oracles_fail if era is not None else ()
     failures = []
     for oracle in PROGRAMS[case.program].oracles:

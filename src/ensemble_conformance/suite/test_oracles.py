@@ -28,12 +28,12 @@ def _inputs(case: Case, store: GoldenStore) -> Arrays:
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_oracles(
     case: Case,
-    golden_store: GoldenStore,
-    impl: CoreFunction | None,
-    numerics: Numerics,
+    ensemble_store: GoldenStore,
+    ensemble_impl: CoreFunction | None,
+    ensemble_numerics: Numerics,
     record_property: Callable[[str, object], None],
 ) -> None:
-    results = run_oracles(case, _inputs(case, golden_store), impl, numerics)
+    results = run_oracles(case, _inputs(case, ensemble_store), ensemble_impl, ensemble_numerics)
     record_property("failed_oracles", ",".join(r.name for r in results if not r.ok))
     if not all(r.ok for r in results):
         pytest.fail(oracle_message(case, results), pytrace=False)

@@ -28,10 +28,10 @@ def _fail_unless(results: list[OracleResult]) -> None:
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("pair", [pytest.param(p, id=p.id) for p in seeds.PAIRS])
-def test_seed_pair_in_this_process(pair: seeds.SeedPair, impl: CoreFunction | None) -> None:
+def test_seed_pair_in_this_process(pair: seeds.SeedPair, ensemble_impl: CoreFunction | None) -> None:
     x64 = validation.x64_enabled()
     _fail_unless(
-        [seeds.seed_reduction([pair], x64), seeds.seed_aliasing(pair, x64, impl or vmap_over_ensemble)],
+        [seeds.seed_reduction([pair], x64), seeds.seed_aliasing(pair, x64, ensemble_impl or vmap_over_ensemble)],
     )
 
 
@@ -70,7 +70,7 @@ def _changed_by_x64(x64_run: dict[str, Any], compare_outputs: bool) -> list[str]
 
 
 @pytest.mark.oracle
-def test_seeds_with_x64_on(pytestconfig: pytest.Config, impl: CoreFunction | None) -> None:
+def test_seeds_with_x64_on(pytestconfig: pytest.Config, ensemble_impl: CoreFunction | None) -> None:
     """One child process with x64 on: both oracles hold there, and against this process
     (x64 off) only the seeds outside [0, 2**32) change key. Outputs are compared across
     the two processes for the package's own function on CPU only: an implementation under
@@ -80,6 +80,6 @@ def test_seeds_with_x64_on(pytestconfig: pytest.Config, impl: CoreFunction | Non
     failed = [f"{r['name']}: {r['detail']}" for r in x64_run["results"] if not r["ok"]]
     assert not failed, "with x64 on:\n" + "\n".join(failed)
     if not validation.x64_enabled():
-        compare_outputs = impl is None and x64_run["backend"] == jax.default_backend() == "cpu"
+        compare_outputs = ensemble_impl is None and x64_run["backend"] == jax.default_backend() == "cpu"
         problems = _changed_by_x64(x64_run, compare_outputs)
         assert not problems, "x64 on against x64 off:\n" + "\n".join(problems)

@@ -26,27 +26,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def test_sharded_matches_unsharded_golden(
     case: Case,
     pytestconfig: pytest.Config,
-    golden_store: GoldenStore,
-    numerics: Numerics,
-    env: dict[str, object],
+    ensemble_store: GoldenStore,
+    ensemble_numerics: Numerics,
+    ensemble_env: dict[str, object],
     record_property: Callable[[str, object], None],
 ) -> None:
     devices = pytestconfig.getoption("--sharded")
-    golden = golden_store.load(case)
+    golden = ensemble_store.load(case)
     run = run_sharded(case, golden.inputs, ensemble_mesh(devices))
     record_property("output_devices", run.output_devices)
     assert not run.param_layouts, "parameters not split over the ensemble axis:\n" + "\n".join(
         run.param_layouts.values()
     )
     assert run.output_devices == devices, f"the output lives on {run.output_devices} device(s), not {devices}"
-    outcome = check_case(case, golden, run.computed, numerics)
+    outcome = check_case(case, golden, run.computed, ensemble_numerics)
     if not outcome.ok:
         pytest.fail(
             failure_message(
                 outcome,
-                golden_path=str(golden_store.path_for(case.id)),
-                env_now=dict(env),
-                env_golden=golden_store.environment_of(case.id),
+                golden_path=str(ensemble_store.path_for(case.id)),
+                env_now=dict(ensemble_env),
+                env_golden=ensemble_store.environment_of(case.id),
                 regen_command=None,
                 explanation=f"sharded over {devices} devices; the unsharded run matches this golden",
             ),

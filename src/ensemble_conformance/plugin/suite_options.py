@@ -1,0 +1,50 @@
+"""The reference suite's own options: ``--impl``, ``--patch``, ``--emulate`` and ``--sharded``.
+
+They exist only in a run of the reference suite: its ``conftest.py`` (``conformance/`` in
+this repository, the packaged ``ensemble_conformance.suite``) lists this module in
+``pytest_plugins``, so they are never added to another project's pytest run. pytest reads
+the command line after it has loaded the conftest.py of the paths it is given, so
+``pytest conformance --impl ...`` and ``ensemble-conformance suite --impl ...`` see them;
+``pytest --pyargs ensemble_conformance.suite`` names no path, and the plugin loads this
+module for it (``pytest_load_initial_conftests`` in ``ensemble_conformance.plugin``).
+The plugin reads them with ``config.getoption(name, None)``: absent outside the suite.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+OPTIONS = ("--impl", "--patch", "--emulate", "--sharded")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ensemble-conformance")
+    group.addoption(
+        "--impl",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="check this implementation of vmap_over_ensemble(seed, x, num_models, features) "
+        "instead of the package's (also path/to/file.py:function)",
+    )
+    group.addoption(
+        "--patch",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="call this function (no arguments) in every process before any case: it may change jax, flax, "
+        "optax or orbax behaviour, as a broken release would (the lifecycle mutants use it)",
+    )
+    group.addoption(
+        "--emulate",
+        default=None,
+        choices=("gpu", "tpu"),
+        help="on CPU, compute every dot the way this backend's hardware does at --precision and judge "
+        "by its tolerance entry (golden comparisons only)",
+    )
+    group.addoption(
+        "--sharded",
+        default=None,
+        type=int,
+        metavar="DEVICES",
+        help="also run the sharded-ensemble tests (test_sharded.py) on exactly this many devices; "
+        "on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES",
+    )

@@ -1,0 +1,137 @@
+"""The plugin in a user's project, run as a user runs it (pytest in a fresh interpreter in a
+project directory of its own): it changes nothing in a run that does not use it, the
+project's ini applies however the golden directory is given, a golden that records an
+error says so, and every failing check reaches the gate's report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _project(root: Path, files: dict[str, str]) -> Path:
+    project = root / "proj"
+    for name, text in files.items():
+        path = project / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return project
+
+
+def _pytest(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER")}
+    env["JAX_PLATFORMS"] = "cpu"
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _testcases(junit: Path) -> list[str]:
+    import xml.etree.ElementTree as ET
+
+    return [case.get("name", "") for case in ET.parse(junit).getroot().iter("testcase")]
+
+
+# --- 1. a run that does not use the plugin ------------------------------------------------------
+
+
+def test_a_project_s_own_test_sharded_py_is_collected(tmp_path: Path) -> None:
+    files = {
+        "tests/test_sharded.py": "def test_in_sharded():\n    pass\n",
+        "tests/test_other.py": "def test_in_other():\n    pass\n",
+    }
+    project = _project(tmp_path, files)
+    junit = tmp_path / "junit.xml"
+    run = _pytest(project, f"--junitxml={junit}")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert sorted(_testcases(junit)) == ["test_in_other", "test_in_sharded"]
+
+
+SUITE_ONLY = ("--impl", "--patch", "--emulate", "--sharded")
+
+
+def test_the_suite_s_options_are_not_added_to_another_project_s_run(tmp_path: Path) -> None:
+    project = _project(tmp_path, {"tests/test_a.py": "def test_a():\n    pass\n"})
+    helped = _pytest(project, "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "--golden-dir" in helped.stdout  # the plugin is loaded
+    assert [option for option in SUITE_ONLY if option in helped.stdout] == []
+    run = _pytest(project, "--impl=mod:f")
+    assert run.returncode == 4 and "unrecognized arguments: --impl" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "where", [["conformance"], ["--pyargs", "ensemble_conformance.suite"]], ids=["conformance", "pyargs"]
+)
+def test_the_suite_still_takes_its_options(where: list[str], tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    cwd = REPO if where[0] == "conformance" else tmp_path
+    run = _pytest(
+        cwd,
+        *where,
+        "--impl",
+        "ensemble_conformance:vmap_over_ensemble",
+        "-m",
+        "golden",
+        "-k",
+        "mlp_ensemble-s0-n8-d7-h16-f5",
+        f"--junitxml={junit}",
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert _testcases(junit) == ["test_matches_golden[mlp_ensemble-s0-n8-d7-h16-f5]"]
+
+
+def test_the_fixtures_have_ensemble_names(tmp_path: Path) -> None:
+    project = _project(
+        tmp_path,
+        {
+            "tests/test_fixtures.py": """\
+            def test_names(ensemble_store, ensemble_env, ensemble_numerics, ensemble_impl, pytestconfig):
+                assert ensemble_store.directory == pytestconfig.rootpath / "tests" / "golden"
+                assert ensemble_env["backend"] == "cpu" and ensemble_numerics.backend == "cpu"
+                assert ensemble_impl is None
+            """,
+        },
+    )
+    run = _pytest(project)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+# --- 2. the reference pins, however the golden directory is given ------------------------------
+
+CHECK = """\
+import numpy as np
+
+def test_values(ensemble_golden):
+    ensemble_golden.check({"out": np.arange(4.0)})
+"""
+
+
+def _pinned_project(root: Path) -> Path:
+    """A project whose ini names reference pins this environment does not have."""
+    from importlib import metadata
+
+    other = metadata.version("numpy") + ".1"
+    ini = f'[tool.pytest.ini_options]\nensemble_reference_pins = ["numpy=={other}"]\n'
+    return _project(root, {"pyproject.toml": ini, "tests/test_values.py": CHECK})
+
+
+@pytest.mark.parametrize("form", ["separate", "joined"])
+def test_regeneration_off_the_reference_pins_is_refused_with_the_golden_dir_outside(form: str, tmp_path: Path) -> None:
+    project = _pinned_project(tmp_path)
+    golden = tmp_path / "elsewhere" / "golden"
+    golden.mkdir(parents=True)
+    given = ["--golden-dir", str(golden)] if form == "separate" else [f"--golden-dir={golden}"]
+    run = _pytest(project, *given, "--regen-all")
+    text = run.stdout + run.stderr
+    assert run.returncode == 4, text[-3000:]
+    assert "refusing to regenerate" in text
+    assert list(golden.iterdir()) == []
+    if form == "separate":
+        assert f"--golden-dir={golden}" in text  # the form that is read right
