@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -135,3 +136,28 @@ def test_regeneration_off_the_reference_pins_is_refused_with_the_golden_dir_outs
     assert list(golden.iterdir()) == []
     if form == "separate":
         assert f"--golden-dir={golden}" in text  # the form that is read right
+
+
+# --- 4. an exact-class mismatch gives its figures ------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "dtype"), [("rng/count", np.uint32), ("shapes/x", np.int64), ("rng/bits", np.float32)])
+def test_an_exact_class_mismatch_gives_its_statistics(key: str, dtype: type) -> None:
+    from ensemble_conformance.golden.compare import ulp_distance
+    from ensemble_conformance.golden.tolerances import Numerics
+    from ensemble_conformance.scenarios.lifecycle import compare_arrays
+
+    golden = np.random.default_rng(0).integers(1, 1000, size=(3, 4)).astype(dtype)
+    actual = golden.copy()
+    actual[1, 2] += 7
+    actual[2, 0] += 1
+    report = compare_arrays(key, golden, actual, Numerics("cpu", "default"))
+    diff = np.abs(actual.astype(np.float64) - golden.astype(np.float64))
+    assert report.rule == "exact" and not report.ok
+    assert report.n_bad == np.count_nonzero(actual != golden)
+    assert report.max_abs == diff.max() > 0
+    assert report.max_rel == pytest.approx((diff / np.abs(golden.astype(np.float64))).max())
+    units = ulp_distance(golden, actual) if golden.dtype.kind == "f" else diff
+    assert report.max_ulp == units.max() > 0
+    assert report.worst[0].index == tuple(int(i) for i in np.unravel_index(int(diff.argmax()), golden.shape))
+    assert "max abs err 0," not in report.describe()

@@ -14,9 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
-from ensemble_conformance.golden.compare import ArrayReport, compare
+from ensemble_conformance.golden.compare import WORST_SHOWN, ArrayReport, Worst, compare, ulp_distance
 from ensemble_conformance.golden.environment import MODES
 from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, Numerics, lifecycle_class
 from ensemble_conformance.scenarios import checkpoint, construction, dropout, layers, training
@@ -155,8 +156,43 @@ def _exact(name: str, golden: np.ndarray, actual: np.ndarray) -> ArrayReport:
     if golden.dtype != actual.dtype or golden.shape != actual.shape:
         problem = f"{actual.dtype}{list(actual.shape)}, golden has {golden.dtype}{list(golden.shape)}"
         return ArrayReport(name, "exact", (), problem=problem)
-    bad = golden != actual
-    return ArrayReport(name, "exact", (), size=int(golden.size), n_bad=int(bad.sum()))
+    bad = np.asarray(golden != actual)
+    n_bad = int(bad.sum())
+    floating = golden.dtype.kind == "f" or golden.dtype == ml_dtypes.bfloat16
+    if not n_bad or not (floating or golden.dtype.kind in "biu"):
+        return ArrayReport(name, "exact", (), size=int(golden.size), n_bad=n_bad)
+    # The figures of the elements that differ, as the toleranced comparison gives them
+    # (an integer's ULP is 1: its distance is the difference).
+    e64, a64 = golden.astype(np.float64), actual.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        diff = np.where(bad, np.abs(a64 - e64), 0.0)
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        rel = np.where(diff == 0, 0.0, diff / np.abs(e64))
+    ulps = np.where(bad, ulp_distance(golden, actual), 0.0) if floating else diff
+    flat = np.flatnonzero(bad)
+    shown = flat[np.argsort(-diff.reshape(-1)[flat], kind="stable")[:WORST_SHOWN]]
+    worst = [
+        Worst(
+            tuple(int(j) for j in np.unravel_index(int(i), golden.shape)),
+            str(golden.reshape(-1)[i]),
+            str(actual.reshape(-1)[i]),
+            float(diff.reshape(-1)[i]),
+            "exact",
+            float(ulps.reshape(-1)[i]),
+        )
+        for i in shown
+    ]
+    return ArrayReport(
+        name,
+        "exact",
+        (),
+        size=int(golden.size),
+        n_bad=n_bad,
+        max_abs=float(diff.max()),
+        max_rel=float(rel.max()),
+        max_ulp=float(ulps.max()),
+        worst=worst,
+    )
 
 
 def compare_arrays(key: str, golden: np.ndarray, actual: np.ndarray, numerics: Numerics) -> ArrayReport:
