@@ -5,7 +5,9 @@ error says so, and every failing check reaches the gate's report."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -161,3 +163,52 @@ def test_an_exact_class_mismatch_gives_its_statistics(key: str, dtype: type) -> 
     assert report.max_ulp == units.max() > 0
     assert report.worst[0].index == tuple(int(i) for i in np.unravel_index(int(diff.argmax()), golden.shape))
     assert "max abs err 0," not in report.describe()
+
+
+# --- 3. a golden that records an error -------------------------------------------------------------
+
+RAISING = """\
+import numpy as np
+from flax import nnx
+
+from ensemble_conformance import Ensemble, ensemble_tests
+
+
+class Broken(nnx.Module):
+    def __init__(self, rngs):
+        self.linear = nnx.Linear(3, 2, rngs=rngs)
+
+    def __call__(self, x):
+        raise ValueError("this forward is broken")
+
+
+def batch(rng):
+    return {"x": rng.normal(size=(4, 3)).astype(np.float32)}
+
+
+BROKEN = Ensemble(name="broken", member=Broken, inputs=batch, steps=("build", "forward"), members=(2,), seeds=(0,))
+TestBroken = ensemble_tests(BROKEN)
+"""
+
+
+def test_a_golden_that_records_an_error_says_so_and_its_oracles_do_not_skip_silently(tmp_path: Path) -> None:
+    project = _project(tmp_path, {"tests/test_broken.py": RAISING})
+    golden = tmp_path / "golden"
+    regen = _pytest(project, f"--golden-dir={golden}", "--regen-all")
+    text = regen.stdout + regen.stderr
+    assert regen.returncode == 0, text[-3000:]
+    flagged = re.findall(
+        r"^(broken\.\S+): new — RECORDS AN ERROR: raises ValueError: this forward is broken$", text, re.M
+    )
+    assert [case_id.split("-")[0] for case_id in flagged] == ["broken.forward"], text[-3000:]
+    assert re.search(rf"WARNING: 1 golden\(s\) record an error, not values \({re.escape(flagged[0])}\)", text)
+    assert re.search(r"^broken\.build-\S+: new$", text, re.M)  # a step that runs is not flagged
+
+    report = tmp_path / "run.json"
+    run = _pytest(project, f"--golden-dir={golden}", f"--report-json={report}")
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text[-3000:]
+    section = text.split("golden-free checks that did not run", 1)[-1]
+    assert re.search(rf"^{re.escape(flagged[0])}: .*ValueError: this forward is broken", section, re.M), text[-3000:]
+    entry = json.loads(report.read_text())["scenarios"][flagged[0]]
+    assert entry["oracles"] == "skipped" and "ValueError: this forward is broken" in entry["oracles_skipped"]

@@ -644,8 +644,26 @@ def _record(report: pytest.TestReport) -> None:
     }.get(test, test)
     if report.when == "call" or report.failed or report.skipped:
         entry[kind] = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
+    if report.skipped and not hasattr(report, "wasxfail"):
+        entry[f"{kind}_skipped"] = _skip_reason(report)
     for name, value in report.user_properties:
         entry[name] = value
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return str(reason).removeprefix("Skipped: ")
+
+
+def _skipped_checks(terminalreporter: Any) -> None:
+    """A project's golden-free checks that did not run, and why (a step that raised): never silent."""
+    skipped = {case_id: entry["oracles_skipped"] for case_id, entry in _RESULTS.items() if "oracles_skipped" in entry}
+    if not skipped:
+        return
+    terminalreporter.section("golden-free checks that did not run", sep="-", yellow=True)
+    for case_id, why in sorted(skipped.items()):
+        terminalreporter.write_line(f"{case_id}: {why.removeprefix(f'ensemble-conformance: {case_id}: ')}", yellow=True)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -748,6 +766,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     store = config.stash[_STORE]
     project.regen_summary(terminalreporter, config, store)
     if not reference_suite(config):
+        _skipped_checks(terminalreporter)
         return
     from ensemble_conformance.scenarios.cases import CASES
     from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES

@@ -132,6 +132,15 @@ def regen_summary(terminalreporter: Any, config: pytest.Config, store: GoldenSto
     terminalreporter.write_line(
         f"{len(written)} golden(s) written to {store.directory}" + (f", {kept} rewritten unchanged" if kept else "")
     )
+    errors = sorted(record.case.id for record, _ in staged if record.outcome.kind != "values")
+    if errors:
+        terminalreporter.write_line(
+            f"WARNING: {len(errors)} golden(s) record an error, not values ({', '.join(errors)}): the step gives no "
+            "values, so its golden-free checks skip. Fix the step and regenerate, unless the error is what you "
+            "mean to pin.",
+            red=True,
+            bold=True,
+        )
 
 
 # --- a project's scenarios as tests ------------------------------------------------------------
@@ -194,6 +203,8 @@ def judge_against_golden(
                 record_property("regenerated", "kept")
                 return
             state = "; ".join(verdict.lines()) or "unchanged (--regen-all)"
+        if now.kind != "values":  # a golden of an error: its oracles will never judge a value
+            state += f" — RECORDS AN ERROR: {now.describe()}"
         record_property("regenerated", state)
         _stage(config, ScenarioRecord(case, now), state)
         return
@@ -294,7 +305,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             program = programs[case.program]
             now, _ = run(case, pytestconfig)
             if now.kind != "values":
-                pytest.skip(f"no values to judge: {now.describe()}")
+                pytest.skip(f"ensemble-conformance: {case.id}: no values to judge, the step {now.describe()}")
             failures = []
             for oracle in program.oracles:
                 try:
