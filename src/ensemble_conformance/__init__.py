@@ -9,6 +9,7 @@ Public API (everything else is internal):
   REFERENCE           the reference pins
   SCENARIO_CASES      the lifecycle scenario cases; PROGRAMS, the programs they run
   Ensemble            a project's own ensemble declared as scenarios (scenarios/user.py)
+  Recipe              the project's own build/forward/grad/train/checkpoint code for its steps
   ensemble_tests      the test class that runs a project's Ensemble scenarios (plugin/project.py)
 
 The parts, each importing only those before it:
@@ -39,6 +40,7 @@ _EXPORTS = {
     "PROGRAMS": "scenarios.lifecycle",
     "SCENARIO_CASES": "scenarios.lifecycle",
     "Ensemble": "scenarios.user",
+    "Recipe": "scenarios.user",
     "ensemble_tests": "plugin.project",
 }
 

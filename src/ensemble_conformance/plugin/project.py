@@ -182,6 +182,7 @@ def judge_against_golden(
     env: dict[str, Any],
     record_property: Callable[[str, object], None],
     doc: str = "",
+    oracle_failures: Callable[[], list[str]] | None = None,
 ) -> None:
     """One case run now against its golden (or staged for --regen); fails with the
     figures, the drift cause and the command that regenerates it."""
@@ -226,6 +227,11 @@ def judge_against_golden(
     lines = [f"ensemble-conformance: {case.id} does not match its golden {store.path_for(case.id)}"]
     if doc:
         lines.append(f"  {doc}")
+    failing = oracle_failures() if oracle_failures is not None else []
+    if failing:
+        # the program is wrong by its own oracles: that, not rounding, is the first guess
+        lines.append("  its golden-free checks fail too, so the program itself is the first suspect:")
+        lines += ["    " + line.splitlines()[0] for line in failing]
     lines += ["  " + line.replace("\n", "\n  ") for line in verdict.lines()]
     if program is not None:
         why = explain_scenario(program, case.p, golden, now, env_now=env, env_golden=golden_env, numerics=numerics)
@@ -238,7 +244,10 @@ def judge_against_golden(
     lines += [f"  differs from the golden's environment: {d}" for d in environment.differences(env, golden_env)]
     if fix:
         lines.append(f"  remedy: {fix}")
-    lines += ["  If this change is intended, regenerate the golden:", f"    {store.regen_command([case.id])}"]
+    if failing:
+        lines.append("  Do not regenerate before the golden-free checks pass: a golden made now records the bug.")
+    else:
+        lines += ["  If this change is intended, regenerate the golden:", f"    {store.regen_command([case.id])}"]
     fail_drift(lines)
 
 
@@ -249,6 +258,22 @@ def run_once(program: Program, case: ScenarioCase, future: bool = False) -> tupl
     if case.id not in _RUNS:
         _RUNS[case.id] = run_recorded(program, case.p, future)
     return _RUNS[case.id]
+
+
+def judge_oracles(program: Program, case: ScenarioCase) -> tuple[list[str], list[str]]:
+    """Every oracle of the case's program: ``(failures, not applicable)``, each a line
+    ``<oracle>: <why>``. The oracles judge this process's one run of the case."""
+    from ensemble_conformance.scenarios.user import NotApplicable
+
+    failures, not_applicable = [], []
+    for oracle in program.oracles:
+        try:
+            oracle(case.p)
+        except NotApplicable as err:
+            not_applicable.append(f"{oracle.__name__}: {err}")
+        except AssertionError as err:
+            failures.append(f"{oracle.__name__}: {err}")
+    return failures, not_applicable
 
 
 def ensemble_tests(*ensembles: Ensemble) -> type:
@@ -262,7 +287,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
     programs: dict[str, Program] = {}
     owners: dict[str, tuple[Ensemble, str]] = {}  # program name -> its ensemble and step
     for ensemble in ensembles:
-        for step, (name, program) in zip(ensemble.steps, ensemble.programs().items(), strict=True):
+        for step, (name, program) in zip(ensemble.parts, ensemble.programs().items(), strict=True):
             if name in programs:
                 raise ValueError(f"ensemble_tests: two ensembles declare the scenario {name!r}; give them other names")
             programs[name] = program
@@ -295,25 +320,38 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             now, emitted = run(case, pytestconfig)
             record_property("warnings", list(emitted))
             judge_against_golden(
-                pytestconfig, case, program, now, golden_store, numerics, env, record_property, program.doc
+                pytestconfig,
+                case,
+                program,
+                now,
+                golden_store,
+                numerics,
+                env,
+                record_property,
+                f"{program.doc} [{owners[case.program][0].describe(owners[case.program][1])}]",
+                lambda: judge_oracles(program, case)[0] if now.kind == "values" else [],
             )
 
         @pytest.mark.ensemble
         @pytest.mark.oracle
         @pytest.mark.parametrize("case", params)
-        def test_scenario_oracles(self, case: ScenarioCase, pytestconfig: pytest.Config) -> None:
+        def test_scenario_oracles(
+            self,
+            case: ScenarioCase,
+            pytestconfig: pytest.Config,
+            record_property: Callable[[str, object], None],
+        ) -> None:
             program = programs[case.program]
             now, _ = run(case, pytestconfig)
             if now.kind != "values":
                 pytest.skip(f"ensemble-conformance: {case.id}: no values to judge, the step {now.describe()}")
-            failures = []
-            for oracle in program.oracles:
-                try:
-                    oracle(case.p)
-                except AssertionError as err:
-                    failures.append(f"{oracle.__name__}: {err}")
+            failures, not_applicable = judge_oracles(program, case)
+            if not_applicable:
+                record_property("not_applicable", not_applicable)
             if failures:
                 _fail([f"ensemble-conformance: {case.id}: golden-free checks fail:", *("  " + f for f in failures)])
+            if len(not_applicable) == len(program.oracles):
+                pytest.skip("no oracle applies: " + "; ".join(not_applicable))
 
     return EnsembleScenarios
 
