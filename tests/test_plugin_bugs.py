@@ -212,3 +212,42 @@ def test_a_golden_that_records_an_error_says_so_and_its_oracles_do_not_skip_sile
     assert re.search(rf"^{re.escape(flagged[0])}: .*ValueError: this forward is broken", section, re.M), text[-3000:]
     entry = json.loads(report.read_text())["scenarios"][flagged[0]]
     assert entry["oracles"] == "skipped" and "ValueError: this forward is broken" in entry["oracles_skipped"]
+
+
+# --- 5. every failing test reaches the gate's report and verdict ----------------------------------
+
+CHECKS = """\
+import numpy as np
+
+def test_drifts(ensemble_golden):
+    ensemble_golden.check({"out": np.arange(4.0) * SCALE})
+
+def test_raises_before_its_check(ensemble_golden):
+    raise RuntimeError("broken before the check")
+"""
+
+
+def test_a_check_that_raises_before_check_is_in_the_report_and_the_verdict(tmp_path: Path) -> None:
+    from ensemble_conformance.tooling import report as reports
+
+    golden = tmp_path / "golden"
+    project = _project(tmp_path, {"tests/test_checks.py": "SCALE = 1.0\n" + CHECKS})
+    regen = _pytest(project, f"--golden-dir={golden}", "--regen-all")
+    assert "1 golden(s) written" in regen.stdout, regen.stdout[-3000:]
+    (project / "tests" / "test_checks.py").write_text("SCALE = 2.0\n" + CHECKS)  # the check's values move
+    path = tmp_path / "report.json"
+    run = _pytest(project, f"--golden-dir={golden}", f"--report-json={path}")
+    assert run.returncode == 1, run.stdout[-3000:]
+    result = json.loads(path.read_text())
+    (raised,) = result["failures"]
+    assert raised["test"].endswith("test_checks.py::test_raises_before_its_check")
+    assert "RuntimeError: broken before the check" in raised["error"]
+    (check_id,) = [cid for cid, e in result["scenarios"].items() if e.get("test", "").endswith("::test_drifts")]
+    assert result["scenarios"][check_id]["golden"] == "failed"
+    assert result["summary"]["failed"] == 2
+
+    verdict = reports.gate_markdown(result)
+    assert verdict.startswith("## ensemble-conformance gate: FAIL")
+    assert f"`{raised['test']}`" in verdict and "RuntimeError: broken before the check" in verdict
+    assert f"| `{check_id}` |" in verdict and "| `test_checks` |" not in verdict  # a check, not a recipe
+    assert "The project's scenarios and checks" in verdict and "0 cases" not in verdict

@@ -612,18 +612,32 @@ _DRIFT: dict[str, list[str]] = {}
 _RESTORE: dict[str, str] = {}
 _RESULTS: dict[str, dict[str, Any]] = {}  # case id -> figures for --report-json
 _SCENARIOS: set[str] = set()  # the lifecycle scenario ids among them
+_FAILED: dict[str, dict[str, str]] = {}  # node id -> phase and error of every failed test or collection
+_OWNER: dict[str, set[str]] = {}  # node id -> the ids its results are filed under in _RESULTS
 
 
 def _case_id(report: pytest.TestReport) -> str:
     return report.nodeid.rsplit("[", 1)[-1].rstrip("]")
 
 
+def _error_line(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The first line of what a failed test or collection raised."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = str(crash.message) if crash is not None else report.longreprtext
+    line = next((line.strip() for line in text.splitlines() if line.strip()), report.outcome)
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
 def _record(report: pytest.TestReport) -> None:
+    if report.failed:  # every failing test reaches the report, filed under a case or not
+        _FAILED.setdefault(report.nodeid, {"when": report.when, "error": _error_line(report)})
     checked = [value for name, value in report.user_properties if name == "ensemble_golden"]
     if checked:  # ensemble_golden.check in an ordinary test: recorded under its golden's id
         for case_id in checked:
             _SCENARIOS.add(str(case_id))
+            _OWNER.setdefault(report.nodeid, set()).add(str(case_id))
             entry = _RESULTS.setdefault(str(case_id), {})
+            entry["test"] = report.nodeid
             if report.when == "call" or report.failed or report.skipped:
                 entry["golden"] = report.outcome
             entry.update((k, v) for k, v in report.user_properties if k != "ensemble_golden")
@@ -632,6 +646,7 @@ def _record(report: pytest.TestReport) -> None:
         return
     test = report.nodeid.split("::")[-1].split("[", 1)[0]
     case_id = _case_id(report)
+    _OWNER.setdefault(report.nodeid, set()).add(case_id)
     entry = _RESULTS.setdefault(case_id, {})
     if test.startswith("test_scenario_"):
         _SCENARIOS.add(case_id)
@@ -664,6 +679,11 @@ def _skipped_checks(terminalreporter: Any) -> None:
     terminalreporter.section("golden-free checks that did not run", sep="-", yellow=True)
     for case_id, why in sorted(skipped.items()):
         terminalreporter.write_line(f"{case_id}: {why.removeprefix(f'ensemble-conformance: {case_id}: ')}", yellow=True)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed:
+        _FAILED.setdefault(report.nodeid or ".", {"when": "collect", "error": _error_line(report)})
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -713,6 +733,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     else:
         cases = {}
     scenarios = {case_id: _RESULTS[case_id] for case_id in sorted(_SCENARIOS)}
+    filed = set(cases) | set(scenarios)
+    failures = [  # failed tests whose results are filed under no reported case or scenario
+        {"test": nodeid, **failed}
+        for nodeid, failed in sorted(_FAILED.items())
+        if not _OWNER.get(nodeid, set()) & filed
+    ]
     checks = ("golden", "oracles", "expected")
     statuses = [v for entry in [*cases.values(), *scenarios.values()] for k, v in entry.items() if k in checks]
     causes: dict[str, int] = {}
@@ -742,13 +768,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "cases": len(cases),
             "scenarios": len(scenarios),
             "passed": statuses.count("passed"),
-            "failed": statuses.count("failed"),
+            "failed": statuses.count("failed") + len(failures),
+            "failed_elsewhere": len(failures),
             "skipped": statuses.count("skipped"),
             "known_drift": statuses.count("xfailed"),
             "causes": causes,
         },
         "cases": cases,
         "scenarios": scenarios,
+        "failures": failures,
     }
     target = Path(path)
     try:

@@ -66,11 +66,21 @@ def _program(case_id: str) -> str:
     return case_id.split("-", 1)[0]
 
 
+def _project(result: Result) -> bool:
+    return result.get("suite") == "project"
+
+
+def _group(case_id: str, entry: Mapping[str, Any]) -> str:
+    """What a row of the verdict names: a scenario's recipe (its program), or an
+    ``ensemble_golden`` check by its own id (never the test file it lives in)."""
+    return case_id if entry.get("test") else _program(case_id)
+
+
 def _warnings(result: Result) -> dict[str, set[str]]:
     """recipe -> the DeprecationWarnings and FutureWarnings its cases emitted."""
     out: dict[str, set[str]] = {}
     for case_id, entry in result.get("scenarios", {}).items():
-        out.setdefault(_program(case_id), set()).update(entry.get("warnings", []))
+        out.setdefault(_group(case_id, entry), set()).update(entry.get("warnings", []))
     return {program: seen for program, seen in out.items() if seen}
 
 
@@ -84,10 +94,16 @@ def lifecycle_markdown(result: Result, baseline: Result | None = None) -> list[s
     changed: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for case_id, entry in sorted(scenarios.items()):
         if "failed" in (entry.get("golden"), entry.get("expected"), entry.get("oracles")):
-            changed.setdefault(_program(case_id), []).append((case_id, entry))
-    lines = ["", f"### Lifecycle recipes: {len(changed)} of {len({_program(c) for c in scenarios})} changed"]
+            changed.setdefault(_group(case_id, entry), []).append((case_id, entry))
+    groups = len({_group(c, e) for c, e in scenarios.items()})
+    what, row = (
+        ("The project's scenarios and checks", "scenario or check")
+        if _project(result)
+        else ("Lifecycle recipes", "recipe")
+    )
+    lines = ["", f"### {what}: {len(changed)} of {groups} changed"]
     if changed:
-        lines += ["", "| recipe | cases | now | outcome | remedy |", "|---|---|---|---|---|"]
+        lines += ["", f"| {row} | cases | now | outcome | remedy |", "|---|---|---|---|---|"]
         for program, entries in changed.items():
             classes = sorted({str(e.get("compat", "failed")) for _, e in entries})
             outcome = _shorten(str(entries[0][1].get("outcome", "")), 90) if entries[0][1].get("outcome") else "-"
@@ -96,7 +112,7 @@ def lifecycle_markdown(result: Result, baseline: Result | None = None) -> list[s
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     foreseen = sorted(
         {
-            _program(case_id)
+            _group(case_id, entry)
             for case_id, entry in scenarios.items()
             if entry.get("era") and entry.get("compat") not in ("same", "moved") and entry.get("golden") == "passed"
         }
@@ -114,7 +130,12 @@ def lifecycle_markdown(result: Result, baseline: Result | None = None) -> list[s
     new = {p: w for p, w in new.items() if w}
     if new:
         against = f" (new against flax {baseline['pins']['flax']})" if baseline is not None else ""
-        lines += ["", f"Deprecations the recipes hit{against}; `nox -s future_defaults` makes them errors:", ""]
+        who, how = (
+            ("the project's scenarios", "`--future-warnings`")
+            if _project(result)
+            else ("the recipes", "`nox -s future_defaults`")
+        )
+        lines += ["", f"Deprecations {who} hit{against}; {how} makes them errors:", ""]
         lines += [f"- `{p}`: {'; '.join(w)}" for p, w in sorted(new.items())]
     return lines
 
@@ -128,9 +149,18 @@ def gate_markdown(result: Result, baseline: Result | None = None) -> str:
         + (f", judged as {result['numerics']}." if result.get("numerics") else "."),
         f"Goldens: `{result['golden_dir']}`, made with {_golden_versions(result)}.",
         "",
-        f"{s['cases']} cases, {s.get('scenarios', 0)} scenarios, "
-        f"{s['passed'] + s['failed'] + s.get('known_drift', 0)} checks: {s['passed']} passed, "
-        f"{s['failed']} failed"
+        (
+            f"The project's scenarios and checks: {s.get('scenarios', 0)} judged, "
+            if _project(result)
+            else f"{s['cases']} cases, {s.get('scenarios', 0)} scenarios, "
+        )
+        + f"{s['passed'] + s['failed'] + s.get('known_drift', 0)} {'results' if _project(result) else 'checks'}: "
+        f"{s['passed']} passed, {s['failed']} failed"
+        + (
+            f" ({s['failed_elsewhere']} of them outside any {'scenario or check' if _project(result) else 'case'})"
+            if s.get("failed_elsewhere")
+            else ""
+        )
         + (f", {s['known_drift']} known drift (expected failures)." if s.get("known_drift") else "."),
     ]
     if s["causes"]:
@@ -155,7 +185,26 @@ def gate_markdown(result: Result, baseline: Result | None = None) -> str:
         for setting in restore:
             lines += ["", f"The goldens' values come back with `{setting}`."]
     lines += lifecycle_markdown(result, baseline)
+    lines += failures_markdown(result)
     return "\n".join(lines) + "\n"
+
+
+def failures_markdown(result: Result) -> list[str]:
+    """Failed tests filed under no case, scenario or check (a test that raised before its
+    ``ensemble_golden.check``, a module that does not import): each by its node id."""
+    failures = result.get("failures", [])
+    if not failures:
+        return []
+    lines = ["", f"### {len(failures)} failing test(s) outside the scenarios and checks", ""]
+    lines += ["| test | phase | error |", "|---|---|---|"]
+    for failure in failures:
+        cells = [f"`{failure['test']}`", str(failure.get("when", "")), _shorten_error(str(failure.get("error", "")))]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
+
+
+def _shorten_error(text: str, width: int = 160) -> str:
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
 
 
 def _sort_key(result: Result) -> tuple[Any, ...]:
