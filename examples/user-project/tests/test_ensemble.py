@@ -1,14 +1,15 @@
-"""The project's ensemble under ensemble-conformance: every lifecycle step against the goldens
-in tests/golden (made by `ensemble-conformance regen`), plus the golden-free checks."""
+"""The project's ensemble under ensemble-conformance: its own constructor, forward and training
+loop (the recipe slot), every lifecycle step against the goldens in tests/golden (made by
+`ensemble-conformance regen`), plus the golden-free checks that judge that code."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from ensemble_example import make_member
+from ensemble_example import make_ensemble, predict, train
 from flax import nnx
 
-from ensemble_conformance import Ensemble, ensemble_tests
+from ensemble_conformance import Ensemble, Recipe, ensemble_tests
 
 
 def batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -21,13 +22,13 @@ def batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 MLP_ENSEMBLE = Ensemble(
     name="mlp",
-    member=make_member,
+    member=None,  # the project builds the whole ensemble itself:
+    recipe=Recipe(build=make_ensemble, forward=predict, train=train),
     inputs=batch,
-    steps=("build", "forward", "dropout_forward", "grad", "train", "checkpoint"),
+    steps=("build", "forward", "dropout_forward", "grad", "train", "fit", "checkpoint"),
     members=(1, 4),
     seeds=(0,),
     train_steps=2,
-    learning_rate=1e-2,
 )
 
 TestMLPEnsemble = ensemble_tests(MLP_ENSEMBLE)
@@ -39,5 +40,5 @@ def test_mean_prediction(ensemble_golden) -> None:
     ensemble = MLP_ENSEMBLE.build({"n": 4, "seed": 1})
     ensemble.eval()
     x = jnp.asarray(batch(np.random.default_rng([1, 0]))["x"])
-    outputs = nnx.vmap(lambda member, x: member(x), in_axes=(0, None))(ensemble, x)
+    outputs = predict(ensemble, x)
     ensemble_golden.check({"mean": outputs.mean(axis=0), "spread": outputs.std(axis=0)})
