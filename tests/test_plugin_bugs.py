@@ -251,3 +251,134 @@ def test_a_check_that_raises_before_check_is_in_the_report_and_the_verdict(tmp_p
     assert f"`{raised['test']}`" in verdict and "RuntimeError: broken before the check" in verdict
     assert f"| `{check_id}` |" in verdict and "| `test_checks` |" not in verdict  # a check, not a recipe
     assert "The project's scenarios and checks" in verdict and "0 cases" not in verdict
+
+
+# --- 7. the gate installs the package that runs it -------------------------------------------------
+
+PACKAGE_FILES = {"fakepkg/__init__.py": "VALUE = 42\n", "fakepkg/data/table.txt": "a table\n"}
+DIST_INFO = {
+    "METADATA": "Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.2\n",
+    "WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    "entry_points.txt": "[console_scripts]\nfakepkg = fakepkg:main\n",
+}
+INSTALLATION = {"INSTALLER": "uv\n", "REQUESTED": ""}
+
+
+def _installed(site: Path, origin: dict[str, object]) -> object:
+    """A distribution installed in ``site`` as an installer leaves it (a RECORD listing its
+    files, a console script outside site-packages, a __pycache__)."""
+    from importlib import metadata
+
+    info = "fakepkg-1.2.dist-info"
+    written = {
+        **PACKAGE_FILES,
+        "fakepkg/__pycache__/__init__.cpython-312.pyc": "",
+        **{f"{info}/{name}": text for name, text in {**DIST_INFO, **INSTALLATION}.items()},
+        f"{info}/direct_url.json": json.dumps(origin),
+    }
+    for name, text in written.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text(text)
+    record = [f"{name},," for name in written] + ["../../../bin/fakepkg,,", f"{info}/RECORD,,"]
+    (site / info / "RECORD").write_text("\n".join(record) + "\n")
+    return metadata.PathDistribution(site / info)
+
+
+def test_the_gate_installs_the_running_package_from_its_installed_files(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import shutil
+    import zipfile
+
+    from ensemble_conformance.tooling import cli
+
+    dist = _installed(tmp_path / "site", {"url": "file:///gone/fakepkg-1.2-py3-none-any.whl", "archive_info": {}})
+    spec = Path(cli.installed_spec(dist, tmp_path / "build"))
+    assert spec.suffix == ".whl" and spec.is_file()
+    archive = zipfile.ZipFile(spec)
+    meant = {*PACKAGE_FILES, *(f"fakepkg-1.2.dist-info/{name}" for name in [*DIST_INFO, "RECORD"])}
+    assert set(archive.namelist()) == meant
+    for line in archive.read("fakepkg-1.2.dist-info/RECORD").decode().splitlines():
+        name, digest, size = line.split(",")
+        if name.endswith("/RECORD"):
+            continue
+        data = archive.read(name)
+        assert digest == "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        assert int(size) == len(data)
+    if shutil.which("uv") is None:
+        return
+    target = tmp_path / "target"
+    install = ["uv", "pip", "install", "--offline", "--no-deps", "--quiet", "-p", sys.executable]
+    done = subprocess.run([*install, "--target", str(target), str(spec)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    code = "import fakepkg, pathlib; print(fakepkg.VALUE, (pathlib.Path(fakepkg.__file__).parent / 'data').is_dir())"
+    ran = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(target)}, capture_output=True, text=True)
+    assert ran.stdout.split() == ["42", "True"], ran.stderr
+
+
+def test_the_gate_installs_an_editable_install_from_its_source(tmp_path: Path) -> None:
+    from ensemble_conformance.tooling import cli
+
+    source = tmp_path / "checkout"
+    source.mkdir()
+    dist = _installed(tmp_path / "site", {"url": source.as_uri(), "dir_info": {"editable": True}})
+    assert cli.installed_spec(dist, tmp_path / "build") == str(source)
+
+
+def test_the_gate_says_when_uv_is_needed_and_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ensemble_conformance.tooling import cli
+
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    status = cli.main(["gate", "--flax", "0.12.12", "--jax", "0.12.0.1", "--python", "3.99", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 2
+    assert "uv is needed and was not found" in out and "python3.99" in out
+
+
+# --- 6, 8. the README's install lines ------------------------------------------------------------------
+
+
+def _install_lines() -> list[str]:
+    """The README's `pip install` commands for a user's project (section "1. Install")."""
+    block = (REPO / "README.md").read_text().split("### 1. Install", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.startswith("pip install")]
+
+
+def _target(line: str) -> tuple[str, list[str]]:
+    """A pip install line's target and the extras it names."""
+    import shlex
+
+    target = shlex.split(line)[-1]
+    extras = re.search(r"\[([^\]]*)\]$", target)
+    return target.removesuffix(extras.group(0)) if extras else target, extras.group(1).split(",") if extras else []
+
+
+def test_the_readme_s_install_lines_bring_pytest_xdist_for_run_n_auto() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    lines = _install_lines()
+    assert lines
+    for line in lines:
+        _, extras = _target(line)
+        unknown = set(extras) - set(project["optional-dependencies"])
+        assert not unknown, f"{line}: no such extra {unknown}"
+        brought = [*project["dependencies"], *(r for e in extras for r in project["optional-dependencies"][e])]
+        assert any(re.match(r"pytest-xdist\b", r) for r in brought), f"{line}: `ensemble-conformance run -n` needs it"
+
+
+def test_the_readme_installs_what_a_checkout_builds(tmp_path: Path) -> None:
+    """The package is on no index: the README installs a checkout or the wheel it builds,
+    named as the build names it."""
+    import shutil
+
+    targets = [_target(line)[0] for line in _install_lines()]
+    assert all("/" in target for target in targets), f"{targets}: a bare name is looked up on a package index"
+    wheels = [Path(target).name for target in targets if target.endswith(".whl")]
+    assert wheels, "the README names no wheel"
+    if shutil.which("uv") is None:
+        pytest.skip("building the wheel needs uv")
+    built = subprocess.run(["uv", "build", "--wheel", "--quiet", "-o", str(tmp_path), str(REPO)], capture_output=True)
+    assert built.returncode == 0, built.stderr
+    assert wheels == [p.name for p in tmp_path.glob("*.whl")]

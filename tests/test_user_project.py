@@ -73,6 +73,22 @@ def test_help_stands_alone(installed: dict[str, Path]) -> None:
     assert "--golden-dir" in plugin and "--regen" in plugin and "ensemble_golden_dir" in plugin
 
 
+def test_the_gate_installs_the_package_it_runs_from(installed: dict[str, Path]) -> None:
+    """From a wheel install, the gate's default is a wheel of the installed files (the
+    package index may not hold this release): the same files as the wheel installed."""
+    import zipfile
+
+    code = "import sys, pathlib; from ensemble_conformance.tooling import cli; "
+    code += "print(cli.default_plugin_spec(pathlib.Path(sys.argv[1])))"
+    python, where = str(installed["bin"] / "python"), str(installed["root"] / "plugin")
+    spec = Path(_ok(_run([python, "-c", code, where], cwd=installed["root"])).strip())
+    assert spec.suffix == ".whl" and spec.parent == installed["root"] / "plugin"
+    original, rebuilt = zipfile.ZipFile(installed["wheel"]), zipfile.ZipFile(spec)
+    assert set(rebuilt.namelist()) == set(original.namelist())
+    differ = [name for name in original.namelist() if original.read(name) != rebuilt.read(name)]
+    assert differ == [next(n for n in original.namelist() if n.endswith(".dist-info/RECORD"))]
+
+
 def test_the_packaged_suite_runs_outside_a_checkout(installed: dict[str, Path]) -> None:
     report = installed["root"] / "suite.json"
     out = _ok(

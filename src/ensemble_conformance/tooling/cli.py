@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ensemble_conformance import __version__
 from ensemble_conformance.golden.pins import REFERENCE, Pins
@@ -161,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
         "--plugin-spec",
         default=None,
         help="how to install ensemble-conformance there: a wheel, a directory or a requirement "
-        f"(default: this checkout, or ensemble-conformance=={__version__})",
+        "(default: the package running this command: its checkout, or a wheel made from its installed files)",
     )
     gate.add_argument("--golden-dir", default=None, help="your goldens (default: your ini's ensemble_golden_dir)")
     gate.add_argument("--out", type=Path, default=Path("results/gate"), help="where report.json and verdict.md go")
@@ -212,12 +214,87 @@ def candidate_pins(args: argparse.Namespace) -> Pins:
     return Pins(python, args.jax, args.jax, args.flax, optax, orbax)
 
 
-def default_plugin_spec() -> str:
-    """This checkout when the package runs from one, else the same release from the index."""
+def default_plugin_spec(build_dir: Path) -> str:
+    """The package that runs this command, for the candidate environment: this checkout when
+    it runs from one; else the distribution installed here: its source directory for an
+    editable install, otherwise a wheel rebuilt in ``build_dir`` from the installed files. The
+    package index only when neither is found (the release may not be published there)."""
     root = Path(__file__).resolve().parents[3]
     if (root / "pyproject.toml").exists() and (root / "src" / "ensemble_conformance").is_dir():
         return str(root)
-    return f"ensemble-conformance=={__version__}"
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("ensemble-conformance")
+    except metadata.PackageNotFoundError:
+        return f"ensemble-conformance=={__version__}"
+    if (
+        Path(str(dist.locate_file("ensemble_conformance/__init__.py"))).resolve().parent
+        != Path(__file__).resolve().parents[1]
+    ):
+        return f"ensemble-conformance=={__version__}"  # the files installed are not the ones running
+    return installed_spec(dist, build_dir)
+
+
+def installed_spec(dist: Any, build_dir: Path) -> str:
+    """An installed distribution as something to install elsewhere: the source directory of
+    an editable install, else a wheel made from its installed files (wheel_from_installed)."""
+    import json
+    from urllib.parse import unquote, urlparse
+
+    try:
+        origin = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        origin = {}
+    url = urlparse(str(origin.get("url", "")))
+    if origin.get("dir_info", {}).get("editable") and url.scheme == "file" and Path(unquote(url.path)).is_dir():
+        return unquote(url.path)
+    return str(wheel_from_installed(dist, build_dir))
+
+
+# Files of an installed distribution's .dist-info that describe the installation, not the package.
+_INSTALLATION = ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "uv_cache.json")
+
+
+def wheel_from_installed(dist: Any, build_dir: Path) -> Path:
+    """A wheel of an installed pure-Python distribution, made from its installed files (as its
+    RECORD lists them): the package and its .dist-info (metadata, entry points), with a new
+    RECORD; console scripts are left to the installer, which makes them from the entry points."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = [f for f in dist.files or [] if not str(f).startswith("..") and "__pycache__" not in f.parts]
+    info = next((f.parent for f in files if f.name == "METADATA" and str(f.parent).endswith(".dist-info")), None)
+    if info is None:
+        raise ValueError(f"{dist.metadata['Name']}: its installed files list no .dist-info/METADATA")
+    tag = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in (dist.read_text("WHEEL") or "").splitlines()
+            if line.startswith("Tag:")
+        ),
+        "py3-none-any",
+    )
+    stem = str(info)[: -len(".dist-info")]  # name-version, as installed
+    build_dir.mkdir(parents=True, exist_ok=True)
+    wheel = build_dir / f"{stem}-{tag}.whl"
+    record = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        for f in files:
+            if f.parent == info and f.name in _INSTALLATION:
+                continue
+            source = Path(str(dist.locate_file(f)))
+            if not source.is_file():
+                continue
+            data = source.read_bytes()
+            name = f.as_posix()
+            archive.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+        record.append(f"{info.as_posix()}/RECORD,,")
+        archive.writestr(f"{info.as_posix()}/RECORD", "\n".join(record) + "\n")
+    return wheel
 
 
 def gate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
@@ -227,9 +304,20 @@ def gate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
     venv = (args.venv or out / f"venv-{sessions.env_name(pins.python, pins.flax, pins.jax)}").resolve()
     project = args.project.resolve()
     uv = shutil.which("uv") is not None
+    if not uv and shutil.which(f"python{pins.python}") is None:
+        print(
+            f"ensemble-conformance gate: uv is needed and was not found: the candidate runs on Python {pins.python}, "
+            f"and without uv on PATH the gate needs python{pins.python} there to make its environment. Install uv "
+            "(`pip install uv`, or https://docs.astral.sh/uv/) or that interpreter, or choose one with --python."
+        )
+        return 2
     create, install = sessions.venv_commands(venv, pins.python, uv)
-    requirements = [args.plugin_spec or default_plugin_spec(), *pins.requirements()]
+    plugin = args.plugin_spec or default_plugin_spec(out / "plugin")
+    requirements = [plugin, *pins.requirements()]
+    if any(re.fullmatch(r"-n\S*|--numprocesses(=.*)?", arg) for arg in pytest_args):
+        requirements.append("pytest-xdist>=3.5")  # -n: the workers are pytest-xdist's
     print(f"ensemble-conformance gate: flax {pins.flax} / jax {pins.jax} on Python {pins.python} in {venv}")
+    print(f"  ensemble-conformance from {plugin}")
     steps = [
         (create, None),
         ([*install, *requirements], None),
@@ -237,8 +325,16 @@ def gate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
     ]
     for command, cwd in steps:
         print("+ " + " ".join(shlex.quote(c) for c in command), flush=True)
-        if subprocess.call(command, cwd=cwd) != 0:
-            print(f"ensemble-conformance gate: could not build the candidate environment ({command[0]} failed)")
+        try:
+            failed = subprocess.call(command, cwd=cwd) != 0
+        except FileNotFoundError:
+            print(f"ensemble-conformance gate: {command[0]} was not found on PATH")
+            return 2
+        if failed:
+            print(
+                f"ensemble-conformance gate: could not build the candidate environment ({command[0]} failed; its "
+                "message is above)"
+            )
             return 2
     report = out / "report.json"
     report.unlink(missing_ok=True)
