@@ -28,7 +28,11 @@ error in --report-json (output_max_ulp, params_max_ulp) to confirm them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 
 # Unit roundoff u = 2**-p for a p-bit significand (implicit bit included).
 UNIT_ROUNDOFF: dict[str, float] = {
@@ -277,9 +281,30 @@ LIFECYCLE_CLASSES: dict[str, ArrayClass] = {
 }
 
 
+# A project's own classes (its project file, golden/project_file.py), in force for the
+# comparisons made inside ``overriding(...)``: its goldens and its oracles alike.
+_OVERRIDES: ContextVar[Mapping[str, ArrayClass]] = ContextVar(
+    "ensemble_conformance_overrides", default=MappingProxyType({})
+)
+
+
+@contextmanager
+def overriding(classes: Mapping[str, ArrayClass]) -> Iterator[None]:
+    """Judge by ``classes`` (name -> ArrayClass) where they name a class, inside the block."""
+    token = _OVERRIDES.set(dict(classes))
+    try:
+        yield
+    finally:
+        _OVERRIDES.reset(token)
+
+
 def lifecycle_class(key: str) -> ArrayClass:
-    """The class of a scenario array by its key path's first component; unknown is an error."""
+    """The class of a scenario array by its key path's first component (a project's
+    override first); unknown is an error."""
     head = key.split("/", 1)[0]
+    override = _OVERRIDES.get().get(head)
+    if override is not None:
+        return override
     try:
         return LIFECYCLE_CLASSES[head]
     except KeyError:

@@ -122,6 +122,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="",
     )
     parser.addini(
+        "ensemble_project_file",
+        "a project's tolerance overrides and accepted outcomes per release (TOML), relative to the rootdir; "
+        "default conformance.toml",
+        default="",
+    )
+    parser.addini(
         "ensemble_reference_pins",
         "requirements (name==version, one a line) a project's goldens are made on; --regen refuses elsewhere",
         type="linelist",
@@ -349,6 +355,7 @@ def _check_before_the_run(config: pytest.Config, store: GoldenStore) -> None:
     problems = store.problems()
     if problems and _compares_goldens(config):
         raise pytest.UsageError("\n".join(problems) + "\n(run only the golden-free checks with -m oracle)")
+    project.project_file_of(config)  # a project file that cannot be used is named before the run
     path = config.getoption("--report-json")
     if path:
         target = Path(path)
@@ -586,6 +593,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(
             "    emulated numerics: golden comparisons of the core cases only; oracles and lifecycle deselected"
         )
+    if not reference_suite(config):
+        settings = project.project_file_of(config)
+        lines += [f"  {settings.path}: {line}" for line in settings.header()]
     try:
         envs = store.manifest().get("environments", {})
     except GoldenError as err:

@@ -26,14 +26,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
 from ensemble_conformance.golden.compare import non_finite
+from ensemble_conformance.golden.project_file import ProjectFile, ProjectFileError
+from ensemble_conformance.golden.project_file import load as load_project_file
 from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore
-from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics
+from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics, overriding
 
 if TYPE_CHECKING:
     from ensemble_conformance.scenarios.lifecycle import ScenarioCase, ScenarioRecord
@@ -146,6 +149,26 @@ def regen_summary(terminalreporter: Any, config: pytest.Config, store: GoldenSto
 # --- a project's scenarios as tests ------------------------------------------------------------
 
 
+_PROJECT_FILE = pytest.StashKey["ProjectFile"]()
+
+
+def project_file_path(config: pytest.Config) -> Path:
+    """ini ``ensemble_project_file`` (relative to the rootdir), default ``conformance.toml``."""
+    return config.rootpath / (config.getini("ensemble_project_file") or "conformance.toml")
+
+
+def project_file_of(config: pytest.Config) -> ProjectFile:
+    """The project's tolerance overrides and accepted outcomes, read once per run (none for
+    the reference suite)."""
+    if _PROJECT_FILE not in config.stash:
+        suite = any(getattr(p, "ENSEMBLE_CONFORMANCE_SUITE", False) for p in config.pluginmanager.get_plugins())
+        try:
+            config.stash[_PROJECT_FILE] = ProjectFile() if suite else load_project_file(project_file_path(config))
+        except ProjectFileError as err:
+            raise pytest.UsageError(f"ensemble-conformance: {err}") from None
+    return config.stash[_PROJECT_FILE]
+
+
 def _fail(lines: list[str]) -> None:
     pytest.fail("\n".join(lines), pytrace=False)
 
@@ -173,6 +196,25 @@ def _load(store: GoldenStore, case: ScenarioCase) -> tuple[Outcome | None, Golde
 
 
 def judge_against_golden(
+    config: pytest.Config,
+    case: ScenarioCase,
+    program: Program | None,
+    now: Outcome,
+    store: GoldenStore,
+    numerics: Numerics,
+    env: dict[str, Any],
+    record_property: Callable[[str, object], None],
+    doc: str = "",
+    oracle_failures: Callable[[], list[str]] | None = None,
+) -> None:
+    """One case run now against its golden (or staged for --regen); fails with the
+    figures, the drift cause and the command that regenerates it. A project's tolerance
+    overrides are in force, and an outcome its project file accepts on this release passes."""
+    with overriding(project_file_of(config).overrides):
+        _judge_against_golden(config, case, program, now, store, numerics, env, record_property, doc, oracle_failures)
+
+
+def _judge_against_golden(
     config: pytest.Config,
     case: ScenarioCase,
     program: Program | None,
@@ -219,6 +261,10 @@ def judge_against_golden(
     record_property("max_ulp_by_class", verdict.worst_ulps())
     if verdict.ok:
         return
+    accepted = project_file_of(config).accepted_for(case.id)
+    if accepted is not None and accepted.matches(now.kind, now.error):
+        record_property("accepted", accepted.describe())
+        return  # the project accepted this outcome on this release (its project file)
     fix = compat.remedy(case.program, cls, now.error)
     if fix:
         record_property("remedy", fix)
@@ -227,6 +273,9 @@ def judge_against_golden(
     lines = [f"ensemble-conformance: {case.id} does not match its golden {store.path_for(case.id)}"]
     if doc:
         lines.append(f"  {doc}")
+    if accepted is not None:
+        where = project_file_of(config).path
+        lines.append(f"  {where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
     failing = oracle_failures() if oracle_failures is not None else []
     if failing:
         # the program is wrong by its own oracles: that, not rounding, is the first guess
@@ -263,7 +312,7 @@ def run_once(program: Program, case: ScenarioCase, future: bool = False) -> tupl
 def judge_oracles(program: Program, case: ScenarioCase) -> tuple[list[str], list[str]]:
     """Every oracle of the case's program: ``(failures, not applicable)``, each a line
     ``<oracle>: <why>``. The oracles judge this process's one run of the case."""
-    from ensemble_conformance.scenarios.user import NotApplicable
+    from ensemble_conformance.scenarios.program import NotApplicable
 
     failures, not_applicable = [], []
     for oracle in program.oracles:
@@ -345,7 +394,8 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             now, _ = run(case, pytestconfig)
             if now.kind != "values":
                 pytest.skip(f"ensemble-conformance: {case.id}: no values to judge, the step {now.describe()}")
-            failures, not_applicable = judge_oracles(program, case)
+            with overriding(project_file_of(pytestconfig).overrides):
+                failures, not_applicable = judge_oracles(program, case)
             if not_applicable:
                 record_property("not_applicable", not_applicable)
             if failures:

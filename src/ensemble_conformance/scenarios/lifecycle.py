@@ -201,11 +201,12 @@ def compare_arrays(key: str, golden: np.ndarray, actual: np.ndarray, numerics: N
     unit = numerics.tolerance("float32").unit
     if cls.exact or golden.dtype.kind not in "f":
         return _exact(key, golden, actual)
+    rule = cls.rule(unit) + (f"; {cls.reason}" if cls.reason.startswith("project: ") else "")
     if cls.ulps is not None:
-        return compare(key, golden, actual, rule=cls.rule(unit), max_ulps=cls.ulps)
+        return compare(key, golden, actual, rule=rule, max_ulps=cls.ulps)
     magnitude = np.abs(golden.astype(np.float64))
     allowed = cls.k * UNIT_ROUNDOFF[unit] * (magnitude + magnitude.max(initial=0.0))
-    return compare(key, golden, actual, rule=cls.rule(unit), allowed_abs=allowed)
+    return compare(key, golden, actual, rule=rule, allowed_abs=allowed)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,10 @@ import numpy as np
 Params = Mapping[str, Any]
 
 
+class NotApplicable(Exception):
+    """An oracle that has nothing to judge: the run does not give the arrays it needs."""
+
+
 class Unavailable(Exception):
     """The release under test does not have an API the scenario needs."""
 

@@ -126,7 +126,7 @@ from ensemble_conformance.scenarios.checkpoint import round_trip
 from ensemble_conformance.scenarios.construction import eval_mode, member_slice
 from ensemble_conformance.scenarios.dropout import state_arrays
 from ensemble_conformance.scenarios.lifecycle import ScenarioCase, compare_arrays
-from ensemble_conformance.scenarios.program import Outcome, Params, Program, flatten, run_program
+from ensemble_conformance.scenarios.program import NotApplicable, Outcome, Params, Program, flatten, run_program
 from ensemble_conformance.scenarios.training import Optimizer, _adam, apply_update, make_optimizer
 
 __all__ = ["STEPS", "Ensemble", "NotApplicable", "Oracle", "Recipe", "mean_squared_error", "suite_recipe"]
@@ -774,10 +774,6 @@ USES: Mapping[str, frozenset[str]] = {
 # --- the oracles: Oracle(name, check, needs); check(ensemble, arrays, p) can be fed a broken run ---
 
 Check: TypeAlias = Callable[["Ensemble", Arrays, Params], None]
-
-
-class NotApplicable(Exception):
-    """An oracle that has nothing to judge: the run does not give the arrays it needs."""
 
 
 @dataclass(frozen=True)
