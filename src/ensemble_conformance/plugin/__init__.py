@@ -779,7 +779,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             "scenarios": len(scenarios),
             "passed": statuses.count("passed"),
             "failed": statuses.count("failed") + len(failures),
-            "failed_elsewhere": len(failures),
             "skipped": statuses.count("skipped"),
             "known_drift": statuses.count("xfailed"),
             "causes": causes,

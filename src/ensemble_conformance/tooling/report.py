@@ -157,8 +157,8 @@ def gate_markdown(result: Result, baseline: Result | None = None) -> str:
         + f"{s['passed'] + s['failed'] + s.get('known_drift', 0)} {'results' if _project(result) else 'checks'}: "
         f"{s['passed']} passed, {s['failed']} failed"
         + (
-            f" ({s['failed_elsewhere']} of them outside any {'scenario or check' if _project(result) else 'case'})"
-            if s.get("failed_elsewhere")
+            f" ({len(result['failures'])} of them outside any {'scenario or check' if _project(result) else 'case'})"
+            if result.get("failures")
             else ""
         )
         + (f", {s['known_drift']} known drift (expected failures)." if s.get("known_drift") else "."),
