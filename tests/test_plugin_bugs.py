@@ -56,7 +56,7 @@ def test_a_project_s_own_test_sharded_py_is_collected(tmp_path: Path) -> None:
     assert sorted(_testcases(junit)) == ["test_in_other", "test_in_sharded"]
 
 
-SUITE_ONLY = ("--impl", "--patch", "--emulate", "--sharded")
+SUITE_ONLY = ("--impl", "--emulate", "--sharded")
 
 
 def test_the_suite_s_options_are_not_added_to_another_project_s_run(tmp_path: Path) -> None:

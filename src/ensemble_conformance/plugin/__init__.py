@@ -16,8 +16,9 @@ that
     pytest [--golden-dir DIR] [--backend cpu|cuda|rocm|tpu] [--precision default|highest]
            [--nnx-mode graph|tree|...] [--case-timeout SECONDS] [--known-drift FILE]
            [--report-json PATH] [--regen | --regen-all] [--regen-force] [--future-warnings]
+           [--patch MODULE:FUNCTION]
 
-The reference suite's own options (``--impl``, ``--patch``, ``--emulate``, ``--sharded``)
+The reference suite's own options (``--impl``, ``--emulate``, ``--sharded``)
 are added by suite_options.py, which the suite's conftest.py loads: they exist in a run of
 the suite only.
 
@@ -83,6 +84,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="FILE",
         help="golden comparisons expected to fail (case-id pattern  # reason); strict: a pass is an error",
+    )
+    group.addoption(
+        "--patch",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="call this function (no arguments) in every process before any case: it may change jax, flax, "
+        "optax or orbax behaviour, as a broken release would (the lifecycle mutants use it)",
     )
     group.addoption(
         "--future-warnings",

@@ -1,4 +1,4 @@
-"""The reference suite's own options: ``--impl``, ``--patch``, ``--emulate`` and ``--sharded``.
+"""The reference suite's own options: ``--impl``, ``--emulate`` and ``--sharded``.
 
 They exist only in a run of the reference suite: its ``conftest.py`` (``conformance/`` in
 this repository, the packaged ``ensemble_conformance.suite``) lists this module in
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-OPTIONS = ("--impl", "--patch", "--emulate", "--sharded")
+OPTIONS = ("--impl", "--emulate", "--sharded")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,13 +25,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="MODULE:FUNCTION",
         help="check this implementation of vmap_over_ensemble(seed, x, num_models, features) "
         "instead of the package's (also path/to/file.py:function)",
-    )
-    group.addoption(
-        "--patch",
-        default=None,
-        metavar="MODULE:FUNCTION",
-        help="call this function (no arguments) in every process before any case: it may change jax, flax, "
-        "optax or orbax behaviour, as a broken release would (the lifecycle mutants use it)",
     )
     group.addoption(
         "--emulate",
