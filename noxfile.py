@@ -4,7 +4,7 @@
     nox -s tests             # the project's own tests of its harness
     nox -s regen -- [IDS | --all] [--force] [--prune]
     nox -s lint              # ruff and mypy
-    nox -s mutation          # kill rates of tests/mutants.py and tests/lifecycle_mutants.py
+    nox -s mutation          # kill rates of tests/mutants.py and src/ensemble_conformance/tooling/lifecycle_mutants.py
     nox -s legacy_prng       # jax 0.4.38 + flax 0.10.2 against the goldens: cause prng-config
     nox -s matrix            # every supported release pin (select one: nox -s "matrix(flax0.9.0-jax0.4.31)")
     nox -s matrix_report     # merge results/matrix/*.json into a markdown table and an HTML heatmap
@@ -137,7 +137,12 @@ def mutation(session: nox.Session) -> None:
     args = list(session.posargs)
     runs = {
         "core": ("tests/mutants.py", "--json", "results/mutation.json"),
-        "lifecycle": ("tests/lifecycle_mutants.py", "--patch", "--json", "results/lifecycle-mutation.json"),
+        "lifecycle": (
+            "src/ensemble_conformance/tooling/lifecycle_mutants.py",
+            "--patch",
+            "--json",
+            "results/lifecycle-mutation.json",
+        ),
     }
     which = list(runs)
     if args and args[0] in runs:

@@ -1,4 +1,4 @@
-"""Mutation testing through --patch: each lifecycle mutant in tests/lifecycle_mutants.py (a
+"""Mutation testing through --patch: each lifecycle mutant in ensemble_conformance/tooling/lifecycle_mutants.py (a
 broken flax, optax or orbax release, simulated by a patch) fails a lifecycle golden
 comparison; each also fails the golden-free checks alone, with no golden file at all (13 of
 13 measured); and no harmless variant fails any lifecycle check.
@@ -24,13 +24,14 @@ pytest.importorskip("optax")
 pytest.importorskip("orbax.checkpoint")
 
 from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES
-from tests import lifecycle_mutants
-from tests.lifecycle_mutants import LIFECYCLE_HARMLESS, LIFECYCLE_MUTANTS, PROGRAMS_HIT
+from ensemble_conformance.tooling import lifecycle_mutants
+from ensemble_conformance.tooling.lifecycle_mutants import LIFECYCLE_HARMLESS, LIFECYCLE_MUTANTS, PROGRAMS_HIT
 
 Suite = Callable[..., SuiteRun]
-MUTANTS_FILE = "tests/lifecycle_mutants.py"
+MUTANTS_FILE = "src/ensemble_conformance/tooling/lifecycle_mutants.py"
 
-# Measured with `python -m ensemble_conformance.tooling.mutation tests/lifecycle_mutants.py --patch`
+# Measured with `python -m ensemble_conformance.tooling.mutation
+# src/ensemble_conformance/tooling/lifecycle_mutants.py --patch`
 # on the reference pins: the programs where a golden-free check catches each mutant with no
 # golden file. Every mutant is caught so (13/13), among them the three once caught by the
 # goldens only, by oracles with references of their own:

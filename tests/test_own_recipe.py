@@ -199,3 +199,30 @@ def test_with_goldens_made_after_the_bug_only_the_oracles_catch_it(tmp_path: Pat
     first = text.index("first suspect")
     assert "member_alone_equals_ensemble: member 0 run alone in eval mode" in text[first:]
     assert "forward = the project's tests.own_recipes.predict_ignoring_eval" in text
+
+
+MUTATE_TEST = """
+from ensemble_conformance import ensemble_tests
+from tests import own_recipes as own
+
+TestOwn = ensemble_tests(own.ensemble("good", own.GOOD, steps=("grad",), members=(3,)))
+"""
+
+
+def test_mutate_names_the_broken_releases_a_projects_checks_catch(tmp_path: Path) -> None:
+    """``ensemble-conformance mutate`` on a project: the simulated release whose nnx.grad
+    averages over the member axis is caught by the project's golden-free check."""
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "pytest.ini").write_text("[pytest]\nensemble_golden_dir = golden\n")
+    (project / "tests" / "test_own.py").write_text(textwrap.dedent(MUTATE_TEST))
+    assert _pytest(project, "--regen-all", "-k", "matches_golden").returncode == 0
+    environ = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "ensemble_conformance.tooling.cli", "mutate", "--mutants", "grad_member_mean"]
+    proc = subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| `grad_member_mean`"))
+    assert "1: good.grad-n3-seed0 | 1: good.grad-n3-seed0" in row, row
+    assert "Caught 1 of 1 broken releases (1 by a golden-free check" in proc.stdout
+    bad = subprocess.run([*command[:-1], "no_such"], cwd=project, env=environ, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown no_such" in bad.stdout

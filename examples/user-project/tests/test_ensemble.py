@@ -7,7 +7,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 from ensemble_example import make_ensemble, predict, train
-from flax import nnx
 
 from ensemble_conformance import Ensemble, Recipe, ensemble_tests
 

@@ -7,6 +7,8 @@ clone of this repository.
                                                   write your project's goldens (missing, damaged or failing)
     ensemble-conformance report RESULT.json [--markdown OUT.md] [--baseline B.json]
                                                   a --report-json result as a markdown verdict (exit 1 on FAIL)
+    ensemble-conformance mutate [--mutants A,B] [-- PYTEST ARGS]
+                                                  which simulated broken flax/optax/orbax releases your tests catch
     ensemble-conformance gate --flax X --jax Y [--python 3.12] [--optax V] [--orbax V] [-- PYTEST ARGS]
                                                   your scenarios on candidate pins, in a fresh environment,
                                                   against your goldens; JSON + markdown verdict
@@ -141,6 +143,18 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("result", type=Path, help="the JSON written by --report-json")
     report.add_argument("--markdown", type=Path, help="also write the markdown here")
     report.add_argument("--baseline", type=Path, help="a run on the current pins: deprecations new in the candidate")
+    mutate = sub.add_parser(
+        "mutate",
+        help="how sensitive your tests are: your project's tests against simulated broken releases",
+        description="Run your project's tests once as they are, then once under each lifecycle mutant (a "
+        "broken flax, optax or orbax behaviour, simulated by a patch) and print which ones they catch, by "
+        "golden or by golden-free check. Arguments after `--` go to pytest (e.g. -k, a test path).",
+    )
+    mutate.add_argument(
+        "--mutants", default=None, help="comma-separated mutant names (default: all; --list shows them)"
+    )
+    mutate.add_argument("--list", action="store_true", help="list the mutants and what each breaks, then exit")
+    mutate.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     gate = sub.add_parser(
         "gate",
         help="your scenarios on candidate jax/flax pins, in a fresh environment",
@@ -192,7 +206,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = ["--markdown", str(args.markdown)] if args.markdown else []
         extra += ["--baseline", str(args.baseline)] if args.baseline else []
         return report.main(["gate", str(args.result), *extra])
+    if args.command == "mutate":
+        return mutate(args, pytest_args)
     return gate(args, pytest_args)
+
+
+def mutate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
+    """``ensemble-conformance mutate``: exit 0 with the table; 2 when the project's tests do
+    not run, or a mutant name is unknown."""
+    from ensemble_conformance.tooling import mutation
+
+    names = list(mutation.load_module_names())
+    if args.list:
+        for name, doc in mutation.load_module_names().items():
+            print(f"{name}: {doc}")
+        return 0
+    if args.mutants:
+        wanted = [n.strip() for n in args.mutants.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            print(f"ensemble-conformance mutate --mutants: unknown {', '.join(unknown)}; known: {', '.join(names)}")
+            return 2
+        names = wanted
+    baseline, results = mutation.mutate_project(names, pytest_args, Path.cwd())
+    if not results:
+        print(baseline.output[-3000:])
+        print(f"ensemble-conformance mutate: your tests did not run as they are (exit {baseline.returncode})")
+        return 2
+    table = mutation.project_markdown(baseline, results)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table + "\n")
+    return 0
 
 
 def _passthrough_help(command: str) -> str:

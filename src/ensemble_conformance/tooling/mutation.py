@@ -3,8 +3,8 @@ core function (``--impl``), or against broken releases of flax, optax and orbax 
 by patches (``--patch``), and count which ones it catches.
 
     python -m ensemble_conformance.tooling.mutation tests/mutants.py [--mutants A,B] [-k EXPR]
-    python -m ensemble_conformance.tooling.mutation tests/lifecycle_mutants.py --patch [--mutants A,B]
-                                            [--harmless A,B] [-k EXPR]
+    python -m ensemble_conformance.tooling.mutation src/ensemble_conformance/tooling/lifecycle_mutants.py \
+        --patch [--mutants A,B] [--harmless A,B] [-k EXPR]
 
 Core mutants (a module with a ``MUTANTS`` tuple of implementations of the core function):
 for each, the suite runs twice over the core function's cases, with the goldens (golden
@@ -74,13 +74,18 @@ class SuiteRun:
 
 
 def run_suite(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 3600
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 3600,
+    target: str | None = "conformance",
 ) -> SuiteRun:
     """``python -m pytest conformance ARGS`` in a fresh interpreter, from ``cwd`` (default:
-    the current directory, the repository root); outcomes from junit XML."""
+    the current directory, the repository root); outcomes from junit XML. ``target=None``:
+    no path (a project's own pytest configuration picks its tests)."""
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", "conformance", f"--junitxml={junit}", *args]
+        command = [sys.executable, "-m", "pytest", *([target] if target else []), f"--junitxml={junit}", *args]
         full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
         start = time.perf_counter()
         proc = subprocess.run(
@@ -386,6 +391,94 @@ def measure_harmless(
         )
         results.append(result)
     return results
+
+
+# --- a project's own tests against the lifecycle mutants (ensemble-conformance mutate) -----------
+
+PATCHES = "ensemble_conformance.tooling.lifecycle_mutants"
+
+
+def load_module_names() -> dict[str, str]:
+    """The lifecycle mutants a project can be run against, with the first line of each doc."""
+    from ensemble_conformance.tooling import lifecycle_mutants
+
+    return {name: _doc(lifecycle_mutants, name) for name in lifecycle_mutants.LIFECYCLE_MUTANTS}
+
+
+@dataclass(frozen=True)
+class ProjectMutant:
+    """What a project's tests make of one broken release."""
+
+    name: str
+    doc: str
+    golden: tuple[str, ...]  # the scenarios whose golden comparison (or ensemble_golden check) fails
+    oracles: tuple[str, ...]  # the scenarios whose golden-free checks fail
+    other: tuple[str, ...]  # any other failing test
+    seconds: float
+
+    @property
+    def caught(self) -> bool:
+        return bool(self.golden or self.oracles or self.other)
+
+
+def _failing(run: SuiteRun, baseline: set[str]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    failed = sorted(run.ids_with("failed") - baseline)
+
+    def case(test: str) -> str:
+        return test.split("[", 1)[1].rstrip("]") if "[" in test else test
+
+    oracles = tuple(case(t) for t in failed if t.startswith("test_scenario_oracles"))
+    golden = tuple(case(t) for t in failed if t.startswith("test_scenario_matches_golden"))
+    other = tuple(t for t in failed if not t.startswith(("test_scenario_oracles", "test_scenario_matches_golden")))
+    return golden, oracles, other
+
+
+def mutate_project(
+    names: Sequence[str], pytest_args: Sequence[str], cwd: Path, progress: Callable[[str], None] = print
+) -> tuple[SuiteRun, list[ProjectMutant]]:
+    """The project's tests (its pytest configuration, in ``cwd``) once as they are, then once
+    under each lifecycle mutant (``--patch``): which broken release each test would catch."""
+    from ensemble_conformance.tooling import lifecycle_mutants
+
+    plugins = ["-p", "ensemble_conformance.plugin", "-p", "ensemble_conformance.plugin.suite_options"]
+    quiet = ["-q", "-p", "no:cacheprovider", *plugins]
+    baseline = run_suite(*quiet, *pytest_args, cwd=cwd, target=None)
+    if baseline.returncode not in (0, 1) or not baseline.outcomes:
+        return baseline, []
+    already = baseline.ids_with("failed")
+    results = []
+    for name in names:
+        run = run_suite(*quiet, "--patch", f"{PATCHES}:{name}", *pytest_args, cwd=cwd, target=None)
+        golden, oracles, other = _failing(run, already)
+        if run.returncode not in (0, 1):
+            other = (*other, f"the run stopped (exit {run.returncode}): {run.output.strip().splitlines()[-1:]}")
+        result = ProjectMutant(name, _doc(lifecycle_mutants, name), golden, oracles, other, run.seconds)
+        progress(f"{name}: {'caught' if result.caught else 'MISSED'} ({run.seconds:.0f} s)")
+        results.append(result)
+    return baseline, results
+
+
+def project_markdown(baseline: SuiteRun, results: Sequence[ProjectMutant]) -> str:
+    lines = [
+        "| broken release (simulated) | caught by goldens | caught by golden-free checks | other failing tests |",
+        "|---|---|---|---|",
+    ]
+
+    def cell(ids: tuple[str, ...]) -> str:
+        return f"{len(ids)}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}" if ids else "-"
+
+    for r in results:
+        lines.append(f"| `{r.name}`: {r.doc} | {cell(r.golden)} | {cell(r.oracles)} | {cell(r.other)} |")
+    caught = sum(r.caught for r in results)
+    by_oracle = sum(bool(r.oracles) for r in results)
+    lines += [
+        "",
+        f"Caught {caught} of {len(results)} broken releases ({by_oracle} by a golden-free check, which holds on "
+        f"any release; the rest only against goldens made before the break).",
+    ]
+    if baseline.ids_with("failed"):
+        lines.append(f"Already failing before any patch (left out): {', '.join(sorted(baseline.ids_with('failed')))}")
+    return "\n".join(lines)
 
 
 def markdown(results: Sequence[MutantResult]) -> str:

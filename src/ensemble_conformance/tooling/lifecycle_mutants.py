@@ -1,7 +1,7 @@
 """Broken flax, optax and orbax releases, simulated: each function monkeypatches the library
 (never the project's scenario code) the way a regression in a release would change it.
 
-    pytest conformance -m lifecycle --patch tests/lifecycle_mutants.py:NAME
+    pytest conformance -m lifecycle --patch src/ensemble_conformance/tooling/lifecycle_mutants.py:NAME
 
 ``--patch`` calls the function, with no arguments, in every pytest process before any case
 runs, so the lifecycle programs and the oracles that judge them both see the broken
@@ -48,7 +48,8 @@ LIFECYCLE_HARMLESS = (
     "random_split_is_fold_in",
 )
 
-# Measured on the reference pins (python -m ensemble_conformance.tooling.mutation tests/lifecycle_mutants.py --patch):
+# Measured on the reference pins (python -m ensemble_conformance.tooling.mutation
+# src/ensemble_conformance/tooling/lifecycle_mutants.py --patch):
 # the programs with a case that fails under each mutant, with goldens.
 PROGRAMS_HIT: dict[str, tuple[str, ...]] = {
     "split_rngs_broadcasts_dropout": (
