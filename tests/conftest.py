@@ -3,6 +3,7 @@ starts the conformance suite in a fresh interpreter, as a user would."""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,3 +24,12 @@ def suite() -> Callable[..., SuiteRun]:
         return run_suite("-p", "no:randomly", *args, cwd=REPO, env=env)
 
     return run
+
+
+def junit_outcomes(junit: Path) -> dict[str, str]:
+    """Each test's name in a JUnit XML report -> "passed", "failed" (or errored) or "skipped"."""
+    out = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        failed = case.find("failure") is not None or case.find("error") is not None
+        out[case.get("name", "")] = "failed" if failed else "skipped" if case.find("skipped") is not None else "passed"
+    return out

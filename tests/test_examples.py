@@ -10,13 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, junit_outcomes
 
 EXAMPLES = REPO / "examples"
 
@@ -78,14 +77,6 @@ def _pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)
 
 
-def _outcomes(junit: Path) -> dict[str, str]:
-    out = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        failed = case.find("failure") is not None or case.find("error") is not None
-        out[case.get("name", "")] = "failed" if failed else "skipped" if case.find("skipped") is not None else "passed"
-    return out
-
-
 def _copy(example: str, tmp_path: Path) -> Path:
     project = tmp_path / example
     shutil.copytree(EXAMPLES / example, project, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -107,7 +98,7 @@ def test_example_passes_against_its_goldens(example: str, tmp_path: Path) -> Non
     junit = tmp_path / "run.xml"
     run = _pytest(project, f"--junitxml={junit}")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    outcomes = _outcomes(junit)
+    outcomes = junit_outcomes(junit)
     goldens = len(list((project / "tests" / "golden").glob("*.npz")))
     assert sum(name.startswith("test_scenario_matches_golden[") for name in outcomes) == goldens
     assert set(outcomes.values()) == {"passed"}, outcomes  # no oracle skipped as not applicable
@@ -124,7 +115,7 @@ def test_mutant_is_caught_by_an_oracle_with_goldens_made_after_it(mutant: Mutant
     assert made.returncode == 0, made.stdout[-4000:] + made.stderr[-4000:]
     junit = tmp_path / "run.xml"
     run = _pytest(project, "-k", mutant.step, f"--junitxml={junit}")
-    outcomes = _outcomes(junit)
+    outcomes = junit_outcomes(junit)
     for case in mutant.cases:
         assert outcomes[f"test_scenario_matches_golden[{case}]"] == "passed", run.stdout[-4000:]
         assert outcomes[f"test_scenario_oracles[{case}]"] == "failed", run.stdout[-4000:]

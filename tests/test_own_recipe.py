@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from ensemble_conformance import Ensemble, Recipe
 from ensemble_conformance.scenarios import user
 from ensemble_conformance.scenarios.user import NotApplicable, Oracle
 from tests import own_recipes as own
-from tests.conftest import REPO
+from tests.conftest import REPO, junit_outcomes
 
 P3 = {"n": 3, "seed": 0}
 
@@ -158,20 +157,6 @@ def _pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProces
     return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)
 
 
-def _outcomes(junit: Path) -> dict[str, str]:
-    out = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        state = (
-            "failed"
-            if case.find("failure") is not None
-            else "skipped"
-            if case.find("skipped") is not None
-            else "passed"
-        )
-        out[case.get("name", "")] = state
-    return out
-
-
 def test_with_goldens_made_after_the_bug_only_the_oracles_catch_it(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
@@ -181,7 +166,7 @@ def test_with_goldens_made_after_the_bug_only_the_oracles_catch_it(tmp_path: Pat
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     junit = tmp_path / "run.xml"
     run = _pytest(project, f"--junitxml={junit}")
-    outcomes = _outcomes(junit)
+    outcomes = junit_outcomes(junit)
     for mutant, (step, _) in own.CAUGHT_BY.items():
         case = f"{mutant}.{step}-n3-seed0"
         assert outcomes[f"test_scenario_matches_golden[{case}]"] == "passed", (case, run.stdout[-3000:])
