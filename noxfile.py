@@ -16,11 +16,12 @@
     nox -s resolve_backends  # resolve (never install) the CUDA and TPU install lines
     nox -s bench             # speed: vmapped ensemble vs N separate models, training (-- --quick: small)
     nox -s perf_gate -- --flax X --jax Y [--baseline-flax A --baseline-jax B]   # slower? side by side
+    nox -s cost_gate -- --flax X --jax Y [--baseline-flax A --baseline-jax B]   # costlier? compiled censuses
     nox -s perf_calibrate    # the perf gate against itself (A/A) and injected 10% / 25% slowdowns
     nox -s perf_releases     # every pin in one run: (0, None) / (0, 0) forward, each against the reference
     nox -s modes             # the suite in flax's three transform modes: changes must be the forecast
     nox -s future_defaults   # tree mode, deprecations as errors: what of an ensemble would break
-    nox -s demos             # bisect 0.10.7 -> 0.11.2, the gate 0.10.7 -> 0.11.2 and in tree mode, checked
+    nox -s demos             # bisect 0.10.7 -> 0.11.2, cost bisect jax 0.10.1 -> 0.10.2, two gates, checked
     nox -s gate -- --flax X --jax Y --from-flax A --from-jax B   # judged by goldens made on A/B
 
 Sessions use uv to build their environments when uv is installed (pip otherwise).
@@ -29,6 +30,7 @@ Arguments after `--` go to pytest (conformance, tests) or to the regeneration co
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -353,6 +355,28 @@ def perf_gate(session: nox.Session) -> None:
     session.run(str(baseline), *command, external=True)  # exits non-zero on a slowdown; writes the step summary
 
 
+@nox.session(python=False, default=False)
+def cost_gate(session: nox.Session) -> None:
+    """Does a candidate jax/flax make a compiled program cost more? Censuses compared, no clock."""
+    args = sessions.cost_gate_parser(RESULTS).parse_args(session.posargs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sides = {
+        "baseline": sessions.perf_side(args.baseline_flax, args.baseline_jax, args.baseline_python),
+        "candidate": sessions.perf_side(args.flax, args.jax, args.python),
+    }
+    for name, side in sides.items():
+        python = str(_perf_python(session, side))
+        session.run(python, *sessions.census_args(args.quick, out / f"{name}.json"), env=CPU_ENV, external=True)
+    compare = ["-m", "ensemble_conformance.tooling.cost", "compare", str(out / "baseline.json")]
+    compare += [str(out / "candidate.json"), "--markdown", str(out / "cost-gate.md")]
+    compare += [
+        "--title",
+        f"Cost gate: jax {args.jax}, flax {args.flax} against jax {args.baseline_jax}, flax {args.baseline_flax}",
+    ]
+    session.run(python, *compare, external=True)  # exits 1 when a figure grows past its rule
+
+
 @nox.session(python=REFERENCE.python, default=False)
 def perf_calibrate(session: nox.Session) -> None:
     """The performance gate on the reference pins against itself and injected slowdowns (-- --trials N)."""
@@ -372,7 +396,7 @@ def perf_releases(session: nox.Session) -> None:
 
 @nox.session(python=False, default=False)
 def demos(session: nox.Session) -> None:
-    """The lifecycle demonstrations, run for real: bisect 0.10.7 -> 0.11.2, the gate 0.10.7 -> 0.11.2, tree mode."""
+    """The demonstrations, run for real: bisect 0.10.7 -> 0.11.2, cost bisect jax 0.10.1 -> 0.10.2, two gates."""
     for demo in sessions.DEMOS:
         session.log(f"demo: {demo.name}")
         nox_command = [sys.executable, "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", demo.session, "--"]
@@ -394,6 +418,9 @@ def bisect(session: nox.Session) -> None:
         session.error(str(err))
     held = sessions.held(args)
     session.log(f"{len(releases)} {args.package} releases from {args.good} to {args.bad}, {held}, Python {args.python}")
+    if args.cost:
+        _bisect_cost(session, args, releases)
+        return
     baseline = Path(session.create_tmp()) / f"bisect-baseline-{args.package}{args.good}"
     shutil.rmtree(baseline, ignore_errors=True)
 
@@ -432,3 +459,36 @@ def bisect(session: nox.Session) -> None:
     for line in sessions.changed_recipes(changes.get(first, [])):
         session.log(f"  changed: {line}")
     session.log(f"first {args.package} release where a case changes: {first} ({held}); see {path.relative_to(ROOT)}")
+
+
+def _bisect_cost(session: nox.Session, args: argparse.Namespace, releases: list[str]) -> None:
+    """bisect --cost PROGRAM:FIGURE: the first release whose census figure differs from the good one's."""
+    try:
+        program, figure = sessions.cost_target(args.cost)
+    except ValueError as err:
+        session.error(str(err))
+    out = RESULTS / "cost" / "bisect"
+    out.mkdir(parents=True, exist_ok=True)
+    values: dict[str, float | None] = {}
+
+    def value(release: str) -> float | None:
+        if release not in values:
+            flax, jax = sessions.bisect_pins(args, release)
+            python = str(_perf_python(session, sessions.perf_side(flax, jax, args.python)))
+            path = out / f"{args.package}{release}.json"
+            session.run(python, *sessions.census_args(False, path, [program]), env=CPU_ENV, external=True, silent=True)
+            values[release] = sessions.census_figure(path, program, figure)
+            session.log(f"{args.package} {release}: {program} {figure} = {values[release]}")
+        return values[release]
+
+    good = value(args.good)
+    try:
+        first = bisection.first_changed(releases, lambda release: value(release) != good, log=session.log)
+    except ValueError as err:
+        session.error(str(err))
+    cost = {"program": program, "figure": figure, "good": good, "first_changed": values[first]}
+    path = sessions.write_bisect_record(RESULTS, args, first, cost=cost)
+    session.log(
+        f"first {args.package} release where {program} {figure} changes: {first} ({good} -> {values[first]}, "
+        f"{sessions.held(args)}); see {path.relative_to(ROOT)}"
+    )

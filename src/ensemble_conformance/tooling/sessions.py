@@ -363,6 +363,45 @@ def perf_gate_args(args: argparse.Namespace, baseline: Path, candidate: Path) ->
     return command
 
 
+def cost_gate_parser(results: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nox -s cost_gate --")
+    parser.add_argument("--flax", required=True, help="candidate flax release")
+    parser.add_argument("--jax", required=True, help="candidate jax release")
+    parser.add_argument("--python", default=None, help="candidate interpreter (default: the matrix's, else reference)")
+    parser.add_argument("--baseline-flax", default=REFERENCE.flax, help=f"baseline flax (default {REFERENCE.flax})")
+    parser.add_argument("--baseline-jax", default=REFERENCE.jax, help=f"baseline jax (default {REFERENCE.jax})")
+    parser.add_argument("--baseline-python", default=None, help="baseline interpreter (default as for the candidate)")
+    parser.add_argument("--quick", action="store_true", help="the small census size (tests)")
+    parser.add_argument("--out", default=str(results / "cost"), help="where the censuses and cost-gate.md go")
+    return parser
+
+
+def census_args(quick: bool, out: Path, programs: Sequence[str] = ()) -> list[str]:
+    """The cost command that writes one side's census (of ``programs``, default all) to ``out``."""
+    command = ["-m", "ensemble_conformance.tooling.cost", "census", "--json", str(out)]
+    return command + (["--quick"] if quick else []) + [f"--program={p}" for p in programs]
+
+
+def cost_target(text: str) -> tuple[str, str]:
+    """``--cost 'PROGRAM:FIGURE'`` -> (program, figure); a ValueError says what is accepted (the
+    census itself refuses an unknown program, naming the known ones: nox's interpreter has no jax)."""
+    from ensemble_conformance.scenarios.cost import FIGURES
+
+    program, _, figure = text.rpartition(":")
+    if not program or figure not in FIGURES:
+        raise ValueError(
+            f"--cost {text!r}: accepted: 'PROGRAM:FIGURE', e.g. 'forward (0, None):bytes_accessed', with FIGURE one "
+            f"of {', '.join(FIGURES)}"
+        )
+    return program, figure
+
+
+def census_figure(path: Path, program: str, figure: str) -> float | None:
+    """One figure of one program in a census file (None where the backend does not report it)."""
+    value = json.loads(path.read_text())["programs"][program]["census"]["figures"][figure]
+    return None if value is None else float(value)
+
+
 # --- bisect --------------------------------------------------------------------------
 
 
@@ -374,6 +413,12 @@ def bisect_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jax", default=REFERENCE.jax, help="the jax held fixed when bisecting flax")
     parser.add_argument("--flax", default=REFERENCE.flax, help="the flax held fixed when bisecting jax")
     parser.add_argument("--python", default=REFERENCE.python, help="interpreter")
+    parser.add_argument(
+        "--cost",
+        default=None,
+        metavar="PROGRAM:FIGURE",
+        help="bisect on a census figure instead of the goldens, e.g. 'forward (0, None):bytes_accessed'",
+    )
     return parser
 
 
@@ -401,8 +446,10 @@ def changed_recipes(case_ids: Sequence[str]) -> list[str]:
     return [f"{name} ({n} case{'s' * (n != 1)})" for name, n in sorted(counts.items())]
 
 
-def write_bisect_record(results: Path, args: argparse.Namespace, first: str, changed: Sequence[str] = ()) -> Path:
-    record = {
+def write_bisect_record(
+    results: Path, args: argparse.Namespace, first: str, changed: Sequence[str] = (), cost: dict[str, Any] | None = None
+) -> Path:
+    record: dict[str, Any] = {
         "package": args.package,
         "good": args.good,
         "bad": args.bad,
@@ -412,6 +459,8 @@ def write_bisect_record(results: Path, args: argparse.Namespace, first: str, cha
         "changed_cases": list(changed),
         "changed_recipes": changed_recipes(changed),
     }
+    if cost is not None:  # a bisection on a census figure: the program, the figure, its values
+        record["cost"] = cost
     results.mkdir(parents=True, exist_ok=True)
     path = results / "bisect.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -444,6 +493,8 @@ class Demo:
 _DROPOUT_AND_SCAN = ("dropout_split_rngs_forward", "dropout_own_keys", "scan_resplit_forward", "scan_layers_dropout")
 _TREE = ("state_axes_init", "split_rngs_context_init", "dropout_split_only_state_axes", "batchnorm_shared_stats")
 
+# jax 0.10.2 made the seed's forward copy its whole kernel: bytes accessed 68 MB -> 202 MB at N = D = F = 256
+COST_DEMO = "forward (0, None):bytes_accessed"
 DEMOS = (
     Demo(
         "bisect 0.10.7 -> 0.11.2",
@@ -452,6 +503,14 @@ DEMOS = (
         "results/bisect.json",
         _DROPOUT_AND_SCAN,
         first_changed="0.11.0",
+    ),
+    Demo(
+        "cost bisect jax 0.10.1 -> 0.10.2",
+        "bisect",
+        ("--package", "jax", "--good", "0.10.1", "--bad", "0.10.2", "--flax", "0.12.8", "--cost", COST_DEMO),
+        "results/bisect.json",
+        ("forward (0, None)",),
+        first_changed="0.10.2",
     ),
     Demo(
         "gate from flax 0.10.7 to 0.11.2",
@@ -493,6 +552,8 @@ def demo_problem(demo: Demo, root: Path) -> str | None:
         if record.get("first_changed") != demo.first_changed:
             return f"{demo.name}: found {record.get('first_changed')}, expected {demo.first_changed}"
         named = {line.split(" ", 1)[0] for line in record.get("changed_recipes", [])}
+        if "cost" in record:
+            named = {record["cost"]["program"]}
     else:
         if "gate: FAIL" not in text:
             return f"{demo.name}: the gate passed; it must fail"

@@ -33,6 +33,9 @@ B1, B2, EPS = 0.9, 0.999, 1e-8
 class Workload:
     call: Callable[[], Any]
     bytes_floor: int | None = None  # bytes one call must move at least, when a floor applies
+    # the one compiled program a call runs, lowered (``jax.jit(f).lower(*args)``), for its cost
+    # census (scenarios/cost.py); None where a call runs none (eager) or several
+    lower: Callable[[], Any] | None = None
 
 
 def shared_x(d_in: int) -> jax.Array:
@@ -58,7 +61,7 @@ def _jitted_forward(n: int, d_in: int, features: int, forward: Callable[..., Any
     def run(state: Any, x: jax.Array) -> jax.Array:
         return forward(nnx.merge(graphdef, state), x)
 
-    return Workload(lambda: run(state, x), forward_bytes(n, d_in, features))
+    return Workload(lambda: run(state, x), forward_bytes(n, d_in, features), lambda: run.lower(state, x))
 
 
 def make_forward_shared(n: int, d_in: int, features: int) -> Workload:
@@ -81,13 +84,14 @@ def make_batched_einsum(n: int, d_in: int, features: int) -> Workload:
     def run(kernel: jax.Array, bias: jax.Array, x: jax.Array) -> jax.Array:
         return jnp.einsum("nd,ndf->nf", jnp.broadcast_to(x, (n, d_in)), kernel) + bias
 
-    return Workload(lambda: run(kernel, bias, x), forward_bytes(n, d_in, features))
+    return Workload(lambda: run(kernel, bias, x), forward_bytes(n, d_in, features), lambda: run.lower(kernel, bias, x))
 
 
 def make_construction(n: int, d_in: int, features: int) -> Workload:
     """Building the N stacked members under nnx.jit (a static seed: not constant-folded)."""
     build = nnx.jit(build_ensemble, static_argnums=(0, 1, 2, 3))
-    return Workload(lambda: nnx.state(build(SEED, d_in, n, features)))
+    built = jax.jit(lambda: nnx.state(build_ensemble(SEED, d_in, n, features)))  # the same program, for its census
+    return Workload(lambda: nnx.state(build(SEED, d_in, n, features)), lower=built.lower)
 
 
 def make_compile_forward(n: int, d_in: int, features: int) -> Workload:
@@ -197,7 +201,7 @@ def make_training(method: str, n: int, d_in: int, features: int) -> Workload:
             carried[0], carried[1] = step(carried[0], carried[1], x, y)
             return carried[0]
 
-        return Workload(call, floor)
+        return Workload(call, floor, lambda: step.lower(params, opt, x, y))
     if method not in (SEPARATE_JIT, PYTHON_LOOP):
         raise ValueError(f"method {method!r} is not one of {', '.join(TRAINING_METHODS)}")
     models = [nnx.split(nnx.Linear(d_in, features, rngs=nnx.Rngs(SEED + i)), nnx.Param) for i in range(n)]
@@ -211,4 +215,38 @@ def make_training(method: str, n: int, d_in: int, features: int) -> Workload:
             member[0], member[1] = each(member[0], member[1], x, y)
         return [member[0] for member in members]
 
+    if method == SEPARATE_JIT:  # one member's step: the program each of the N calls runs
+        first = members[0]
+        return Workload(call_each, floor, lambda: each.lower(first[0], first[1], x, y))  # type: ignore[attr-defined]
     return Workload(call_each, floor)
+
+
+# The cost census (scenarios/cost.py) -----------------------------------------------
+
+CENSUS_SIZE = (256, 256, 256)  # N, D_in, F: the size at which jax 0.10.2's forward regression reads 3x bytes
+CENSUS_QUICK = (8, 16, 16)
+
+
+@dataclass(frozen=True)
+class CensusProgram:
+    """A program the census records: its kind (``forward`` fails on a new data movement op)
+    and how to build its workload at (N, D_in, F)."""
+
+    kind: str
+    make: Callable[[int, int, int], Workload]
+
+
+def _training(method: str) -> Callable[[int, int, int], Workload]:
+    return lambda n, d_in, features: make_training(method, n, d_in, features)
+
+
+CENSUS_PROGRAMS: dict[str, CensusProgram] = {
+    "forward (0, None)": CensusProgram("forward", make_forward_shared),
+    "forward (0, 0)": CensusProgram("forward", make_forward_broadcast),
+    "batched einsum": CensusProgram("forward", make_batched_einsum),
+    "construction": CensusProgram("construction", make_construction),
+    VMAP_ONE_OPTIMIZER: CensusProgram("train", _training(VMAP_ONE_OPTIMIZER)),
+    VMAP_NOT_DONATED: CensusProgram("train", _training(VMAP_NOT_DONATED)),
+    VMAP_PER_MEMBER: CensusProgram("train", _training(VMAP_PER_MEMBER)),
+    "one member's jitted step": CensusProgram("train", _training(SEPARATE_JIT)),
+}

@@ -1,0 +1,195 @@
+"""The cost census (scenarios/cost.py, tooling/cost.py): the HLO op count, the figures of real
+compiled programs against what their shapes require, the gate's rules, the stored census of
+the reference pins, bad files, and the nox helpers of the cost gate and the cost bisect."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from types import MappingProxyType
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ensemble_conformance.golden.environment import fingerprint
+from ensemble_conformance.golden.pins import REFERENCE
+from ensemble_conformance.scenarios.cost import FIGURES, Census, census, compare, hlo_ops, markdown
+from ensemble_conformance.tooling import cost as tool
+from ensemble_conformance.tooling import sessions
+from ensemble_conformance.tooling.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, forward_bytes
+
+HLO = """HloModule jit_run, entry_computation_layout={(f32[4,3]{1,0}, f32[3]{0})->f32[4]{0}}
+
+%fused_computation (param_0: f32[4,3], param_1: f32[3]) -> f32[4] {
+  %param_0 = f32[4,3]{1,0} parameter(0)
+  %param_1 = f32[3]{0} parameter(1)
+  ROOT %dot.1 = f32[4]{0} dot(f32[4,3]{1,0} %param_0, f32[3]{0} %param_1), lhs_contracting_dims={1}
+}
+
+ENTRY %main.5 (Arg_0.1: f32[4,3], Arg_1.2: f32[3]) -> (f32[4], f32[3,4]) {
+  %Arg_0.1 = f32[4,3]{1,0} parameter(0)
+  %Arg_1.2 = f32[3]{0} parameter(1)
+  %transpose.3 = f32[3,4]{0,1} transpose(f32[4,3]{1,0} %Arg_0.1), dimensions={1,0}
+  %fusion = f32[4]{0} fusion(f32[4,3]{1,0} %Arg_0.1, f32[3]{0} %Arg_1.2), kind=kOutput, calls=%fused_computation
+  ROOT %tuple.4 = (f32[4]{0}, f32[3,4]{0,1}) tuple(f32[4]{0} %fusion, f32[3,4]{0,1} %transpose.3)
+}
+"""
+
+
+def _census(ops: dict[str, int] | None = None, **figures: float) -> Census:
+    values = {name: 1000.0 for name in FIGURES}
+    values.update(figures)
+    return Census(MappingProxyType(values), MappingProxyType(ops or {"dot": 1}))
+
+
+def test_hlo_ops_counts_every_instruction_of_every_computation() -> None:
+    assert hlo_ops(HLO) == {"parameter": 4, "dot": 1, "transpose": 1, "fusion": 1, "tuple": 1}
+
+
+def test_a_compiled_forward_reports_what_its_shapes_require() -> None:
+    n, d_in, features = CENSUS_QUICK
+    workload = CENSUS_PROGRAMS["forward (0, 0)"].make(n, d_in, features)
+    assert workload.lower is not None
+    first = census(workload.lower())
+    # N kernels, N biases and the one x go in; N rows of F come out; a matmul of N x D_in x F
+    assert first.figures["argument_bytes"] == forward_bytes(n, d_in, features)
+    assert first.figures["output_bytes"] == n * features * 4
+    assert first.figures["flops"] >= 2 * n * d_in * features
+    assert first.figures["bytes_accessed"] >= forward_bytes(n, d_in, features)
+    assert first.ops.get("dot", 0) + first.ops.get("fusion", 0) >= 1
+    # A/A: a second compile of the same program is the same census, exactly
+    assert census(workload.lower()) == first
+    assert compare("forward (0, 0)", "forward", first, census(workload.lower())) == []
+
+
+def test_jit_of_a_bigger_program_costs_more() -> None:
+    small = census(jax.jit(lambda a: a @ a).lower(jnp.ones((8, 8))))
+    big = census(jax.jit(lambda a: a @ a).lower(jnp.ones((32, 32))))
+    changes = {c.figure: c for c in compare("matmul", "forward", small, big)}
+    assert changes["flops"].fails and changes["bytes_accessed"].fails
+    assert changes["flops"].after >= 64 * changes["flops"].before  # (32/8)^3 multiply-adds
+
+
+def test_rules_fail_growth_beyond_the_threshold_and_report_the_rest() -> None:
+    before = _census(bytes_accessed=1000.0, flops=1000.0)
+    within = {c.figure: c for c in compare("p", "forward", before, _census(bytes_accessed=1040.0, flops=900.0))}
+    assert not within["bytes_accessed"].fails and "+4.0%, allowed +5%" in within["bytes_accessed"].why
+    assert not within["flops"].fails
+    beyond = {c.figure: c for c in compare("p", "forward", before, _census(bytes_accessed=1060.0))}
+    assert beyond["bytes_accessed"].fails and beyond["bytes_accessed"].ratio == pytest.approx(1.06)
+    grown_interface = compare("p", "train", before, _census(argument_bytes=1001.0))
+    assert [c.fails for c in grown_interface] == [True]
+
+
+def test_a_new_data_movement_op_fails_a_forward_only() -> None:
+    before = _census({"dot": 1})
+    after = _census({"dot": 1, "transpose": 1, "bitcast": 2})
+    forward = {c.figure: c for c in compare("f", "forward", before, after)}
+    assert forward["op:transpose"].fails and not forward["op:bitcast"].fails
+    assert not any(c.fails for c in compare("t", "train", before, after))
+    assert not any(c.fails for c in compare("f", "forward", after, before))  # losing one is an improvement
+
+
+def test_a_figure_one_side_does_not_report_is_a_change_not_a_failure() -> None:
+    (change,) = compare("p", "forward", _census(temp_bytes=math.nan), _census(temp_bytes=5.0))
+    assert not change.fails and "one side only" in change.why
+    text = markdown([change], ["only-here"], "Cost gate")
+    assert "Cost gate: PASS" in text and "| p | temp_bytes | n/a | 5 |" in text and "`only-here`" in text
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        ({"figures": {}, "ops": {}}, "figures"),
+        ({"figures": {name: 1 for name in FIGURES} | {"flops": -1}, "ops": {}}, "figure flops = -1"),
+        ({"figures": {name: 1 for name in FIGURES} | {"flops": True}, "ops": {}}, "figure flops = True"),
+        ({"figures": {name: 1 for name in FIGURES}, "ops": {"dot": 1.5}}, "ops"),
+        ([], "accepted"),
+    ],
+)
+def test_a_bad_census_entry_is_refused_naming_where(data: object, says: str) -> None:
+    with pytest.raises(ValueError, match="here") as err:
+        Census.from_json(data, "here")
+    assert says in str(err.value)
+
+
+def test_census_json_round_trips() -> None:
+    original = _census({"dot": 2}, temp_bytes=math.nan)
+    again = Census.from_json(json.loads(json.dumps(original.to_json())), "x")
+    assert again.ops == original.ops
+    assert math.isnan(again.figures["temp_bytes"]) and again.figures["flops"] == original.figures["flops"]
+
+
+def test_a_file_that_is_not_a_census_is_refused_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=str(bad)):
+        tool.load(bad)
+    bad.write_text(json.dumps({"format": 1, "programs": {"p": {"kind": "forward", "census": {"figures": {}}}}}))
+    with pytest.raises(ValueError, match="program 'p'"):
+        tool.load(bad)
+
+
+def test_compare_refuses_censuses_of_different_sizes(tmp_path: Path) -> None:
+    data = tool.take(quick=True, programs=["forward (0, 0)"])
+    other = {**data, "size": {"n": 1, "d_in": 1, "features": 1}}
+    with pytest.raises(ValueError, match="different sizes"):
+        tool.judge(data, other, "t")
+    passed, text = tool.judge(data, data, "t")
+    assert passed and "Every census is identical" in text
+    with pytest.raises(ValueError, match="--program"):
+        tool.take(quick=True, programs=["no such program"])
+
+
+def test_compare_command_exits_1_on_growth(tmp_path: Path) -> None:
+    data = tool.take(quick=True, programs=["forward (0, 0)"])
+    grown = json.loads(json.dumps(data))
+    grown["programs"]["forward (0, 0)"]["census"]["figures"]["bytes_accessed"] *= 3
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps(data))
+    after.write_text(json.dumps(grown))
+    assert tool.main(["compare", str(before), str(before)]) == 0
+    assert tool.main(["compare", str(before), str(after), "--markdown", str(tmp_path / "v.md")]) == 1
+    assert "FAIL" in (tmp_path / "v.md").read_text()
+
+
+ON_REFERENCE = (fingerprint()["jax"], fingerprint()["flax"]) == (REFERENCE.jax, REFERENCE.flax)
+
+
+@pytest.mark.skipif(not ON_REFERENCE or jax.default_backend() != "cpu", reason="the stored census is CPU on the pins")
+def test_the_stored_census_of_the_reference_pins_matches() -> None:
+    assert tool.main(["check"]) == 0
+
+
+def test_regen_refuses_other_pins_and_writes_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tool.take(quick=True, programs=["forward (0, 0)"])
+    monkeypatch.setattr(tool, "take", lambda: data)
+    path = tmp_path / tool.environment_name(data["environment"])
+    monkeypatch.setattr(tool, "REFERENCE", replace(REFERENCE, jax="0.0.1"))
+    assert tool.main(["regen", "--dir", str(tmp_path)]) == 2 and not path.exists()
+    assert tool.main(["regen", "--dir", str(tmp_path), "--force"]) == 0
+    assert tool.load(path)["programs"].keys() == {"forward (0, 0)"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_cost_target_and_census_args() -> None:
+    assert sessions.cost_target("forward (0, None):bytes_accessed") == ("forward (0, None)", "bytes_accessed")
+    with pytest.raises(ValueError, match="FIGURE one of"):
+        sessions.cost_target("forward (0, None):speed")
+    with pytest.raises(ValueError, match="PROGRAM:FIGURE"):
+        sessions.cost_target(":flops")
+    args = sessions.census_args(True, Path("o.json"), ["forward (0, None)"])
+    assert args[-2:] == ["--quick", "--program=forward (0, None)"]
+
+
+def test_the_cost_bisect_demonstration_must_find_jax_0_10_2(tmp_path: Path) -> None:
+    demo = next(d for d in sessions.DEMOS if "--cost" in d.args)
+    args = sessions.bisect_parser().parse_args(list(demo.args))
+    cost = {"program": "forward (0, None)", "figure": "bytes_accessed", "good": 1.0, "first_changed": 3.0}
+    sessions.write_bisect_record(tmp_path / "results", args, "0.10.2", cost=cost)
+    assert sessions.demo_problem(demo, tmp_path) is None
+    sessions.write_bisect_record(tmp_path / "results", args, "0.10.2", cost={**cost, "program": "construction"})
+    assert "does not name" in (sessions.demo_problem(demo, tmp_path) or "")
