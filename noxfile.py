@@ -180,11 +180,13 @@ def regen_legacy(session: nox.Session) -> None:
 @nox.session(default=False)
 @nox.parametrize("python,pin", [(p.python, p.id) for p in MATRIX], ids=[p.id for p in MATRIX])
 def matrix(session: nox.Session, pin: str) -> None:
-    """The suite on one supported release pin, judged by its PRNG epoch's goldens."""
+    """The suite on one supported release pin, judged by its PRNG epoch's goldens; its cost census."""
     pins = next(p for p in MATRIX if p.id == pin)
     session.install(".[test]", *pins.requirements())
     for args, extra in sessions.matrix_runs(ROOT, pins):
         _run_suite(session, *args, env={**CPU_ENV, **extra})
+    census = RESULTS / "cost" / "matrix" / f"{pin}.json"  # the compiled programs' cost on this release
+    session.run("python", *sessions.census_args(False, census), env=CPU_ENV, silent=True)
 
 
 @nox.session(python=REFERENCE.python, default=False)
@@ -195,10 +197,12 @@ def matrix_report(session: nox.Session) -> None:
     if not files:
         session.error("no results: run `nox -s matrix` first, or pass result files")
     releases = RESULTS / "perf" / "releases.json"  # from nox -s perf_releases: the performance column
+    censuses = RESULTS / "cost" / "matrix"  # from nox -s matrix: the cost column
     session.run(
         "python", "-m", "ensemble_conformance.tooling.report", "matrix", *files,
         "--markdown", str(RESULTS / "matrix.md"), "--html", str(RESULTS / "matrix.html"),
         *(["--perf", str(releases)] if releases.exists() else []),
+        *(["--cost", str(censuses)] if censuses.is_dir() else []),
     )  # fmt: skip
 
 

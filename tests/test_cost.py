@@ -193,3 +193,15 @@ def test_the_cost_bisect_demonstration_must_find_jax_0_10_2(tmp_path: Path) -> N
     assert sessions.demo_problem(demo, tmp_path) is None
     sessions.write_bisect_record(tmp_path / "results", args, "0.10.2", cost={**cost, "program": "construction"})
     assert "does not name" in (sessions.demo_problem(demo, tmp_path) or "")
+
+
+def test_rank_correlation_is_spearmans() -> None:
+    from ensemble_conformance.scenarios.cost import rank_correlation
+
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take their average rank: ranks (1.5, 1.5, 3) and (1, 2, 3) -> Pearson of those
+    assert rank_correlation([5, 5, 9], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)
+    assert math.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError, match="two equally long lists"):
+        rank_correlation([1], [1])

@@ -137,3 +137,21 @@ def test_matrix_gains_a_performance_column_from_the_release_run() -> None:
     assert rows[0].endswith("| 1.80x [1.70, 1.90] |")  # flax 0.9.0: the largest N, not N = 64
     assert rows[1].endswith("| reference |")
     assert "forward time vs reference" not in report.matrix_markdown(results)  # no column without the run
+
+
+def test_matrix_gains_a_cost_column_from_the_releases_censuses(tmp_path: Path) -> None:
+    stored = json.loads(next((Path(__file__).parent.parent / "golden" / "cost").glob("cpu-*.json")).read_text())
+    older = json.loads(json.dumps(stored))
+    older["environment"].update(jax="0.4.31", flax="0.9.0")
+    figures = older["programs"][report.COST_PROGRAM]["census"]["figures"]
+    figures[report.COST_FIGURE] = stored["programs"][report.COST_PROGRAM]["census"]["figures"][report.COST_FIGURE] / 2
+    (tmp_path / "ref.json").write_text(json.dumps(stored))
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    censuses = report.load_censuses(tmp_path)
+    results = [_result("0.12.12", "0.12.0.1", PASSING), _result("0.9.0", "0.4.31", DRIFTED)]
+    text = report.matrix_markdown(results, None, censuses)
+    rows = [line for line in text.splitlines() if line.startswith("| flax")]
+    assert re.search(r"\| 0\.50x \(\d+ MB\) \|$", rows[0]), rows[0]
+    assert re.search(r"\| reference \(\d+ MB\) \|$", rows[1]), rows[1]
+    assert "forward bytes vs reference" in text
+    assert "forward bytes vs reference" not in report.matrix_markdown(results)

@@ -136,6 +136,35 @@ def census(lowered: Any) -> Census:
     return Census(MappingProxyType(ordered), MappingProxyType(hlo_ops(compiled.as_text())))
 
 
+def _ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties given their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def rank_correlation(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rank correlation of paired figures (Pearson's of their average ranks); NaN
+    where either side is constant. How far a census figure's ordering of releases agrees with
+    the clock's."""
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(f"rank_correlation: needs two equally long lists of 2 or more, got {len(xs)} and {len(ys)}")
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else math.nan
+
+
 @dataclass(frozen=True)
 class Change:
     """One figure (or ``op:<name>``) of one program that differs between two censuses."""

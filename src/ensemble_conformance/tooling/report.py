@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ensemble_conformance.golden.pins import version_tuple
+from ensemble_conformance.golden.pins import REFERENCE, version_tuple
 
 Result = dict[str, Any]
 
@@ -284,12 +284,49 @@ def performance_cell(result: Result, releases: Mapping[str, Any] | None) -> str:
     return f" {i['ratio']:.2f}x [{i['low']:.2f}, {i['high']:.2f}] |"
 
 
-def matrix_markdown(results: Sequence[Result], releases: Mapping[str, Any] | None = None) -> str:
+COST_PROGRAM, COST_FIGURE = "forward (0, None)", "bytes_accessed"
+
+
+def load_censuses(directory: Path) -> dict[str, Mapping[str, Any]]:
+    """``flax<f>-jax<j>`` -> the census file of that release (results/cost/matrix/*.json)."""
+    out = {}
+    for path in sorted(directory.glob("*.json")):
+        data = json.loads(path.read_text())
+        env = data.get("environment", {})
+        out[f"flax{env.get('flax')}-jax{env.get('jax')}"] = data
+    return out
+
+
+def cost_cell(result: Result, censuses: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """This release's seed forward bytes accessed (its compiled census) against the reference's."""
+    if censuses is None:
+        return ""
+    pin = f"flax{result['pins']['flax']}-jax{result['pins']['jax']}"
+    reference = censuses.get(f"flax{REFERENCE.flax}-jax{REFERENCE.jax}")
+    row = censuses.get(pin)
+    if row is None or reference is None or _mode(result) != "graph" or result.get("backend") != "cpu":
+        return " - |"
+    value = row["programs"][COST_PROGRAM]["census"]["figures"][COST_FIGURE]
+    base = reference["programs"][COST_PROGRAM]["census"]["figures"][COST_FIGURE]
+    if value is None or not base:
+        return " n/a |"
+    if row is reference:
+        return f" reference ({value / 1e6:.0f} MB) |"
+    return f" {value / base:.2f}x ({value / 1e6:.0f} MB) |"
+
+
+def matrix_markdown(
+    results: Sequence[Result],
+    releases: Mapping[str, Any] | None = None,
+    censuses: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
     ordered = sorted(merge(results), key=_sort_key)
     perf_head = " forward time vs reference |" if releases is not None else ""
+    perf_head += " forward bytes vs reference |" if censuses is not None else ""
+    extra = (releases is not None) + (censuses is not None)
     lines = [
         "| release | Python | backend | verdict | cases | checks failed | known drift | drift causes |" + perf_head,
-        "|---|---|---|---|---|---|---|---|" + ("---|" if releases is not None else ""),
+        "|---|---|---|---|---|---|---|---|" + "---|" * extra,
     ]
     for r in ordered:
         s = r["summary"]
@@ -297,7 +334,7 @@ def matrix_markdown(results: Sequence[Result], releases: Mapping[str, Any] | Non
         lines.append(
             f"| {_release(r)} | {r['pins']['python']} "
             f"| {r.get('backend')} | {verdict(r)} | {s['cases']} | {s['failed']} "
-            f"| {s.get('known_drift', 0)} | {causes} |" + performance_cell(r, releases)
+            f"| {s.get('known_drift', 0)} | {causes} |" + performance_cell(r, releases) + cost_cell(r, censuses)
         )
     if releases is not None:
         lines += [
@@ -305,6 +342,13 @@ def matrix_markdown(results: Sequence[Result], releases: Mapping[str, Any] | Non
             "*forward time vs reference*: the seed's jitted forward at the largest N, this release / the reference, "
             f"with its {releases['level']:.0%} interval, from one run of every pin ({releases['rounds']} interleaved "
             "rounds; `nox -s perf_releases`).",
+        ]
+    if censuses is not None:
+        lines += [
+            "",
+            "*forward bytes vs reference*: bytes accessed by the compiled seed forward (N = D_in = F = 256), from "
+            "XLA's cost analysis of each release's program, this release / the reference (`python -m "
+            "ensemble_conformance.tooling.cost census`: no clock, the same on every run).",
         ]
     groups = _groups(ordered)
     lines += [
@@ -485,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matrix.add_argument("--markdown", type=Path)
     matrix.add_argument("--html", type=Path)
     matrix.add_argument("--perf", type=Path, help="results/perf/releases.json: adds a performance column")
+    matrix.add_argument("--cost", type=Path, help="results/cost/matrix: the releases' censuses, adds a cost column")
     args = parser.parse_args(argv)
     try:
         if args.command == "gate":
@@ -503,7 +548,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             releases = json.loads(args.perf.read_text())
         except (OSError, ValueError) as err:
             parser.error(f"--perf {args.perf}: {err}")
-    text = matrix_markdown(results, releases)
+    censuses = None
+    if args.cost:
+        try:
+            censuses = load_censuses(args.cost)
+        except (OSError, ValueError) as err:
+            parser.error(f"--cost {args.cost}: {err}")
+    text = matrix_markdown(results, releases, censuses)
     table = compat_markdown(results)
     text += f"\n{table}" if table else ""
     if args.markdown:
