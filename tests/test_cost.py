@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -20,6 +23,7 @@ from ensemble_conformance.scenarios.cost import FIGURES, Census, census, compare
 from ensemble_conformance.tooling import cost as tool
 from ensemble_conformance.tooling import sessions
 from ensemble_conformance.tooling.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, forward_bytes
+from tests.conftest import REPO
 
 HLO = """HloModule jit_run, entry_computation_layout={(f32[4,3]{1,0}, f32[3]{0})->f32[4]{0}}
 
@@ -205,3 +209,54 @@ def test_rank_correlation_is_spearmans() -> None:
     assert math.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ValueError, match="two equally long lists"):
         rank_correlation([1], [1])
+
+
+COST_PROJECT = '''
+import os
+
+import jax.numpy as jnp
+
+from ensemble_conformance import Recipe, ensemble_tests
+from tests import own_recipes as own
+
+
+def padded(model, x):
+    """The batch padded to a fixed bucket of twice its size, the padding dropped after."""
+    return own.predict(model, jnp.concatenate([x, jnp.zeros_like(x)]))[:, : x.shape[0]]
+
+
+forward = padded if os.environ.get("FLIP") else own.predict
+recipe = Recipe(rngs=own.rngs, build=own.make_ensemble, forward=forward, train=own.train)
+TestOwn = ensemble_tests(own.ensemble("cost", recipe, steps=("build", "forward", "grad"), members=(1, 3)))
+'''
+
+
+def _project_pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **env}
+    environ.pop("PYTEST_ADDOPTS", None)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)
+
+
+def test_a_projects_own_forward_that_costs_more_fails_its_census(tmp_path: Path) -> None:
+    """The recipe slot's programs have a census too: made at --regen beside the goldens (one per
+    step with a compiled program, at the largest n), judged on every run; a forward padding
+    its batch (same values, twice the flops) fails it, naming the program and the figure."""
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "pytest.ini").write_text("[pytest]\nensemble_golden_dir = golden\n")
+    (project / "tests" / "test_own.py").write_text(COST_PROJECT)
+    made = _project_pytest(project, "--regen-all", "-m", "cost")
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    stored = sorted(p.name for p in (project / "golden" / "cost").glob("*.json"))
+    assert stored == ["cost.build-n3-seed0.json", "cost.forward-n3-seed0.json", "cost.grad-n3-seed0.json"]
+    assert "3 cost census(es) written" in made.stdout
+    again = _project_pytest(project, "-m", "cost")
+    assert again.returncode == 0 and "3 passed" in again.stdout, again.stdout[-3000:]
+    flipped = _project_pytest(project, "-m", "cost", FLIP="1")
+    text = flipped.stdout
+    assert flipped.returncode == 1, text[-3000:]
+    assert "1 failed, 2 passed" in text, text[-3000:]
+    assert "cost.forward-n3-seed0: its compiled program costs more than its census" in text
+    assert "FAIL cost.forward-n3-seed0 flops:" in text and "allowed +5%" in text
+    assert "If this cost is intended, regenerate the census" in text

@@ -101,6 +101,8 @@ def test_example_passes_against_its_goldens(example: str, tmp_path: Path) -> Non
     outcomes = junit_outcomes(junit)
     goldens = len(list((project / "tests" / "golden").glob("*.npz")))
     assert sum(name.startswith("test_scenario_matches_golden[") for name in outcomes) == goldens
+    censuses = len(list((project / "tests" / "golden" / "cost").glob("*.json")))
+    assert sum(name.startswith("test_scenario_cost[") for name in outcomes) == censuses == 3
     assert set(outcomes.values()) == {"passed"}, outcomes  # no oracle skipped as not applicable
 
 
@@ -109,15 +111,16 @@ def test_mutant_is_caught_by_an_oracle_with_goldens_made_after_it(mutant: Mutant
     project = _copy(mutant.example, tmp_path)
     source = project / mutant.path
     source.write_text(source.read_text().replace(mutant.old, mutant.new))
-    for golden in (project / "tests" / "golden").iterdir():
-        golden.unlink()
-    made = _pytest(project, "--regen-all", "-k", f"matches_golden and {mutant.step}")
+    shutil.rmtree(project / "tests" / "golden")
+    made = _pytest(project, "--regen-all", "-k", f"(matches_golden or cost) and {mutant.step}")
     assert made.returncode == 0, made.stdout[-4000:] + made.stderr[-4000:]
     junit = tmp_path / "run.xml"
     run = _pytest(project, "-k", mutant.step, f"--junitxml={junit}")
     outcomes = junit_outcomes(junit)
     for case in mutant.cases:
         assert outcomes[f"test_scenario_matches_golden[{case}]"] == "passed", run.stdout[-4000:]
+        if f"test_scenario_cost[{case}]" in outcomes:  # the census made from the bug, too
+            assert outcomes[f"test_scenario_cost[{case}]"] == "passed", run.stdout[-4000:]
         assert outcomes[f"test_scenario_oracles[{case}]"] == "failed", run.stdout[-4000:]
     assert run.returncode == 1
     assert f"{mutant.oracle}: " in run.stdout and mutant.says in run.stdout, run.stdout[-4000:]

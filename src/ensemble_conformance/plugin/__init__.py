@@ -205,6 +205,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sharded: the member axis sharded over --sharded devices")
     config.addinivalue_line("markers", "lifecycle: a lifecycle scenario (dropout, training, BatchNorm, scan, ...)")
     config.addinivalue_line("markers", "ensemble: a scenario of a project's own ensemble (ensemble_tests)")
+    config.addinivalue_line("markers", "cost: a compiled program's cost census against its stored census")
     if not active(config):
         return
     mode = config.getoption("--nnx-mode")
@@ -674,6 +675,7 @@ def _record(report: pytest.TestReport) -> None:
         "test_scenario_matches_golden": "golden",
         "test_scenario_expected_outcome": "expected",
         "test_scenario_oracles": "oracles",
+        "test_scenario_cost": "cost",
     }.get(test, test)
     if report.when == "call" or report.failed or report.skipped:
         entry[kind] = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome

@@ -35,7 +35,7 @@ import pytest
 from ensemble_conformance.golden.compare import non_finite
 from ensemble_conformance.golden.project_file import ProjectFile, ProjectFileError
 from ensemble_conformance.golden.project_file import load as load_project_file
-from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore
+from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore, atomic_writer
 from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics, overriding
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 _STAGED = pytest.StashKey[list[tuple["ScenarioRecord", str]]]()
 _WRITTEN = pytest.StashKey[list[str]]()
+_CENSUS_STAGED = pytest.StashKey[list[tuple[Path, bytes, str]]]()  # (file, contents, why) for --regen
+_CENSUS_WRITTEN = pytest.StashKey[list[str]]()
 _RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
 
 
@@ -106,9 +108,12 @@ def _stage(config: pytest.Config, record: ScenarioRecord, state: str) -> None:
 def commit_regen(config: pytest.Config, store: GoldenStore, env: dict[str, Any]) -> bool:
     """Write what the run staged, all at once; False (and a message) when that fails."""
     staged = config.stash.get(_STAGED, [])
+    censuses = config.stash.get(_CENSUS_STAGED, [])
     written: list[str] = []
     config.stash[_WRITTEN] = written
-    if not staged:
+    census_written: list[str] = []
+    config.stash[_CENSUS_WRITTEN] = census_written
+    if not staged and not censuses:
         return True
     try:
         store.directory.mkdir(parents=True, exist_ok=True)
@@ -116,9 +121,14 @@ def commit_regen(config: pytest.Config, store: GoldenStore, env: dict[str, Any])
             for record, state in staged:
                 if txn.write(record, env):
                     written.append(f"{record.case.id}: {state}")
+            for path, data, state in censuses:  # each file atomic, under the same lock
+                with atomic_writer(path) as f:
+                    f.write(data)
+                census_written.append(f"{path.stem} (cost census): {state}")
     except (GoldenError, OSError) as err:
         print(f"ensemble-conformance: regeneration failed, the goldens in {store.directory} are as they were: {err}")
         written.clear()
+        census_written.clear()
         return False
     return True
 
@@ -135,6 +145,11 @@ def regen_summary(terminalreporter: Any, config: pytest.Config, store: GoldenSto
     terminalreporter.write_line(
         f"{len(written)} golden(s) written to {store.directory}" + (f", {kept} rewritten unchanged" if kept else "")
     )
+    censuses = config.stash.get(_CENSUS_WRITTEN, [])
+    for line in censuses:
+        terminalreporter.write_line(line)
+    if censuses:
+        terminalreporter.write_line(f"{len(censuses)} cost census(es) written to {store.directory / 'cost'}")
     errors = sorted(record.case.id for record, _ in staged if record.outcome.kind != "values")
     if errors:
         terminalreporter.write_line(
@@ -325,6 +340,71 @@ def judge_oracles(program: Program, case: ScenarioCase) -> tuple[list[str], list
     return failures, not_applicable
 
 
+def census_path(store: GoldenStore, case_id: str) -> Path:
+    """Where a case's cost census golden lives: ``<golden dir>/cost/<case id>.json``."""
+    return store.directory / "cost" / f"{case_id}.json"
+
+
+def judge_census(
+    config: pytest.Config,
+    store: GoldenStore,
+    case_id: str,
+    kind: str,
+    lowered: Callable[[], Any],
+    env: dict[str, Any],
+    record_property: Callable[[str, object], None],
+) -> None:
+    """The case's compiled program's census (scenarios/cost.py) against the stored one: fails
+    when a figure grows beyond its rule or a forward gains a data movement op; reports the
+    rest. Under --regen, staged like a golden (missing, unreadable or failing; --regen-all: all)."""
+    import json
+
+    from ensemble_conformance.scenarios.cost import Census, census, compare
+
+    try:
+        program = lowered()
+    except Exception as err:  # the step raises on this release: its golden test records that outcome
+        pytest.skip(f"ensemble-conformance: {case_id}: no program to take the census of, the step raises {err!r:.300}")
+    now = census(program)
+    path = census_path(store, case_id)
+    stored: Census | None = None
+    problem = ""
+    try:
+        data = json.loads(path.read_text())
+        stored = Census.from_json(data.get("census") if isinstance(data, dict) else data, str(path))
+        stored_env = data.get("environment", {})
+    except FileNotFoundError:
+        problem = f"no cost census golden {path}"
+    except (OSError, ValueError) as err:
+        problem = f"cost census golden {path} cannot be used: {err}"
+    changes = compare(case_id, kind, stored, now) if stored is not None else []
+    failing = [c for c in changes if c.fails]
+    mode = regen_mode(config)
+    if mode is not None:
+        if stored is not None and not failing and mode != "all":
+            return
+        state = problem or ("; ".join(c.line() for c in failing) or "unchanged (--regen-all)")
+        keep = ("backend", "jax", "jaxlib", "flax", "python", "cpu_isa")
+        text = json.dumps({"environment": {k: env.get(k) for k in keep}, "census": now.to_json()}, indent=1)
+        config.stash.setdefault(_CENSUS_STAGED, []).append((path, (text + "\n").encode(), state))
+        return
+    if stored is None:
+        _fail([f"ensemble-conformance: {problem}; make it with: {store.regen_command([case_id])}"])
+        return
+    record_property("cost_changes", [c.line() for c in changes])
+    if failing:
+        versions = ", ".join(f"{k} {v}" for k, v in stored_env.items() if v is not None)
+        _fail(
+            [
+                f"ensemble-conformance: {case_id}: its compiled program costs more than its census {path}",
+                *("  " + c.line() for c in changes),
+                f"  the census was taken on: {versions}",
+                "  If this cost is intended, regenerate the census:",
+                f"    {store.regen_command([case_id])}",
+            ]
+        )
+
+
 def ensemble_tests(*ensembles: Ensemble) -> type:
     """A test class for these ensembles: ``test_scenario_matches_golden`` and
     ``test_scenario_oracles`` for every case (step x members x seeds) of each. Assign it to a
@@ -342,6 +422,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             programs[name] = program
             owners[name] = ensemble, step
     params = [pytest.param(case, id=case.id) for ensemble in ensembles for case in ensemble.cases()]
+    census_params = [pytest.param(case, id=case.id) for ensemble in ensembles for case in ensemble.census_cases]
 
     def run(case: ScenarioCase, config: pytest.Config) -> tuple[Outcome, tuple[str, ...]]:
         """The case's one run in this process, which the golden test and the oracles share."""
@@ -379,6 +460,25 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
                 record_property,
                 f"{program.doc} [{owners[case.program][0].describe(owners[case.program][1])}]",
                 lambda: judge_oracles(program, case)[0] if now.kind == "values" else [],
+            )
+
+        @pytest.mark.ensemble
+        @pytest.mark.cost
+        @pytest.mark.parametrize("case", census_params)
+        def test_scenario_cost(
+            self,
+            case: ScenarioCase,
+            golden_store: GoldenStore,
+            env: dict[str, Any],
+            record_property: Callable[[str, object], None],
+            pytestconfig: pytest.Config,
+        ) -> None:
+            from ensemble_conformance.scenarios.user import CENSUS_KINDS
+
+            ensemble, step = owners[case.program]
+            kind = CENSUS_KINDS[step]
+            judge_census(
+                pytestconfig, golden_store, case.id, kind, lambda: ensemble.lowered(step, case.p), env, record_property
             )
 
         @pytest.mark.ensemble

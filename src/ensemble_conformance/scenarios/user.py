@@ -97,6 +97,10 @@ The steps (``STEPS``), their arrays (named by the tolerance classes of
                    repeatable (a second run gives the same bits); members_distinct where it
                    returns ``params/``
 
+The compiled programs of ``build``, ``forward`` and ``grad`` (``CENSUS_KINDS``) also have a
+cost census (scenarios/cost.py) at the largest n and first seed (``census_cases``,
+``lowered``), stored beside the goldens and judged by the plugin's ``test_scenario_cost``.
+
 A step whose recipe raises on the release under test is a recorded outcome (``raises``),
 never a crash; without optax ``train``/``fit`` are ``unavailable: optax``, without orbax
 ``checkpoint`` is ``unavailable: orbax.checkpoint``. Gradients are taken the functional way
@@ -132,6 +136,8 @@ from ensemble_conformance.scenarios.training import Optimizer, _adam, apply_upda
 __all__ = ["STEPS", "Ensemble", "NotApplicable", "Oracle", "Recipe", "mean_squared_error", "suite_recipe"]
 
 STEPS: tuple[str, ...] = ("build", "forward", "dropout_forward", "grad", "train", "fit", "checkpoint")
+# the steps whose compiled program has a cost census, and the census kind it is judged as
+CENSUS_KINDS: Mapping[str, str] = MappingProxyType({"build": "construction", "forward": "forward", "grad": "train"})
 NEEDS_Y = frozenset({"grad", "train", "fit"})
 MAX_SEED = 2**32
 
@@ -624,6 +630,42 @@ class Ensemble:
         drawn = self.inputs(np.random.default_rng([int(p["seed"]), 0]))
         self._check_inputs(drawn, NEEDS_Y & {step})
         return {key: jnp.asarray(value) for key, value in drawn.items()}
+
+    # --- the compiled programs' cost (scenarios/cost.py) ----------------------------------
+
+    @property
+    def census_cases(self) -> tuple[ScenarioCase, ...]:
+        """The cases whose compiled program has a census: the steps of ``CENSUS_KINDS`` at the
+        largest n and the first seed (the census is a property of the program, not of n)."""
+        p = {"n": max(self.members), "seed": self.seeds[0]}
+        return tuple(
+            ScenarioCase(f"{self.name}.{step}", tuple(sorted(p.items()))) for step in self.steps if step in CENSUS_KINDS
+        )
+
+    def lowered(self, step: str, p: Params) -> Any:
+        """``step``'s one compiled program, lowered (``jax.stages.Lowered``): ``build`` under
+        ``jax.jit`` (the state it returns), ``forward`` and ``grad`` under ``jax.jit`` over the
+        ensemble's split state (eval mode), as a training loop would compile them. ``train``,
+        ``fit``, ``checkpoint`` and custom programs run Python loops or I/O: no one program."""
+        if step not in CENSUS_KINDS:
+            raise ValueError(f"step {step!r}: no one compiled program; accepted: {', '.join(CENSUS_KINDS)}")
+        r = self.resolved
+        n, seed = int(p["n"]), int(p["seed"])
+        if step == "build":
+            build, rngs = r.build, r.rngs
+            assert build is not None and rngs is not None
+            return jax.jit(lambda: nnx.state(build(n, rngs(seed)))).lower()
+        model = self.build(p)
+        eval_mode(model)
+        graphdef, state = nnx.split(model)
+        batch = self.data(p, step)
+        if step == "forward":
+            forward = r.forward
+            assert forward is not None
+            return jax.jit(lambda state, x: forward(nnx.merge(graphdef, state), x)).lower(state, batch["x"])
+        grad = r.grad
+        assert grad is not None
+        return jax.jit(lambda state, batch: grad(nnx.merge(graphdef, state), batch)).lower(state, batch)
 
     @property
     def loss_fn(self) -> LossFn:
