@@ -4,6 +4,7 @@
     nox -s tests             # the project's own tests of its harness
     nox -s regen -- [IDS | --all] [--force] [--prune]
     nox -s lint              # ruff and mypy
+    nox -s docs              # the documentation site (mkdocs, strict: broken links fail)
     nox -s mutation          # kill rates of tests/mutants.py and src/ensemble_conformance/tooling/lifecycle_mutants.py
     nox -s legacy_prng       # jax 0.4.38 + flax 0.10.2 against the goldens: cause prng-config
     nox -s matrix            # every supported release pin (select one: nox -s "matrix(flax0.9.0-jax0.4.31)")
@@ -90,6 +91,13 @@ def _venv(session: nox.Session, python: str, name: str, requirements: list[str])
     session.run(*install, "-e", ".[test]", *requirements, external=True)  # editable: a reused env runs this tree
     sessions.mark_env_ready(venv, requirements)
     return venv
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (mkdocs.yml, docs/) with every warning an error: broken links fail."""
+    session.install("mkdocs>=1.6,<2")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(RESULTS / "site"))
 
 
 @nox.session(python=REFERENCE.python)
