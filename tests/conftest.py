@@ -3,6 +3,9 @@ starts the conformance suite in a fresh interpreter, as a user would."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -33,3 +36,12 @@ def junit_outcomes(junit: Path) -> dict[str, str]:
         failed = case.find("failure") is not None or case.find("error") is not None
         out[case.get("name", "")] = "failed" if failed else "skipped" if case.find("skipped") is not None else "passed"
     return out
+
+
+def run_pytest(project: Path, *args: str, pythonpath: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
+    """pytest in ``project`` in a fresh interpreter of this environment, as a user runs it (CPU,
+    no inherited PYTEST_ADDOPTS), with ``pythonpath`` first on the path."""
+    environ = {**os.environ, "PYTHONPATH": str(pythonpath), "JAX_PLATFORMS": "cpu", **env}
+    environ.pop("PYTEST_ADDOPTS", None)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)

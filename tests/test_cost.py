@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +20,7 @@ from ensemble_conformance.scenarios.cost import FIGURES, Census, census, compare
 from ensemble_conformance.tooling import cost as tool
 from ensemble_conformance.tooling import sessions
 from ensemble_conformance.tooling.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, forward_bytes
-from tests.conftest import REPO
+from tests.conftest import run_pytest
 
 HLO = """HloModule jit_run, entry_computation_layout={(f32[4,3]{1,0}, f32[3]{0})->f32[4]{0}}
 
@@ -231,13 +228,6 @@ TestOwn = ensemble_tests(own.ensemble("cost", recipe, steps=("build", "forward",
 '''
 
 
-def _project_pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **env}
-    environ.pop("PYTEST_ADDOPTS", None)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
-    return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)
-
-
 def test_a_projects_own_forward_that_costs_more_fails_its_census(tmp_path: Path) -> None:
     """The recipe slot's programs have a census too: made at --regen beside the goldens (one per
     step with a compiled program, at the largest n), judged on every run; a forward padding
@@ -246,14 +236,14 @@ def test_a_projects_own_forward_that_costs_more_fails_its_census(tmp_path: Path)
     (project / "tests").mkdir(parents=True)
     (project / "pytest.ini").write_text("[pytest]\nensemble_golden_dir = golden\n")
     (project / "tests" / "test_own.py").write_text(COST_PROJECT)
-    made = _project_pytest(project, "--regen-all", "-m", "cost")
+    made = run_pytest(project, "--regen-all", "-m", "cost")
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     stored = sorted(p.name for p in (project / "golden" / "cost").glob("*.json"))
     assert stored == ["cost.build-n3-seed0.json", "cost.forward-n3-seed0.json", "cost.grad-n3-seed0.json"]
     assert "3 cost census(es) written" in made.stdout
-    again = _project_pytest(project, "-m", "cost")
+    again = run_pytest(project, "-m", "cost")
     assert again.returncode == 0 and "3 passed" in again.stdout, again.stdout[-3000:]
-    flipped = _project_pytest(project, "-m", "cost", FLIP="1")
+    flipped = run_pytest(project, "-m", "cost", FLIP="1")
     text = flipped.stdout
     assert flipped.returncode == 1, text[-3000:]
     assert "1 failed, 2 passed" in text, text[-3000:]

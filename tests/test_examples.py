@@ -6,16 +6,13 @@ plugin from this environment, the example's package from its src/."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, junit_outcomes
+from tests.conftest import REPO, junit_outcomes, run_pytest
 
 EXAMPLES = REPO / "examples"
 
@@ -70,13 +67,6 @@ MUTANTS = (
 )
 
 
-def _pytest(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "PYTHONPATH": str(project / "src"), "JAX_PLATFORMS": "cpu"}
-    environ.pop("PYTEST_ADDOPTS", None)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
-    return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)
-
-
 def _copy(example: str, tmp_path: Path) -> Path:
     project = tmp_path / example
     shutil.copytree(EXAMPLES / example, project, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -96,7 +86,7 @@ def test_every_example_has_a_mutant_and_goldens() -> None:
 def test_example_passes_against_its_goldens(example: str, tmp_path: Path) -> None:
     project = _copy(example, tmp_path)
     junit = tmp_path / "run.xml"
-    run = _pytest(project, f"--junitxml={junit}")
+    run = run_pytest(project, f"--junitxml={junit}", pythonpath=project / "src")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     outcomes = junit_outcomes(junit)
     goldens = len(list((project / "tests" / "golden").glob("*.npz")))
@@ -112,10 +102,12 @@ def test_mutant_is_caught_by_an_oracle_with_goldens_made_after_it(mutant: Mutant
     source = project / mutant.path
     source.write_text(source.read_text().replace(mutant.old, mutant.new))
     shutil.rmtree(project / "tests" / "golden")
-    made = _pytest(project, "--regen-all", "-k", f"(matches_golden or cost) and {mutant.step}")
+    made = run_pytest(
+        project, "--regen-all", "-k", f"(matches_golden or cost) and {mutant.step}", pythonpath=project / "src"
+    )
     assert made.returncode == 0, made.stdout[-4000:] + made.stderr[-4000:]
     junit = tmp_path / "run.xml"
-    run = _pytest(project, "-k", mutant.step, f"--junitxml={junit}")
+    run = run_pytest(project, "-k", mutant.step, f"--junitxml={junit}", pythonpath=project / "src")
     outcomes = junit_outcomes(junit)
     for case in mutant.cases:
         assert outcomes[f"test_scenario_matches_golden[{case}]"] == "passed", run.stdout[-4000:]

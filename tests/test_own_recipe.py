@@ -20,7 +20,7 @@ from ensemble_conformance import Ensemble, Recipe
 from ensemble_conformance.scenarios import user
 from ensemble_conformance.scenarios.user import NotApplicable, Oracle
 from tests import own_recipes as own
-from tests.conftest import REPO, junit_outcomes
+from tests.conftest import REPO, junit_outcomes, run_pytest
 
 P3 = {"n": 3, "seed": 0}
 
@@ -150,22 +150,15 @@ TestOwn = ensemble_tests(*MUTANTS, GOOD)
 """
 
 
-def _pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **env}
-    environ.pop("PYTEST_ADDOPTS", None)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
-    return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)
-
-
 def test_with_goldens_made_after_the_bug_only_the_oracles_catch_it(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
     (project / "pytest.ini").write_text("[pytest]\nensemble_golden_dir = golden\n")
     (project / "tests" / "test_own.py").write_text(textwrap.dedent(PROJECT_TEST))
-    made = _pytest(project, "--regen-all", "-k", "matches_golden")
+    made = run_pytest(project, "--regen-all", "-k", "matches_golden")
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     junit = tmp_path / "run.xml"
-    run = _pytest(project, f"--junitxml={junit}")
+    run = run_pytest(project, f"--junitxml={junit}")
     outcomes = junit_outcomes(junit)
     for mutant, (step, _) in own.CAUGHT_BY.items():
         case = f"{mutant}.{step}-n3-seed0"
@@ -177,7 +170,7 @@ def test_with_goldens_made_after_the_bug_only_the_oracles_catch_it(tmp_path: Pat
         assert f"{oracle}: " in run.stdout
     # the project's correct forward, broken later: the golden test names the failing oracle
     # as the first suspect, before any drift explanation
-    flipped = _pytest(project, "-k", "good and matches_golden", FLIP="eval_ignored")
+    flipped = run_pytest(project, "-k", "good and matches_golden", FLIP="eval_ignored")
     assert flipped.returncode == 1
     text = flipped.stdout
     assert "its golden-free checks fail too, so the program itself is the first suspect" in text, text[-3000:]
@@ -201,7 +194,7 @@ def test_mutate_names_the_broken_releases_a_projects_checks_catch(tmp_path: Path
     (project / "tests").mkdir(parents=True)
     (project / "pytest.ini").write_text("[pytest]\nensemble_golden_dir = golden\n")
     (project / "tests" / "test_own.py").write_text(textwrap.dedent(MUTATE_TEST))
-    assert _pytest(project, "--regen-all", "-k", "matches_golden").returncode == 0
+    assert run_pytest(project, "--regen-all", "-k", "matches_golden").returncode == 0
     environ = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-m", "ensemble_conformance.tooling.cli", "mutate", "--mutants", "grad_member_mean"]
     proc = subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=600)

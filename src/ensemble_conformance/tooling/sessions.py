@@ -318,14 +318,20 @@ def gate_verdict(result_path: Path, flax: str, jax: str) -> tuple[bool, str]:
 # --- performance gate -----------------------------------------------------------------
 
 
-def perf_gate_parser(results: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nox -s perf_gate --")
+def _two_sides_parser(prog: str) -> argparse.ArgumentParser:
+    """The candidate and baseline releases a side-by-side gate (perf, cost) compares."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--flax", required=True, help="candidate flax release")
     parser.add_argument("--jax", required=True, help="candidate jax release")
     parser.add_argument("--python", default=None, help="candidate interpreter (default: the matrix's, else reference)")
     parser.add_argument("--baseline-flax", default=REFERENCE.flax, help=f"baseline flax (default {REFERENCE.flax})")
     parser.add_argument("--baseline-jax", default=REFERENCE.jax, help=f"baseline jax (default {REFERENCE.jax})")
     parser.add_argument("--baseline-python", default=None, help="baseline interpreter (default as for the candidate)")
+    return parser
+
+
+def perf_gate_parser(results: Path) -> argparse.ArgumentParser:
+    parser = _two_sides_parser("nox -s perf_gate --")
     parser.add_argument("--rounds", default=None, help="interleaved rounds (default: the gate's)")
     parser.add_argument("--threshold", default=None, help="slowdown allowed, a fraction (default: the gate's)")
     parser.add_argument("--level", default=None, help="confidence level of the intervals (default: the gate's)")
@@ -364,13 +370,7 @@ def perf_gate_args(args: argparse.Namespace, baseline: Path, candidate: Path) ->
 
 
 def cost_gate_parser(results: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nox -s cost_gate --")
-    parser.add_argument("--flax", required=True, help="candidate flax release")
-    parser.add_argument("--jax", required=True, help="candidate jax release")
-    parser.add_argument("--python", default=None, help="candidate interpreter (default: the matrix's, else reference)")
-    parser.add_argument("--baseline-flax", default=REFERENCE.flax, help=f"baseline flax (default {REFERENCE.flax})")
-    parser.add_argument("--baseline-jax", default=REFERENCE.jax, help=f"baseline jax (default {REFERENCE.jax})")
-    parser.add_argument("--baseline-python", default=None, help="baseline interpreter (default as for the candidate)")
+    parser = _two_sides_parser("nox -s cost_gate --")
     parser.add_argument("--quick", action="store_true", help="the small census size (tests)")
     parser.add_argument("--out", default=str(results / "cost"), help="where the censuses and cost-gate.md go")
     return parser
