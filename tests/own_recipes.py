@@ -118,6 +118,22 @@ def train(model: nnx.Module, batch: Mapping[str, jax.Array], steps: int) -> jax.
     return _loop(_step, model, batch, steps)
 
 
+def optimizer(model: nnx.Module) -> nnx.Optimizer:
+    """The loop's optimizer, as the recipe's ``optimizer`` piece."""
+    return nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
+
+
+def step(model: nnx.Module, optimizer: nnx.Optimizer, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """The loop's one step, as the recipe's ``step`` piece."""
+    return _step(model, optimizer, batch["x"], batch["y"])
+
+
+def step_updating_twice(model: nnx.Module, optimizer: nnx.Optimizer, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """MUTANT: a second gradient and update in every step (a step called twice)."""
+    _step(model, optimizer, batch["x"], batch["y"])
+    return _step(model, optimizer, batch["x"], batch["y"])
+
+
 def train_averaging(model: nnx.Module, batch: Mapping[str, jax.Array], steps: int) -> jax.Array:
     """MUTANT: every member is updated with the members' mean gradient."""
     return _loop(_averaging_step, model, batch, steps)

@@ -9,17 +9,21 @@ import math
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import pytest
 
+from ensemble_conformance import Ensemble, Recipe
 from ensemble_conformance.golden.environment import fingerprint
 from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.scenarios.cost import FIGURES, Census, census, compare, hlo_ops, markdown
+from ensemble_conformance.scenarios.program import NotApplicable
 from ensemble_conformance.tooling import cost as tool
 from ensemble_conformance.tooling import sessions
 from ensemble_conformance.tooling.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, forward_bytes
+from tests import own_recipes as own
 from tests.conftest import run_pytest
 
 HLO = """HloModule jit_run, entry_computation_layout={(f32[4,3]{1,0}, f32[3]{0})->f32[4]{0}}
@@ -250,3 +254,31 @@ def test_a_projects_own_forward_that_costs_more_fails_its_census(tmp_path: Path)
     assert "cost.forward-n3-seed0: its compiled program costs more than its census" in text
     assert "FAIL cost.forward-n3-seed0 flops:" in text and "allowed +5%" in text
     assert "If this cost is intended, regenerate the census" in text
+
+
+def test_a_projects_own_training_step_has_a_census_a_whole_loop_has_none() -> None:
+    """``Recipe(step=..., optimizer=...)``: the census of one training step (the losses and the
+    updated state of ensemble and optimizer out of one jitted program); a step that updates
+    twice fails it on flops and bytes. A project giving only its own ``train`` loop has no
+    one program: NotApplicable, saying which pieces would give one."""
+
+    def declared(name: str, **pieces: Any) -> Ensemble:
+        recipe = Recipe(rngs=own.rngs, build=own.make_ensemble, **pieces)
+        return own.ensemble(name, recipe, steps=("build", "train"), members=(1, 3))
+
+    good = declared("own", optimizer=own.optimizer, step=own.step)
+    twice = declared("own", optimizer=own.optimizer, step=own.step_updating_twice)
+    suite = declared("own")
+    ids = [case.id for case in good.census_cases]
+    assert ids == ["own.build-n3-seed0", "own.train-n3-seed0"]
+    p = good.census_cases[1].p
+    first = census(good.lowered("train", p))
+    assert first == census(good.lowered("train", p))
+    assert first.ops["dot"] > 0 and first.figures["flops"] > 0
+    failing = {c.figure for c in compare("own.train", "train", first, census(twice.lowered("train", p))) if c.fails}
+    assert {"flops", "bytes_accessed"} <= failing
+    # adamw's weight decay over adam: the project's step is a program of its own, not the suite's
+    assert census(suite.lowered("train", p)).figures["flops"] < first.figures["flops"]
+    loop = declared("own", train=own.train)
+    with pytest.raises(NotApplicable, match=r"own train is a whole loop.*Recipe\(step=\.\.\., optimizer=\.\.\.\)"):
+        loop.lowered("train", p)

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO, junit_outcomes, run_pytest
 
 EXAMPLES = REPO / "examples"
+OWN_STEP = "rngs-split"  # the example giving Recipe(optimizer=, step=): its training step has a census
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,13 @@ def test_example_passes_against_its_goldens(example: str, tmp_path: Path) -> Non
     goldens = len(list((project / "tests" / "golden").glob("*.npz")))
     assert sum(name.startswith("test_scenario_matches_golden[") for name in outcomes) == goldens
     censuses = len(list((project / "tests" / "golden" / "cost").glob("*.json")))
-    assert sum(name.startswith("test_scenario_cost[") for name in outcomes) == censuses == 3
-    assert set(outcomes.values()) == {"passed"}, outcomes  # no oracle skipped as not applicable
+    passed = {name for name, outcome in outcomes.items() if outcome == "passed"}
+    assert sum(name.startswith("test_scenario_cost[") for name in passed) == censuses >= 3
+    # nothing else skips (no oracle is not applicable) but the training-step census of an
+    # example that gives its own train loop and no step: no one program to take it of
+    others = {name: outcome for name, outcome in outcomes.items() if name not in passed}
+    assert all(o == "skipped" and n.startswith("test_scenario_cost[") and ".train-" in n for n, o in others.items())
+    assert bool(others) == (example != OWN_STEP), others
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.example for m in MUTANTS])
@@ -112,7 +118,8 @@ def test_mutant_is_caught_by_an_oracle_with_goldens_made_after_it(mutant: Mutant
     for case in mutant.cases:
         assert outcomes[f"test_scenario_matches_golden[{case}]"] == "passed", run.stdout[-4000:]
         if f"test_scenario_cost[{case}]" in outcomes:  # the census made from the bug, too
-            assert outcomes[f"test_scenario_cost[{case}]"] == "passed", run.stdout[-4000:]
+            own_loop = ".train-" in case and mutant.example != OWN_STEP  # no step: no census
+            assert outcomes[f"test_scenario_cost[{case}]"] == ("skipped" if own_loop else "passed"), run.stdout[-4000:]
         assert outcomes[f"test_scenario_oracles[{case}]"] == "failed", run.stdout[-4000:]
     assert run.returncode == 1
     assert f"{mutant.oracle}: " in run.stdout and mutant.says in run.stdout, run.stdout[-4000:]

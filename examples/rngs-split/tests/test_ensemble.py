@@ -1,10 +1,11 @@
-"""The ensemble's own constructor (Rngs.split), forward and training loop under the oracles
-and against the goldens in tests/golden."""
+"""The ensemble's own constructor (Rngs.split), forward, optimizer and training step under the
+oracles and against the goldens in tests/golden (the suite loops over the step; the training
+step's compiled program has a cost census)."""
 
 from __future__ import annotations
 
 import numpy as np
-from ensemble_rngs_split import make_ensemble, make_rngs, predict, train
+from ensemble_rngs_split import make_ensemble, make_optimizer, make_rngs, predict, step
 
 from ensemble_conformance import Ensemble, Recipe, ensemble_tests
 
@@ -16,7 +17,7 @@ def batch(rng: np.random.Generator) -> dict[str, np.ndarray]:
 SPLIT = Ensemble(
     name="split",
     member=None,
-    recipe=Recipe(rngs=make_rngs, build=make_ensemble, forward=predict, train=train),
+    recipe=Recipe(rngs=make_rngs, build=make_ensemble, forward=predict, optimizer=make_optimizer, step=step),
     inputs=batch,
     steps=("build", "forward", "dropout_forward", "grad", "train", "fit"),
     members=(1, 3),

@@ -97,9 +97,11 @@ The steps (``STEPS``), their arrays (named by the tolerance classes of
                    repeatable (a second run gives the same bits); members_distinct where it
                    returns ``params/``
 
-The compiled programs of ``build``, ``forward`` and ``grad`` (``CENSUS_KINDS``) also have a
-cost census (scenarios/cost.py) at the largest n and first seed (``census_cases``,
-``lowered``), stored beside the goldens and judged by the plugin's ``test_scenario_cost``.
+The compiled programs of ``build``, ``forward``, ``grad`` and ``train`` (one training step:
+``recipe.step`` with ``recipe.optimizer``'s optimizer) (``CENSUS_KINDS``) also have a cost census
+(scenarios/cost.py) at the largest n and first seed (``census_cases``, ``lowered``), stored
+beside the goldens and judged by the plugin's ``test_scenario_cost``. A project that gives its
+own ``train`` (a whole loop) and no ``step`` has no training-step census: the test says so.
 
 A step whose recipe raises on the release under test is a recorded outcome (``raises``),
 never a crash; without optax ``train``/``fit`` are ``unavailable: optax``, without orbax
@@ -137,7 +139,9 @@ __all__ = ["STEPS", "Ensemble", "NotApplicable", "Oracle", "Recipe", "mean_squar
 
 STEPS: tuple[str, ...] = ("build", "forward", "dropout_forward", "grad", "train", "fit", "checkpoint")
 # the steps whose compiled program has a cost census, and the census kind it is judged as
-CENSUS_KINDS: Mapping[str, str] = MappingProxyType({"build": "construction", "forward": "forward", "grad": "train"})
+CENSUS_KINDS: Mapping[str, str] = MappingProxyType(
+    {"build": "construction", "forward": "forward", "grad": "train", "train": "train"}
+)
 NEEDS_Y = frozenset({"grad", "train", "fit"})
 MAX_SEED = 2**32
 
@@ -153,6 +157,8 @@ ApplyFn: TypeAlias = Callable[[nnx.Module, jax.Array], jax.Array]
 Forward: TypeAlias = Callable[[nnx.Module, jax.Array], jax.Array]
 GradFn: TypeAlias = Callable[[nnx.Module, Batch], tuple[Any, jax.Array]]
 TrainFn: TypeAlias = Callable[[nnx.Module, Batch, int], jax.Array]
+OptimizerFn: TypeAlias = Callable[[nnx.Module], Any]
+StepFn: TypeAlias = Callable[[nnx.Module, Any, Batch], jax.Array]
 CheckpointFn: TypeAlias = Callable[[nnx.Module, Callable[[], nnx.Module]], nnx.Module]
 ProgramFn: TypeAlias = Callable[[int, int], Mapping[str, Any]]
 Objective = Callable[[nnx.Module], tuple[jax.Array, jax.Array]]  # -> (value to differentiate, aux)
@@ -180,6 +186,8 @@ SIGNATURES: Mapping[str, str] = {
     "grad": "grad(ensemble, batch) -> (grads of the Params, losses (n,))",
     "train": "train(ensemble, batch, steps) -> losses (steps, n), training in place",
     "checkpoint": "checkpoint(ensemble, fresh) -> the restored ensemble",
+    "optimizer": "optimizer(ensemble) -> the optimizer state step updates (an nnx.Optimizer or other nnx object)",
+    "step": "step(ensemble, optimizer, batch) -> losses (n,), one training update in place",
 }
 # which recipe pieces each step runs, in order (what a failure names)
 PIECES: Mapping[str, tuple[str, ...]] = {
@@ -187,8 +195,8 @@ PIECES: Mapping[str, tuple[str, ...]] = {
     "forward": ("rngs", "build", "apply", "forward"),
     "dropout_forward": ("rngs", "build", "apply", "dropout_forward"),
     "grad": ("rngs", "build", "apply", "grad"),
-    "train": ("rngs", "build", "train"),
-    "fit": ("rngs", "build", "train"),
+    "train": ("rngs", "build", "optimizer", "step", "train"),
+    "fit": ("rngs", "build", "optimizer", "step", "train"),
     "checkpoint": ("rngs", "build", "apply", "forward", "checkpoint"),
 }
 
@@ -206,6 +214,8 @@ class Recipe:
     grad: GradFn | None = None
     train: TrainFn | None = None
     checkpoint: CheckpointFn | None = None
+    optimizer: OptimizerFn | None = None
+    step: StepFn | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -349,13 +359,28 @@ def stack_step(loss: LossFn, apply: ApplyFn = call_member) -> Step:
 
 
 @functools.cache
-def suite_train(loss: LossFn, apply: ApplyFn, learning_rate: float) -> TrainFn:
-    def train(model: nnx.Module, batch: Batch, steps: int) -> jax.Array:
-        optimizer = make_optimizer(model, _adam(learning_rate))
-        step = stack_step(loss, apply)
-        return jnp.stack([step(model, optimizer, batch["x"], batch["y"]) for _ in range(steps)])
+def suite_optimizer(learning_rate: float) -> OptimizerFn:
+    def optimizer(model: nnx.Module) -> Optimizer:
+        return make_optimizer(model, _adam(learning_rate))
 
-    return _suite(train, f"jitted steps of one nnx.Optimizer(optax.adam({learning_rate})) over the stack")
+    return _suite(optimizer, f"nnx.Optimizer(ensemble, optax.adam({learning_rate}), wrt=nnx.Param)")
+
+
+@functools.cache
+def suite_step(loss: LossFn, apply: ApplyFn) -> StepFn:
+    def step(model: nnx.Module, optimizer: Optimizer, batch: Batch) -> jax.Array:
+        return stack_step(loss, apply)(model, optimizer, batch["x"], batch["y"])
+
+    return _suite(step, "an nnx.jit step: nnx.grad of the sum of the members' losses, one optimizer update")
+
+
+@functools.cache
+def suite_train(optimizer: OptimizerFn, step: StepFn) -> TrainFn:
+    def train(model: nnx.Module, batch: Batch, steps: int) -> jax.Array:
+        state = optimizer(model)
+        return jnp.stack([step(model, state, batch) for _ in range(steps)])
+
+    return _suite(train, "optimizer(ensemble), then step(ensemble, optimizer, batch) once per training step")
 
 
 def orbax_checkpoint(model: nnx.Module, fresh: Callable[[], nnx.Module]) -> nnx.Module:
@@ -373,6 +398,8 @@ def suite_recipe(ens: Ensemble) -> Recipe:
     own = ens.recipe
     apply = own.apply or call_member
     forward = own.forward or vmapped(apply)
+    optimizer = own.optimizer or suite_optimizer(ens.learning_rate)
+    step = own.step or suite_step(ens.loss_fn, apply)
     if own.build is None and ens.member is None:
         raise _problem("member", None, "a callable member(rngs) -> nnx.Module, or recipe=Recipe(build=...)")
     return Recipe(
@@ -382,8 +409,10 @@ def suite_recipe(ens: Ensemble) -> Recipe:
         forward=forward,
         dropout_forward=own.dropout_forward or forward,
         grad=own.grad or suite_grad(ens.loss_fn, apply),
-        train=own.train or suite_train(ens.loss_fn, apply, ens.learning_rate),
+        train=own.train or suite_train(optimizer, step),
         checkpoint=own.checkpoint or orbax_checkpoint,
+        optimizer=optimizer,
+        step=step,
     )
 
 
@@ -644,11 +673,19 @@ class Ensemble:
 
     def lowered(self, step: str, p: Params) -> Any:
         """``step``'s one compiled program, lowered (``jax.stages.Lowered``): ``build`` under
-        ``jax.jit`` (the state it returns), ``forward`` and ``grad`` under ``jax.jit`` over the
-        ensemble's split state (eval mode), as a training loop would compile them. ``train``,
-        ``fit``, ``checkpoint`` and custom programs run Python loops or I/O: no one program."""
+        ``jax.jit`` (the state it returns), ``forward``, ``grad`` and ``train`` (one
+        ``recipe.step``, returning the losses and the updated state of ensemble and optimizer)
+        under ``jax.jit`` over the split state (eval mode), as a training loop would compile
+        them. ``fit``, ``checkpoint`` and custom programs run Python loops or I/O: no one
+        program. Raises NotApplicable for ``train`` when the project gives its own ``train``
+        loop and no ``step``."""
         if step not in CENSUS_KINDS:
             raise ValueError(f"step {step!r}: no one compiled program; accepted: {', '.join(CENSUS_KINDS)}")
+        if step == "train" and self.recipe.train is not None and self.recipe.step is None:
+            raise NotApplicable(
+                "the project's own train is a whole loop, not one compiled program; give "
+                "Recipe(step=..., optimizer=...) for a census of its training step"
+            )
         r = self.resolved
         n, seed = int(p["n"]), int(p["seed"])
         if step == "build":
@@ -663,9 +700,21 @@ class Ensemble:
             forward = r.forward
             assert forward is not None
             return jax.jit(lambda state, x: forward(nnx.merge(graphdef, state), x)).lower(state, batch["x"])
-        grad = r.grad
-        assert grad is not None
-        return jax.jit(lambda state, batch: grad(nnx.merge(graphdef, state), batch)).lower(state, batch)
+        if step == "grad":
+            grad = r.grad
+            assert grad is not None
+            return jax.jit(lambda state, batch: grad(nnx.merge(graphdef, state), batch)).lower(state, batch)
+        make, one_step = r.optimizer, r.step
+        assert make is not None and one_step is not None
+        both: Any = (model, make(model))  # one graph: an optimizer may hold the model
+        pair, state = nnx.split(both)
+
+        def train_step(state: Any, batch: Batch) -> tuple[jax.Array, Any]:
+            ensemble, optimizer = nnx.merge(pair, state)
+            losses = one_step(ensemble, optimizer, batch)
+            return losses, nnx.state((ensemble, optimizer))
+
+        return jax.jit(train_step).lower(state, batch)
 
     @property
     def loss_fn(self) -> LossFn:

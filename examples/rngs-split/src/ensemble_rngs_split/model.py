@@ -1,5 +1,6 @@
 """One member (Linear -> BatchNorm -> relu -> Dropout -> Linear), the ensemble built from
-``rngs.split(n)`` (flax >= 0.12.6), its forward and an SGD-with-momentum training loop."""
+``rngs.split(n)`` (flax >= 0.12.6), its forward, an SGD-with-momentum optimizer, one training
+step, and the loop over it."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def _loss(ensemble: Member, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.
     return jnp.sum(losses), losses
 
 
+def make_optimizer(ensemble: Member) -> nnx.Optimizer:
+    """SGD with momentum over the stacked Params."""
+    return nnx.Optimizer(ensemble, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
+
+
 @nnx.jit
 def _step(ensemble: Member, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array) -> jax.Array:
     (_, losses), grads = nnx.value_and_grad(_loss, has_aux=True)(ensemble, x, y)
@@ -53,7 +59,12 @@ def _step(ensemble: Member, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array
     return losses
 
 
+def step(ensemble: Member, optimizer: nnx.Optimizer, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """One training step in place; the members' losses before it."""
+    return _step(ensemble, optimizer, batch["x"], batch["y"])
+
+
 def train(ensemble: Member, batch: Mapping[str, jax.Array], steps: int) -> jax.Array:
-    """SGD with momentum over the stacked Params, in place; the members' losses per step."""
-    optimizer = nnx.Optimizer(ensemble, optax.sgd(0.05, momentum=0.9), wrt=nnx.Param)
-    return jnp.stack([_step(ensemble, optimizer, batch["x"], batch["y"]) for _ in range(steps)])
+    """The project's training loop: ``steps`` steps; the members' losses per step."""
+    optimizer = make_optimizer(ensemble)
+    return jnp.stack([step(ensemble, optimizer, batch) for _ in range(steps)])
