@@ -109,9 +109,23 @@ def conformance(session: nox.Session) -> None:
 
 @nox.session(python=REFERENCE.python)
 def tests(session: nox.Session) -> None:
-    """Run the project's own tests of its harness (tests/) on the reference pins."""
+    """Run the project's own tests (tests/), unit and integration, on the reference pins."""
     _install_reference(session, "test", "bench")  # bench: tests/test_bench.py draws the plot
-    session.run("pytest", "tests", "-n", "2", *session.posargs, env=CPU_ENV)  # two workers: this machine's cores
+    session.run("pytest", "tests", "-m", "not slow", "-n", "2", *session.posargs, env=CPU_ENV)  # two workers
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def unit(session: nox.Session) -> None:
+    """Run the unit tests only: in-process, no subprocess, under two minutes."""
+    _install_reference(session, "test", "bench")
+    session.run("pytest", "tests", "-m", "not integration and not slow", "-n", "2", *session.posargs, env=CPU_ENV)
+
+
+@nox.session(python=REFERENCE.python, default=False)
+def slow_tests(session: nox.Session) -> None:
+    """Run the slow demonstrations (mutation runs, the whole suite, perf quick runs): weekly in CI."""
+    _install_reference(session, "test", "bench")
+    session.run("pytest", "tests", "-m", "slow", "-n", "2", *session.posargs, env=CPU_ENV)
 
 
 @nox.session(python=REFERENCE.python, default=False)

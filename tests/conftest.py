@@ -1,5 +1,6 @@
-"""Shared helpers for the project's own tests: strict jax settings and a runner that
-starts the conformance suite in a fresh interpreter, as a user would."""
+"""Shared helpers for the project's own tests: strict jax settings, the tiers' guard (a unit
+test starts no process: tests/README.md) and runners that start the conformance suite or a
+project's pytest in a fresh interpreter, as a user would."""
 
 from __future__ import annotations
 
@@ -19,6 +20,36 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden"
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# --- the tiers: a test not marked integration or slow is a unit test and starts no process ----
+
+TIERS = ("integration", "slow")
+_unit_test: list[str] = []  # the node id of the unit test running now, if any
+_popen_init = subprocess.Popen.__init__
+
+
+def _guarded_init(self: subprocess.Popen[bytes], *args: object, **kwargs: object) -> None:
+    if _unit_test:
+        raise AssertionError(
+            f"{_unit_test[0]}: a unit test starts no process (here {args[0] if args else kwargs.get('args')!r:.200}); "
+            "mark it @pytest.mark.integration (tests/README.md)"
+        )
+    _popen_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+
+subprocess.Popen.__init__ = _guarded_init  # type: ignore[assignment,method-assign]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """Setup (module fixtures included), call and teardown of a unit test run guarded."""
+    unit = not any(item.get_closest_marker(tier) for tier in TIERS)
+    if unit:
+        _unit_test.append(item.nodeid)
+    try:
+        yield
+    finally:
+        _unit_test.clear()
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ def _start_jax(xla_flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_the_pinned_jaxlib_knows_the_gpu_determinism_flag() -> None:
     """XLA parses every XLA_FLAGS entry at start, on any backend, and aborts on one it does
     not know: a renamed flag would break the GPU sessions before any case ran."""
@@ -66,6 +67,7 @@ def test_the_pinned_jaxlib_knows_the_gpu_determinism_flag() -> None:
 
 
 @pytest.mark.parametrize("name", ["cuda12", "tpu"])
+@pytest.mark.integration
 def test_a_backend_session_without_the_device_fails_before_installing(name: str) -> None:
     if backends.hardware_problem(backends.get(name)) is None:
         pytest.skip(f"this machine has a {name} device")
@@ -85,6 +87,7 @@ def test_a_backend_session_without_the_device_fails_before_installing(name: str)
     assert "Installing" not in output and "pip install" not in output  # refused before installing
 
 
+@pytest.mark.integration
 def test_the_suite_refuses_a_gpu_it_cannot_start(suite: Suite) -> None:
     run = suite(
         "--backend", "cuda", "-m", "golden", env={"JAX_PLATFORMS": "cuda", "XLA_FLAGS": backends.GPU_DETERMINISM}

@@ -221,6 +221,7 @@ def test_without_matplotlib_the_command_fails_before_measuring(monkeypatch: pyte
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.integration
 def test_quick_run_writes_json_markdown_and_png(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(

@@ -21,6 +21,7 @@ def test_ids_are_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
+@pytest.mark.integration
 def test_ids_and_order_are_the_same_in_every_interpreter() -> None:
     runs = []
     for hash_seed in ("0", "1", "12345"):

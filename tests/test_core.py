@@ -226,6 +226,7 @@ print(status("VmHWM") - before)
 
 
 @pytest.mark.parametrize(("n", "d", "f"), [(64, 8000, 64), (8_000_000, 1, 1)], ids=["kernel-bound", "member-bound"])
+@pytest.mark.integration
 def test_the_estimate_bounds_the_measured_peak(n: int, d: int, f: int) -> None:
     """The calibration of ensemble_bytes, rechecked: building and running the ensemble
     in a fresh interpreter raises its peak RSS by less than the estimate, and by more

@@ -232,6 +232,7 @@ TestOwn = ensemble_tests(own.ensemble("cost", recipe, steps=("build", "forward",
 '''
 
 
+@pytest.mark.integration
 def test_a_projects_own_forward_that_costs_more_fails_its_census(tmp_path: Path) -> None:
     """The recipe slot's programs have a census too: made at --regen beside the goldens (one per
     step with a compiled program, at the largest n), judged on every run; a forward padding

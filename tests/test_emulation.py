@@ -130,6 +130,7 @@ def _killed_by(name: str, numerics: Numerics, cases: list[Case]) -> str | None:
 
 
 @pytest.mark.parametrize(("target", "precision"), list(emulation.EMULATIONS))
+@pytest.mark.integration
 def test_each_backends_tolerance_still_rejects_the_mutants(target: str, precision: str) -> None:
     """Outputs only, as for any --impl: a tolerance loose enough to pass a mutant is a bug,
     except where the backend's own arithmetic at DEFAULT does what the mutant does."""
@@ -157,6 +158,7 @@ def test_emulation_enters_jit_and_refuses_what_it_cannot_enter() -> None:
         emulation.lookup("cpu", "default")
 
 
+@pytest.mark.integration
 def test_the_suite_judges_emulated_runs_by_the_emulated_backends_entry(suite: Suite, tmp_path: Path) -> None:
     result = tmp_path / "tpu.json"
     chosen = "ensemble-s0-n8-d128"
@@ -174,6 +176,7 @@ def test_the_suite_judges_emulated_runs_by_the_emulated_backends_entry(suite: Su
     assert caught.returncode == 1 and caught.cases_with("failed")
 
 
+@pytest.mark.integration
 def test_emulation_refuses_a_non_cpu_backend_and_sharding(suite: Suite) -> None:
     run = suite("--emulate", "gpu", "--sharded", "8", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert run.returncode == 4 and "--emulate and --sharded do not combine" in run.output

@@ -84,6 +84,7 @@ def test_every_example_has_a_mutant_and_goldens() -> None:
 
 
 @pytest.mark.parametrize("example", [m.example for m in MUTANTS])
+@pytest.mark.integration
 def test_example_passes_against_its_goldens(example: str, tmp_path: Path) -> None:
     project = _copy(example, tmp_path)
     junit = tmp_path / "run.xml"
@@ -103,6 +104,7 @@ def test_example_passes_against_its_goldens(example: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.example for m in MUTANTS])
+@pytest.mark.integration
 def test_mutant_is_caught_by_an_oracle_with_goldens_made_after_it(mutant: Mutant, tmp_path: Path) -> None:
     project = _copy(mutant.example, tmp_path)
     source = project / mutant.path

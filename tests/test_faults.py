@@ -114,6 +114,7 @@ regenerate(sys.argv[1])
 """
 
 
+@pytest.mark.integration
 def test_a_kill_at_every_step_leaves_old_or_new_goldens_or_an_interruption_a_rerun_repairs(tmp_path: Path) -> None:
     steps = _steps(tmp_path)
     assert steps[-1] == "done" and "journal" in steps and "manifest" in steps
@@ -192,6 +193,7 @@ sys.exit(regen.main(["--golden-dir", sys.argv[1], "--lock-timeout", "300", *sys.
 """
 
 
+@pytest.mark.integration
 def test_two_regenerations_at_once_keep_every_entry(tmp_path: Path) -> None:
     small = [c.id for c in CASES if c.variant == "ensemble" and c.d_in < 128 and c.features < 64 and c.num_models < 64]
     first, second = small[:10], small[10:20]

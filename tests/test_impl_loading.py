@@ -100,6 +100,7 @@ def test_a_module_that_raises_at_import_is_a_value_error_too(tmp_path: Path, mon
     assert "TABLE = _setup()" in message and "RuntimeError: no device table for this build" in message
 
 
+@pytest.mark.integration
 def test_the_suite_stops_with_a_usage_error_and_the_cause(suite: Callable[..., SuiteRun], tmp_path: Path) -> None:
     path = _file(tmp_path, "bad.py", RAISES)
     run = suite("--impl", f"{path}:f", "-k", "nothing")

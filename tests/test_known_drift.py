@@ -36,6 +36,7 @@ def test_a_line_without_reason_is_rejected(tmp_path: Path) -> None:
         known_drift.parse(path)
 
 
+@pytest.mark.integration
 def test_suite_expects_listed_failures_and_rejects_a_listed_pass(suite: Suite, tmp_path: Path) -> None:
     drift = tmp_path / "drift.txt"
     drift.write_text("ensemble-s0-n8-d7-f5   # the mutant below breaks it\nnothing-*  # stale\n")

@@ -53,6 +53,7 @@ def test_only_the_plugin_and_the_suite_import_pytest(part: str) -> None:
         assert "pytest" not in _own_parts(path).get("", set()), f"{part}/{path.name} imports pytest"
 
 
+@pytest.mark.integration
 def test_the_plugin_imports_without_jax() -> None:
     """It loads in every pytest run of an environment that has the package: it must be light."""
     code = (
@@ -82,6 +83,7 @@ def test_the_golden_engine_imports_no_framework_at_import(path: Path) -> None:
     assert not third_party & {"pytest", "jax", "flax", "optax", "orbax"}, f"golden/{path.name}: {third_party}"
 
 
+@pytest.mark.integration
 def test_what_the_noxfile_reads_imports_without_jax() -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"

@@ -33,10 +33,12 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Summary]:
 # facts: Param-only round trips work on every release, the whole state (typed keys inside)
 # from flax 0.12.12 with orbax 0.12.8, in graph and tree mode alike
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.integration
 def test_outcomes_match_the_facts(outcomes: dict[str, Summary], mode: str) -> None:
     assert_outcomes(outcomes[mode], {name: ("values",) for name in PROGRAM}, mode)
 
 
+@pytest.mark.integration
 def test_the_three_modes_give_the_same_values(outcomes: dict[str, Summary]) -> None:
     assert_modes_agree(outcomes)
 

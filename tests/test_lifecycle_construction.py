@@ -44,10 +44,12 @@ EXPECTED["tree"] = EXPECTED["graph_no_updates"]
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.integration
 def test_outcomes_match_the_facts(outcomes: dict[str, Summary], mode: str) -> None:
     assert_outcomes(outcomes[mode], EXPECTED[mode], mode)
 
 
+@pytest.mark.integration
 def test_the_three_modes_give_the_same_values(outcomes: dict[str, Summary]) -> None:
     assert_modes_agree(outcomes)
 

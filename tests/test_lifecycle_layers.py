@@ -175,15 +175,18 @@ EXPECTED["tree"] = EXPECTED["graph_no_updates"]
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.integration
 def test_outcomes_match_the_facts(outcomes: dict[str, Summary], mode: str) -> None:
     assert_outcomes(outcomes[mode], EXPECTED[mode], mode)
 
 
+@pytest.mark.integration
 def test_graph_mode_accepts_state_axes_and_fails_on_the_batched_statistics(outcomes: dict[str, Summary]) -> None:
     for case in outcomes["graph"]["batchnorm_shared_stats"]:
         assert "StateAxes" not in case["outcome"] and "mean" in case["outcome"], case["outcome"]
 
 
+@pytest.mark.integration
 def test_the_three_modes_give_the_same_values(outcomes: dict[str, Summary]) -> None:
     assert_modes_agree(outcomes)
 

@@ -27,6 +27,8 @@ from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES
 from ensemble_conformance.tooling import lifecycle_mutants
 from ensemble_conformance.tooling.lifecycle_mutants import LIFECYCLE_HARMLESS, LIFECYCLE_MUTANTS, PROGRAMS_HIT
 
+pytestmark = pytest.mark.slow
+
 Suite = Callable[..., SuiteRun]
 MUTANTS_FILE = "src/ensemble_conformance/tooling/lifecycle_mutants.py"
 

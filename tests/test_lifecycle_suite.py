@@ -135,6 +135,7 @@ def test_the_forecast_is_the_recipes_that_use_what_tree_mode_refuses() -> None:
     assert modes.check(_report("tree", tree - {kept}), tree) == [f"foreseen but unchanged: {kept}"]
 
 
+@pytest.mark.integration
 def test_a_run_in_tree_mode_changes_exactly_the_foreseen_recipes(suite: Suite, tmp_path: Path) -> None:
     out = tmp_path / "tree.json"
     picked = "split_rngs_context_init or state_axes_init or jit_constructor"
@@ -147,6 +148,7 @@ def test_a_run_in_tree_mode_changes_exactly_the_foreseen_recipes(suite: Suite, t
     assert modes.main([str(out)]) == 0  # the changes are the forecast
 
 
+@pytest.mark.integration
 def test_the_wrong_mode_stops_the_run_before_any_case(suite: Suite) -> None:
     run = suite("-m", "lifecycle", "--nnx-mode", "tree")
     assert run.returncode == 4 and run.outcomes == {}
@@ -154,6 +156,7 @@ def test_the_wrong_mode_stops_the_run_before_any_case(suite: Suite) -> None:
     assert "NNX_GRAPH_MODE=false NNX_GRAPH_UPDATES=false" in run.output
 
 
+@pytest.mark.integration
 def test_future_defaults_name_a_deprecated_recipe(
     suite: Suite, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

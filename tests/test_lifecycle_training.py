@@ -39,14 +39,17 @@ def test_programs_are_declared() -> None:
 
 
 @pytest.mark.parametrize("mode", ["graph", "graph_no_updates", "tree"])
+@pytest.mark.integration
 def test_outcomes_in_each_mode(outcomes: dict[str, Summary], mode: str) -> None:
     assert_outcomes(outcomes[mode], EXPECTED, mode)
 
 
+@pytest.mark.integration
 def test_modes_give_the_same_bits(outcomes: dict[str, Summary]) -> None:
     assert_modes_agree(outcomes)
 
 
+@pytest.mark.integration
 def test_results_use_the_tolerance_classes(outcomes: dict[str, Summary]) -> None:
     for name, cases in outcomes["graph"].items():
         if not name.startswith("_"):

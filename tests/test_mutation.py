@@ -13,6 +13,8 @@ from ensemble_conformance.scenarios.cases import CASES
 from ensemble_conformance.tooling.mutation import CORE_CASES, SuiteRun
 from tests.mutants import HARMLESS, MUTANTS
 
+pytestmark = pytest.mark.slow
+
 Suite = Callable[..., SuiteRun]
 # 36 core cases: every N, D_in and F with the fractional seed (2.5, cast to 2).
 HARMLESS_CASES = "ensemble-s2p5-"

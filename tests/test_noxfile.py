@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import nox
+import pytest
 
 from tests.conftest import REPO
 
@@ -63,6 +64,7 @@ def _run_conformance_without_its_python(tmp_path: Path, *extra: str) -> subproce
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_a_missing_interpreter_fails_the_session_off_ci(tmp_path: Path) -> None:
     run = _run_conformance_without_its_python(tmp_path)
     output = run.stdout + run.stderr
@@ -70,6 +72,7 @@ def test_a_missing_interpreter_fails_the_session_off_ci(tmp_path: Path) -> None:
     assert f"Session conformance-{ABSENT_PYTHON} failed: Python interpreter {ABSENT_PYTHON} not found" in output
 
 
+@pytest.mark.integration
 def test_with_the_option_turned_off_the_same_run_skips_and_passes(tmp_path: Path) -> None:
     """The contrast: the option, not the setup, makes the failure; turned off (nox's
     default off CI) the session is skipped and nox exits 0."""

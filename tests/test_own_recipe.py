@@ -150,6 +150,7 @@ TestOwn = ensemble_tests(*MUTANTS, GOOD)
 """
 
 
+@pytest.mark.integration
 def test_with_goldens_made_after_the_bug_only_the_oracles_catch_it(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "tests").mkdir(parents=True)
@@ -187,6 +188,7 @@ TestOwn = ensemble_tests(own.ensemble("good", own.GOOD, steps=("grad",), members
 """
 
 
+@pytest.mark.integration
 def test_mutate_names_the_broken_releases_a_projects_checks_catch(tmp_path: Path) -> None:
     """``ensemble-conformance mutate`` on a project: the simulated release whose nnx.grad
     averages over the member axis is caught by the project's golden-free check."""

@@ -338,6 +338,7 @@ def _gate(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str]
     return proc, json.loads((out / "perf-gate.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_quick_gate_run_catches_a_much_slower_candidate_and_writes_its_reports(tmp_path: Path) -> None:
     proc, report = _gate(tmp_path, "--inject", "3.0")  # the candidate does all of its work four times
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -359,6 +360,7 @@ def test_a_quick_gate_run_catches_a_much_slower_candidate_and_writes_its_reports
     assert "## Performance gate: FAIL" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_quick_pairs_calibration_runs_one_gate_per_candidate(tmp_path: Path) -> None:
     out = tmp_path / "cal"
     proc = subprocess.run(
@@ -376,6 +378,7 @@ def test_a_quick_pairs_calibration_runs_one_gate_per_candidate(tmp_path: Path) -
     assert "one gate run per candidate" in (out / "calibration.md").read_text()
 
 
+@pytest.mark.integration
 def test_a_worker_that_cannot_start_is_reported_with_its_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

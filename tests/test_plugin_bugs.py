@@ -44,6 +44,7 @@ def _testcases(junit: Path) -> list[str]:
 # --- 1. a run that does not use the plugin ------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_project_s_own_test_sharded_py_is_collected(tmp_path: Path) -> None:
     files = {
         "tests/test_sharded.py": "def test_in_sharded():\n    pass\n",
@@ -59,6 +60,7 @@ def test_a_project_s_own_test_sharded_py_is_collected(tmp_path: Path) -> None:
 SUITE_ONLY = ("--impl", "--emulate", "--sharded")
 
 
+@pytest.mark.integration
 def test_the_suite_s_options_are_not_added_to_another_project_s_run(tmp_path: Path) -> None:
     project = _project(tmp_path, {"tests/test_a.py": "def test_a():\n    pass\n"})
     helped = _pytest(project, "--help")
@@ -72,6 +74,7 @@ def test_the_suite_s_options_are_not_added_to_another_project_s_run(tmp_path: Pa
 @pytest.mark.parametrize(
     "where", [["conformance"], ["--pyargs", "ensemble_conformance.suite"]], ids=["conformance", "pyargs"]
 )
+@pytest.mark.integration
 def test_the_suite_still_takes_its_options(where: list[str], tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     cwd = REPO if where[0] == "conformance" else tmp_path
@@ -90,6 +93,7 @@ def test_the_suite_still_takes_its_options(where: list[str], tmp_path: Path) -> 
     assert _testcases(junit) == ["test_matches_golden[mlp_ensemble-s0-n8-d7-h16-f5]"]
 
 
+@pytest.mark.integration
 def test_the_fixtures_have_ensemble_names(tmp_path: Path) -> None:
     project = _project(
         tmp_path,
@@ -126,6 +130,7 @@ def _pinned_project(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("form", ["separate", "joined"])
+@pytest.mark.integration
 def test_regeneration_off_the_reference_pins_is_refused_with_the_golden_dir_outside(form: str, tmp_path: Path) -> None:
     project = _pinned_project(tmp_path)
     golden = tmp_path / "elsewhere" / "golden"
@@ -191,6 +196,7 @@ TestBroken = ensemble_tests(BROKEN)
 """
 
 
+@pytest.mark.integration
 def test_a_golden_that_records_an_error_says_so_and_its_oracles_do_not_skip_silently(tmp_path: Path) -> None:
     project = _project(tmp_path, {"tests/test_broken.py": RAISING})
     golden = tmp_path / "golden"
@@ -227,6 +233,7 @@ def test_raises_before_its_check(ensemble_golden):
 """
 
 
+@pytest.mark.integration
 def test_a_check_that_raises_before_check_is_in_the_report_and_the_verdict(tmp_path: Path) -> None:
     from ensemble_conformance.tooling import report as reports
 
@@ -284,6 +291,7 @@ def _installed(site: Path, origin: dict[str, object]) -> object:
     return metadata.PathDistribution(site / info)
 
 
+@pytest.mark.integration
 def test_the_gate_installs_the_running_package_from_its_installed_files(tmp_path: Path) -> None:
     import base64
     import hashlib
@@ -368,6 +376,7 @@ def test_the_readme_s_install_lines_bring_pytest_xdist_for_run_n_auto() -> None:
         assert any(re.match(r"pytest-xdist\b", r) for r in brought), f"{line}: `ensemble-conformance run -n` needs it"
 
 
+@pytest.mark.integration
 def test_the_readme_installs_what_a_checkout_builds(tmp_path: Path) -> None:
     """The package is on no index: the README installs a checkout or the wheel it builds,
     named as the build names it."""

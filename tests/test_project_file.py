@@ -140,6 +140,7 @@ def _pytest(project: Path, *args: str, **env: str) -> subprocess.CompletedProces
     return subprocess.run(command, cwd=project, env=environ, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_accepted_outcomes_and_overrides_in_a_project(tmp_path: Path) -> None:
     import flax
 

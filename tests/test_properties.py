@@ -9,6 +9,7 @@ compiles).
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ from ensemble_conformance.scenarios.cases import MLP_HIDDEN, Case
 from ensemble_conformance.scenarios.oracles import oracle_message, run_oracles
 from ensemble_conformance.scenarios.runner import make_inputs
 from ensemble_conformance.scenarios.variants import VARIANTS
+
+pytestmark = pytest.mark.integration  # in process, but sweeps every variant: over a minute
 
 EXAMPLES = 20
 

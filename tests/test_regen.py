@@ -36,6 +36,7 @@ def test_writes_named_cases_and_a_rerun_rewrites_the_same_bytes(
     assert hashes == {i: sha256_of(REPO_GOLDEN / f"{i}.npz") for i in IDS}
 
 
+@pytest.mark.integration
 def test_default_run_replaces_a_damaged_file_and_keeps_good_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -128,6 +128,7 @@ def test_nan_in_the_output_under_test_is_its_own_failure_never_rounding() -> Non
 # The suite, run as users run it ---------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_a_missing_golden_directory_is_said_once_before_any_case(suite: Suite, tmp_path: Path) -> None:
     run = suite("--golden-dir", str(tmp_path / "goldne"), "-k", CASE.id)
     assert run.returncode == 4, run.output[-2000:]
@@ -135,6 +136,7 @@ def test_a_missing_golden_directory_is_said_once_before_any_case(suite: Suite, t
     assert "Check --golden-dir" in run.output and run.outcomes == {}
 
 
+@pytest.mark.integration
 def test_a_deleted_manifest_is_said_once_before_any_case(suite: Suite, tmp_path: Path) -> None:
     golden = _copy(tmp_path, CASE.id)
     (golden / "manifest.json").unlink()
@@ -145,6 +147,7 @@ def test_a_deleted_manifest_is_said_once_before_any_case(suite: Suite, tmp_path:
     assert oracles_only.returncode == 0 and oracles_only.ids_with("passed") == {f"test_oracles[{CASE.id}]"}
 
 
+@pytest.mark.integration
 def test_an_interrupted_regeneration_and_leftover_files_are_reported(suite: Suite, tmp_path: Path) -> None:
     golden = _copy(tmp_path, CASE.id)
     (golden / f".{CASE.id}.npz.x1y2.tmp").write_bytes(b"half")
@@ -157,12 +160,14 @@ def test_an_interrupted_regeneration_and_leftover_files_are_reported(suite: Suit
     assert "an interrupted regeneration" in run.output and "nox -s regen -- --golden-dir" in run.output
 
 
+@pytest.mark.integration
 def test_sharded_with_no_divisible_case_is_a_usage_error(suite: Suite) -> None:
     run = suite("--sharded", "3", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"})
     assert run.returncode == 4, run.output[-2000:]
     assert "--sharded 3: no case has a member count divisible by 3" in run.output
 
 
+@pytest.mark.integration
 def test_a_hanging_implementation_fails_its_case_by_name(suite: Suite, tmp_path: Path) -> None:
     hang = tmp_path / "hang.py"
     hang.write_text("import time\n\ndef f(seed, x, num_models, features):\n    time.sleep(600)\n")
@@ -173,6 +178,7 @@ def test_a_hanging_implementation_fails_its_case_by_name(suite: Suite, tmp_path:
     assert run.seconds < 60
 
 
+@pytest.mark.integration
 def test_an_unwritable_report_path_stops_the_run_before_it_starts(suite: Suite, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -195,6 +195,7 @@ with GoldenStore(sys.argv[1]).lock():
 """
 
 
+@pytest.mark.integration
 def test_a_reader_during_a_regeneration_is_told_so_never_to_restore_the_file(tmp_path: Path) -> None:
     golden = _copy(tmp_path, CASE.id)
     reader = GoldenStore(golden, layout=layout)
@@ -248,6 +249,7 @@ def test_a_readers_probe_does_not_turn_away_a_regeneration(tmp_path: Path) -> No
 # Regeneration faults: one message, with the command that completes it ---------------------------
 
 
+@pytest.mark.integration
 def test_an_interruption_past_the_commit_point_advises_the_golden_dir_it_ran_with(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -296,6 +298,7 @@ def test_a_dangling_symlink_as_golden_dir_says_so(tmp_path: Path, capsys: pytest
 # Known drift covers value drift only ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_known_drift_never_turns_an_integrity_error_into_an_expected_failure(suite: Suite, tmp_path: Path) -> None:
     golden = _copy(tmp_path, CASE.id, OTHER.id)
     FAULTS["nan"][0](golden)
@@ -311,6 +314,7 @@ def test_known_drift_never_turns_an_integrity_error_into_an_expected_failure(sui
     assert "NaN or infinite" in run.messages[f"test_matches_golden[{CASE.id}]"]
 
 
+@pytest.mark.integration
 def test_known_drift_patterns_cover_scenarios_and_reject_bad_files(suite: Suite, tmp_path: Path) -> None:
     scenario = next(c for c in SCENARIO_CASES if c.id.startswith("dropout_own_keys-"))
     drift = tmp_path / "drift.txt"
@@ -335,6 +339,7 @@ def test_known_drift_patterns_cover_scenarios_and_reject_bad_files(suite: Suite,
 # The implementation under test, the report, the environment -----------------------------------------
 
 
+@pytest.mark.integration
 def test_an_impl_that_raises_or_returns_a_list_is_said_in_one_line(suite: Suite, tmp_path: Path) -> None:
     impl = tmp_path / "impl.py"
     impl.write_text("def boom(seed, x, n, f):\n    raise ValueError('no ensemble today')\n\n"
@@ -350,6 +355,7 @@ def test_an_impl_that_raises_or_returns_a_list_is_said_in_one_line(suite: Suite,
     assert "returned a list, not an array" in message and "shape" not in message.split("not an array")[0]
 
 
+@pytest.mark.integration
 def test_two_runs_given_one_report_path_do_not_overwrite_each_other(suite: Suite, tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     lock = tmp_path / ".r.json.lock"
@@ -377,6 +383,7 @@ def test_a_setting_the_golden_never_recorded_is_no_difference() -> None:
     ]
 
 
+@pytest.mark.integration
 def test_sharded_on_a_count_no_case_divides_never_advises_that_count(suite: Suite) -> None:
     run = suite("--sharded", "3")  # one device: the advice must not be "start with 3 devices"
     assert run.returncode == 4, run.output[-2000:]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ensemble_conformance.scenarios.cases import CASES
@@ -36,6 +37,7 @@ def test_the_layout_check_catches_a_replicated_parameter() -> None:
     assert np.asarray(split).shape == (4, 3)
 
 
+@pytest.mark.integration
 def test_sharded_run_refuses_a_single_device_jax(suite: Suite) -> None:
     run = suite("conformance/test_sharded.py", "--sharded", "8")
     assert run.returncode == 4, run.output[-2000:]
@@ -43,6 +45,7 @@ def test_sharded_run_refuses_a_single_device_jax(suite: Suite) -> None:
     assert "--xla_force_host_platform_device_count=8" in run.output
 
 
+@pytest.mark.integration
 def test_sharded_ensembles_match_the_unsharded_goldens_on_eight_devices(suite: Suite) -> None:
     chosen = "s0-n8-d7 or mlp_ensemble-s0-n8-d128"
     run = suite("conformance/test_sharded.py", "--sharded", "8", "-m", "sharded", "-k", chosen, env=EIGHT)
@@ -52,6 +55,7 @@ def test_sharded_ensembles_match_the_unsharded_goldens_on_eight_devices(suite: S
     assert not run.cases_with("failed")
 
 
+@pytest.mark.integration
 def test_without_the_flag_the_sharded_tests_are_not_collected(suite: Suite) -> None:
     run = suite("conformance/test_sharded.py", "--collect-only", "-q")
     assert "test_sharded_matches_unsharded_golden" not in run.output

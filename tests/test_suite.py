@@ -21,6 +21,7 @@ SEED0_CORE = [c for c in CASES if c.variant == "ensemble" and c.seed == 0.0]
 SEED0_FILTER = "ensemble-s0- and not mlp_"
 
 
+@pytest.mark.slow
 def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
     run = suite("-n", "2", "--backend", "cpu")
     assert run.returncode == 0, run.output[-3000:]
@@ -35,6 +36,7 @@ def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
 
 
 @pytest.mark.parametrize("mutant", SEED_PITFALLS)
+@pytest.mark.integration
 def test_suite_fails_on_each_pitfall_of_the_seed(suite: Suite, mutant: str) -> None:
     run = suite("-n", "2", "-k", SEED0_FILTER, "-m", "golden", "--impl", f"tests/mutants.py:{mutant}")
     assert run.returncode == 1, run.output[-3000:]
@@ -44,6 +46,7 @@ def test_suite_fails_on_each_pitfall_of_the_seed(suite: Suite, mutant: str) -> N
     assert "the implementation under test disagrees with it" in run.output or "Error" in run.output
 
 
+@pytest.mark.integration
 def test_the_package_function_passed_through_impl_passes(suite: Suite, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     run = suite(
@@ -62,6 +65,7 @@ def test_the_package_function_passed_through_impl_passes(suite: Suite, tmp_path:
     assert all(e["golden"] == e["oracles"] == "passed" for e in result["cases"].values())
 
 
+@pytest.mark.integration
 def test_wrong_backend_stops_the_run_before_any_case(suite: Suite) -> None:
     run = suite("--backend", "tpu")
     assert run.returncode == 4, run.output[-3000:]
@@ -70,6 +74,7 @@ def test_wrong_backend_stops_the_run_before_any_case(suite: Suite) -> None:
     assert run.outcomes == {}
 
 
+@pytest.mark.integration
 def test_a_backend_that_cannot_start_fails_loudly(suite: Suite) -> None:
     run = suite("--backend", "cuda", env={"JAX_PLATFORMS": "cuda"})
     assert run.returncode != 0
@@ -77,6 +82,7 @@ def test_a_backend_that_cannot_start_fails_loudly(suite: Suite) -> None:
     assert run.outcomes == {}
 
 
+@pytest.mark.integration
 def test_missing_tampered_and_unused_goldens_are_reported(suite: Suite, tmp_path: Path) -> None:
     golden = tmp_path / "golden"
     golden.mkdir()

@@ -21,7 +21,10 @@ from ensemble_conformance.golden.pins import REFERENCE
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "user-project"
-pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="builds environments with uv")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("uv") is None, reason="builds environments with uv"),
+]
 
 
 def _run(command: list[str], cwd: Path, timeout: float = 900, **extra: str) -> subprocess.CompletedProcess[str]:

@@ -450,6 +450,7 @@ def digest(array: np.ndarray) -> str:
 
 
 @ON_REFERENCE
+@pytest.mark.integration
 def test_tree_mode_gives_the_same_values_and_oracles_hold() -> None:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "NNX_GRAPH_MODE": "false", "NNX_GRAPH_UPDATES": "false"}
     proc = subprocess.run(

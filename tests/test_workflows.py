@@ -43,6 +43,7 @@ def test_there_are_workflows() -> None:
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+@pytest.mark.integration
 def test_workflow_is_valid(path: Path) -> None:
     schema = _schema(path)
     assert schema.returncode == 0, schema.stdout + schema.stderr
@@ -50,6 +51,7 @@ def test_workflow_is_valid(path: Path) -> None:
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+@pytest.mark.integration
 def test_the_checks_reject_a_broken_workflow(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yml"
     text = (REPO / ".github" / "workflows" / "ci.yml").read_text()
@@ -61,6 +63,7 @@ def test_the_checks_reject_a_broken_workflow(tmp_path: Path) -> None:
     assert _lint(typo).returncode != 0  # an expression naming a job that does not exist
 
 
+@pytest.mark.integration
 def test_matrix_jobs_are_generated_from_the_noxfile() -> None:
     listed = subprocess.run(
         [sys.executable, "-m", "nox", "--list", "--json", "-s", "matrix"],
@@ -212,6 +215,7 @@ def test_supply_chain_hygiene(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", CHECKED, ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.integration
 def test_run_scripts_are_valid_bash(path: Path) -> None:
     for where, step in _steps(_load(path.read_text())):
         if "run" in step:
@@ -351,11 +355,13 @@ def _action_schema(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_the_action_schema_is_known() -> None:
     usage = subprocess.run([str(BIN / "check-jsonschema"), "--help"], capture_output=True, text=True, check=True)
     assert "vendor.github-actions" in usage.stdout
 
 
+@pytest.mark.integration
 def test_the_action_is_valid(tmp_path: Path) -> None:
     schema = _action_schema(ACTION)
     assert schema.returncode == 0, schema.stdout + schema.stderr
@@ -410,6 +416,7 @@ def _as_workflow(action: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.integration
 def test_the_linter_accepts_the_actions_steps(tmp_path: Path) -> None:
     good = tmp_path / "composite.yml"
     good.write_text(yaml.safe_dump(_as_workflow(_load(ACTION.read_text())), sort_keys=False))
@@ -424,6 +431,7 @@ def test_the_linter_accepts_the_actions_steps(tmp_path: Path) -> None:
 # --- The example workflow a user copies ---------------------------------------------------
 
 
+@pytest.mark.integration
 def test_the_example_workflow_is_valid(tmp_path: Path) -> None:
     schema = _schema(EXAMPLE)
     assert schema.returncode == 0, schema.stdout + schema.stderr
@@ -450,6 +458,7 @@ def test_the_example_calls_the_gate_on_a_pin_change() -> None:
     assert "git ls-remote" in text  # how to find the commit to pin
 
 
+@pytest.mark.integration
 def test_the_linter_checks_the_example_against_the_action(tmp_path: Path) -> None:
     """With the action as a local one, the linter reads its metadata and checks the inputs
     the example passes; a misspelt input and an action without runs.using are caught."""
@@ -602,6 +611,7 @@ def _run_action(root: Path, repo: Path, status: int, **given: str) -> dict[str, 
     }
 
 
+@pytest.mark.integration
 def test_the_action_passes_on_a_passing_run(tmp_path: Path) -> None:
     repo, base = _user_repo(tmp_path)
     ran = _run_action(tmp_path, repo, 0, **{"base-ref": base, "install-args": "-e .[test] -r req.txt"})
@@ -618,6 +628,7 @@ def test_the_action_passes_on_a_passing_run(tmp_path: Path) -> None:
     assert (temp / "ec" / "verdict.md").read_text() == ran["summary"]
 
 
+@pytest.mark.integration
 def test_the_action_fails_on_a_failing_run_after_the_verdict(tmp_path: Path) -> None:
     repo, base = _user_repo(tmp_path)
     spec = "ensemble-conformance==0.2.0"
@@ -633,6 +644,7 @@ def test_the_action_fails_on_a_failing_run_after_the_verdict(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("case", ["no goldens on the base", "base not fetched", "no base"])
+@pytest.mark.integration
 def test_the_action_names_a_missing_baseline(tmp_path: Path, case: str) -> None:
     repo, base = _user_repo(tmp_path, goldens_on_base=case != "no goldens on the base")
     base_ref = {"no goldens on the base": base, "base not fetched": "1" * 40, "no base": ""}[case]
