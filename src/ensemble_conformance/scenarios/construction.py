@@ -27,6 +27,7 @@ from flax import nnx
 from ensemble_conformance.golden.compare import compare
 from ensemble_conformance.golden.tolerances import lifecycle_class
 from ensemble_conformance.scenarios import derivation
+from ensemble_conformance.scenarios.asserts import assert_distinct_rows
 from ensemble_conformance.scenarios.program import Params, Program, flatten, require
 
 Tree = dict[str, Any]
@@ -158,10 +159,7 @@ def check_close(expected: Any, actual: Any, what: str) -> None:
 
 def check_distinct(rows: Any, what: str) -> None:
     """No two entries along axis 0 are equal: each member (or layer) drew its own values."""
-    flat = np.asarray(rows).reshape(np.shape(rows)[0], -1)
-    for i in range(len(flat)):
-        for j in range(i):
-            assert not np.array_equal(flat[i], flat[j]), f"{what}: entries {j} and {i} are identical"
+    assert_distinct_rows(what, rows, noun="entries", verb="identical")
 
 
 # ---- the members' parameters recomputed from the seed (jax.random alone) ----

@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF
+from ensemble_conformance.scenarios.asserts import assert_distinct_rows
 from ensemble_conformance.scenarios.construction import check_members_from_seed
 from ensemble_conformance.scenarios.program import Params, Program, Unavailable, require, run_program
 
@@ -116,15 +117,6 @@ def linear_reference(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> tup
 def forward_bound(scale: np.ndarray, d_in: int) -> np.ndarray:
     """4 gamma_n M with n = d_in + 3 roundings (products, sums, bias, dropout's scaling)."""
     return 4.0 * (d_in + 3) * U32 * scale
-
-
-def assert_distinct_rows(name: str, a: np.ndarray) -> None:
-    """No two members (rows on axis 0) are equal."""
-    rows = a.reshape(a.shape[0], -1)
-    for i in range(len(rows)):
-        for j in range(i):
-            if np.array_equal(rows[i], rows[j]):
-                raise AssertionError(f"{name}: members {j} and {i} are equal")
 
 
 # --- the ensemble ------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from flax import nnx
 from ensemble_conformance.golden.compare import compare
 from ensemble_conformance.golden.tolerances import CPU, UNIT_ROUNDOFF, Numerics
 from ensemble_conformance.scenarios import derivation
+from ensemble_conformance.scenarios.asserts import equal_rows
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.core import forward_broadcast_input
 from ensemble_conformance.scenarios.runner import compute
@@ -139,18 +140,16 @@ def _shapes(case: Case, variant: Variant, output: np.ndarray, params: Arrays | N
 
 def _distinct(name: str, members: np.ndarray) -> OracleResult:
     """Every row along axis 0 differs from every other, bit for bit."""
-    rows = [np.ascontiguousarray(m).tobytes() for m in members]
-    seen: dict[bytes, int] = {}
-    for i, row in enumerate(rows):
-        if row in seen:
-            return OracleResult(
-                name,
-                False,
-                f"members {seen[row]} and {i} are identical "
-                f"({len(rows) - len(set(rows)) + 1} share values): split_rngs not at work?",
-            )
-        seen[row] = i
-    return OracleResult(name, True, f"{len(rows)} members")
+    pair = equal_rows(members)
+    if pair is not None:
+        rows = {np.ascontiguousarray(m).tobytes() for m in members}
+        return OracleResult(
+            name,
+            False,
+            f"members {pair[0]} and {pair[1]} are identical "
+            f"({len(members) - len(rows) + 1} share values): split_rngs not at work?",
+        )
+    return OracleResult(name, True, f"{len(members)} members")
 
 
 def _derived(params: Arrays, derived: Arrays, numerics: Numerics, case: Case) -> OracleResult:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ensemble_conformance.scenarios.asserts import assert_within_ulps, scaled_ulp_distance
 from ensemble_conformance.scenarios.construction import check_members_from_seed
 from ensemble_conformance.scenarios.dropout import (
     BIAS_INIT,
@@ -130,19 +131,6 @@ def member_arrays(arrays: Arrays, prefix: str, i: int) -> Member:
     return {name: jnp.asarray(arrays[f"{prefix}/{name}"][i]) for name in ("kernel", "bias")}
 
 
-def ulp_distance(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got - want| in float32 spacings of the largest |want|: a norm-wise distance that
-    stays meaningful where a sum cancels to near 0."""
-    spacing = float(np.spacing(np.float32(np.max(np.abs(want)))))
-    return float(np.max(np.abs(np.asarray(got, np.float64) - want))) / spacing
-
-
-def assert_close(name: str, got: np.ndarray, want: np.ndarray, ulps: float) -> None:
-    distance = ulp_distance(got, want)
-    if not distance <= ulps:
-        raise AssertionError(f"{name}: {distance:.3g} ULP of its scale apart, more than {ulps}")
-
-
 def check_params_from_seed(arrays: Arrays, p: Params) -> None:
     """The initial members are the ones split_rngs's lane keys give, recomputed from the seed
     with jax.random alone; no two members share a kernel."""
@@ -175,7 +163,9 @@ def check_grads_alone(arrays: Arrays, p: Params) -> None:
     for i in range(int(p["n"])):
         alone = grad_arrays(nnx.grad(loss_fn)(member_alone(model, i), x, y))
         for name, want in alone.items():
-            assert_close(f"grads/{name} of member {i} vs member {i} alone", arrays[f"grads/{name}"][i], want, GRAD_ULPS)
+            assert_within_ulps(
+                f"grads/{name} of member {i} vs member {i} alone", arrays[f"grads/{name}"][i], want, GRAD_ULPS
+            )
 
 
 def assert_rebuilt(arrays: Arrays, model: nnx.Module) -> None:
@@ -205,7 +195,9 @@ def check_grad_forms_agree(summed: Arrays, per_member: Arrays) -> None:
     """nnx.grad of the summed loss and vmap of nnx.grad give each member the same gradient."""
     for name in ("kernel", "bias"):
         want = per_member[f"grads/{name}"]
-        assert_close(f"grads/{name}: nnx.grad of the sum vs vmap of nnx.grad", summed[f"grads/{name}"], want, GRAD_ULPS)
+        assert_within_ulps(
+            f"grads/{name}: nnx.grad of the sum vs vmap of nnx.grad", summed[f"grads/{name}"], want, GRAD_ULPS
+        )
 
 
 def sum_equals_per_member(p: Params) -> None:
@@ -383,7 +375,7 @@ def history_distance(arrays: Arrays, history: History) -> tuple[float, str]:
                 key = f"train/step{k}/params/{name}"
                 pairs.append((f"{key} of member {i}", arrays[key][i], np.asarray(value)))
         for label, got, want in pairs:
-            distance = ulp_distance(got, want)
+            distance = scaled_ulp_distance(got, want)
             if distance >= worst:
                 worst, where = distance, label
     return worst, where

@@ -128,6 +128,7 @@ import numpy as np
 from flax import nnx
 
 from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics, precision_name
+from ensemble_conformance.scenarios.asserts import equal_rows
 from ensemble_conformance.scenarios.checkpoint import round_trip
 from ensemble_conformance.scenarios.construction import eval_mode, member_slice
 from ensemble_conformance.scenarios.dropout import state_arrays
@@ -890,22 +891,12 @@ def numerics() -> Numerics:
     return Numerics(jax.default_backend(), precision_name(jax.config.jax_default_matmul_precision))
 
 
-def assert_close(name: str, expected: Any, actual: Any, what: str) -> None:
+def assert_within_allowance(name: str, expected: Any, actual: Any, what: str) -> None:
     """``actual`` within the allowance of the tolerance class ``name``'s first component names
     (exact for integers), taking ``expected`` as the reference."""
     report = compare_arrays(name, np.asarray(expected), np.asarray(actual), numerics())
     if not report.ok:
         raise AssertionError(f"{what}: {report.describe()}")
-
-
-def equal_rows(a: np.ndarray) -> tuple[int, int] | None:
-    """The first pair (j, i), j < i, of equal rows on axis 0, or None."""
-    rows = np.asarray(a).reshape(np.shape(a)[0], -1)
-    for i in range(len(rows)):
-        for j in range(i):
-            if np.array_equal(rows[i], rows[j]):
-                return j, i
-    return None
 
 
 def _constant(a: np.ndarray) -> bool:
@@ -997,7 +988,7 @@ def alone_in_eval(step: str) -> Check:
             alone = apply(member_slice(model, i), x)
             for name in names:
                 what = f"member {i} run alone in eval mode vs row {i} of {name}"
-                assert_close(f"{name}[member {i}]", alone, arrays[name][i], what)
+                assert_within_allowance(f"{name}[member {i}]", alone, arrays[name][i], what)
 
     return check_member_alone_equals_ensemble
 
@@ -1007,7 +998,7 @@ check_member_alone_equals_ensemble = alone_in_eval("forward")
 
 def check_eager_equals_jit(ens: Ensemble, arrays: Arrays, p: Params) -> None:
     """``nnx.jit`` of the eval forward gives the eager one."""
-    assert_close("out/jit", arrays["out/eval"], arrays["out/jit"], "nnx.jit of the forward vs eager")
+    assert_within_allowance("out/jit", arrays["out/eval"], arrays["out/jit"], "nnx.jit of the forward vs eager")
 
 
 def check_dropout_keys_independent(ens: Ensemble, arrays: Arrays, p: Params) -> None:
@@ -1051,7 +1042,7 @@ def check_vmap_equals_loop(ens: Ensemble, arrays: Arrays, p: Params) -> None:
     for i in range(int(p["n"])):
         alone = apply(member_slice(model, i), x)
         what = f"member {i} run alone in train mode with its own RNG state vs row {i} of the train forward"
-        assert_close(f"out/train0[member {i}]", alone, out[i], what)
+        assert_within_allowance(f"out/train0[member {i}]", alone, out[i], what)
 
 
 def check_per_member_gradients(ens: Ensemble, arrays: Arrays, p: Params) -> None:
@@ -1069,10 +1060,12 @@ def check_per_member_gradients(ens: Ensemble, arrays: Arrays, p: Params) -> None
         want = state_arrays(alone)
         if want.keys() != grads.keys():
             raise AssertionError(f"grads/*: the run has gradients {sorted(grads)}, member {i} alone {sorted(want)}")
-        assert_close(f"out/loss[member {i}]", value, arrays["out/loss"][i], f"member {i}'s loss vs its loss alone")
+        assert_within_allowance(
+            f"out/loss[member {i}]", value, arrays["out/loss"][i], f"member {i}'s loss vs its loss alone"
+        )
         for key, array in want.items():
             what = f"member {i}'s slice of the ensemble's gradient vs the gradient of member {i} alone"
-            assert_close(f"grads/{key}[member {i}]", array, grads[key][i], what)
+            assert_within_allowance(f"grads/{key}[member {i}]", array, grads[key][i], what)
 
 
 def beside_others(model: nnx.Module, i: int, n: int, others: nnx.Module) -> nnx.Module:
@@ -1116,14 +1109,16 @@ def trained_alone(step: str) -> Check:
                 one = beside_others(model, i, n, others)
                 what = f"member {i} trained beside other members vs slice {i} of the ensemble trained together"
             alone = _trained(ens, one, p, step)["train"]
-            assert_close(f"train/loss[member {i}]", np.asarray(alone["loss"])[:, 0], arrays["train/loss"][:, i], what)
+            assert_within_allowance(
+                f"train/loss[member {i}]", np.asarray(alone["loss"])[:, 0], arrays["train/loss"][:, i], what
+            )
             for group in ("params", "stats"):
                 got = _under(arrays, f"train/{group}/")
                 want = alone.get(group, {})
                 if want.keys() != got.keys():
                     raise AssertionError(f"train/{group}/*: the run has {sorted(got)}, member {i} alone {sorted(want)}")
                 for key, array in want.items():
-                    assert_close(f"train/{group}/{key}[member {i}]", array[0], got[key][i], what)
+                    assert_within_allowance(f"train/{group}/{key}[member {i}]", array[0], got[key][i], what)
 
     return check_train_equals_alone
 
