@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ensemble_conformance.golden import environment
+from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.golden.store import GoldenStore, sha256_of
 from ensemble_conformance.scenarios.cases import CASES_BY_ID
 from ensemble_conformance.tooling import regen
@@ -66,7 +67,8 @@ def test_refuses_off_the_reference_pins_unless_forced(
     monkeypatch.setattr(environment, "fingerprint", older)
     code, out = _run(capsys, "--golden-dir", str(tmp_path), IDS[0])
     assert code == 2
-    assert "jax: '0.4.38'" in out and "jax_threefry_partitionable: False" in out and "Refusing" in out
+    assert f"jax: 0.4.38, the reference is {REFERENCE.jax}" in out and "Refusing" in out
+    assert "jax_threefry_partitionable: False, the reference is True" in out
     assert not any(tmp_path.iterdir())
     code, out = _run(capsys, "--golden-dir", str(tmp_path), "--force", IDS[0])
     assert code == 0 and (tmp_path / f"{IDS[0]}.npz").exists()

@@ -7,6 +7,7 @@ before jax or flax are installed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,3 +114,15 @@ MATRIX: tuple[Pins, ...] = (
     Pins(python="3.12", jax="0.8.1", jaxlib="0.8.1", flax="0.12.0", optax="0.2.6", orbax="0.11.28"),
     REFERENCE,
 )
+
+
+def known_pins(flax: str, jax: str) -> Pins | None:
+    """The matrix's pin for this flax/jax pair, if it has one."""
+    return next((p for p in MATRIX if (p.flax, p.jax) == (flax, jax)), None)
+
+
+def pin_mismatches(wanted: Mapping[str, object], have: Mapping[str, object]) -> list[str]:
+    """The one wording of "this environment is not the reference": each name whose value here
+    differs, as ``name: <here>, the reference is <wanted>`` (the suite's regeneration and a
+    project's --regen both refuse with it)."""
+    return [f"{k}: {have.get(k)}, the reference is {v}" for k, v in wanted.items() if have.get(k) != v]

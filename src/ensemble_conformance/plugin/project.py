@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 
 from ensemble_conformance.golden.compare import non_finite
+from ensemble_conformance.golden.pins import pin_mismatches
 from ensemble_conformance.golden.project_file import ProjectFile, ProjectFileError
 from ensemble_conformance.golden.project_file import load as load_project_file
 from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore, atomic_writer
@@ -60,21 +61,20 @@ def regen_mode(config: pytest.Config) -> str | None:
     return "failing" if config.getoption("--regen") else None
 
 
-def reference_mismatches(config: pytest.Config) -> list[str]:
+def project_pin_mismatches(config: pytest.Config) -> list[str]:
     """The project's ``ensemble_reference_pins`` (``name==version`` lines) this environment
     does not have; empty when none are named."""
-    problems = []
+    wanted, have = {}, {}
     for line in config.getini("ensemble_reference_pins"):
-        name, sep, wanted = line.partition("==")
-        if not sep or not name.strip() or not wanted.strip():
+        name, sep, version = (part.strip() for part in line.partition("=="))
+        if not sep or not name or not version:
             raise pytest.UsageError(f"ini option ensemble_reference_pins: {line!r} is not NAME==VERSION")
+        wanted[name] = version
         try:
-            have = metadata.version(name.strip())
+            have[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            have = "not installed"
-        if have != wanted.strip():
-            problems.append(f"{name.strip()}: {have}, the reference is {wanted.strip()}")
-    return problems
+            have[name] = "not installed"
+    return pin_mismatches(wanted, have)
 
 
 def check_regen(config: pytest.Config, mode: str) -> None:
@@ -85,7 +85,7 @@ def check_regen(config: pytest.Config, mode: str) -> None:
             f"--regen{'-all' if mode == 'all' else ''} writes every golden in one transaction, in one process: "
             "drop -n (pytest-xdist)"
         )
-    mismatches = reference_mismatches(config)
+    mismatches = project_pin_mismatches(config)
     if mismatches and not config.getoption("--regen-force"):
         raise pytest.UsageError(
             "refusing to regenerate: this environment is not the project's reference pins "

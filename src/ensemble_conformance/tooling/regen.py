@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ensemble_conformance.golden import environment
-from ensemble_conformance.golden.pins import EPOCHS, Epoch
+from ensemble_conformance.golden.pins import EPOCHS, Epoch, pin_mismatches
 from ensemble_conformance.golden.store import (
     GoldenError,
     GoldenFormatError,
@@ -50,11 +50,8 @@ def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionab
     if pins.lifecycle:
         wanted.update({"optax": pins.optax, "orbax-checkpoint": pins.orbax})
     wanted.update(epoch.settings)
-    problems = [f"{k}: {env.get(k)!r}, the reference is {v!r}" for k, v in wanted.items() if env.get(k) != v]
-    python_minor = ".".join(str(env.get("python", "")).split(".")[:2])
-    if python_minor != pins.python:
-        problems.append(f"python: {env.get('python')!r}, the reference is {pins.python}")
-    return problems
+    wanted["python"] = pins.python  # its minor version
+    return pin_mismatches(wanted, {**env, "python": ".".join(str(env.get("python", "")).split(".")[:2])})
 
 
 def regen_session(epoch: Epoch) -> str:
