@@ -42,12 +42,15 @@ from typing import Any
 import nox
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "src"))  # the sessions' logic, standard library only (no jax here)
+sys.path.insert(0, str(ROOT / "src"))  # the package, for what the sessions read (no jax here)
+sys.path.insert(0, str(ROOT))  # tools/: the sessions' logic, the repository's own (not in the wheel)
+
+from tools import bisection, sessions  # noqa: E402
 
 from ensemble_conformance.backends import platforms  # noqa: E402
 from ensemble_conformance.golden.environment import MODES, mode_env  # noqa: E402
 from ensemble_conformance.golden.pins import EPOCHS, MATRIX, REFERENCE  # noqa: E402
-from ensemble_conformance.tooling import bisection, sessions  # noqa: E402
+from ensemble_conformance.tooling import venvs  # noqa: E402
 
 RESULTS = ROOT / "results"
 JAX_CACHE = sessions.jax_cache(ROOT)
@@ -83,13 +86,13 @@ def _venv(session: nox.Session, python: str, name: str, requirements: list[str])
     """A virtual environment under .nox/NAME with the package, its test extras and
     ``requirements`` (outside nox's own, so one session can hold several). Returns its directory."""
     venv = ROOT / ".nox" / name
-    if sessions.env_is_ready(venv, requirements):  # built before by a gate or a bisect probe
+    if venvs.env_is_ready(venv, requirements):  # built before by a gate or a bisect probe
         session.log(f"reusing {venv.relative_to(ROOT)}")
         return venv
-    create, install = sessions.venv_commands(venv, python, uv=bool(shutil.which("uv")))
+    create, install = venvs.venv_commands(venv, python, uv=bool(shutil.which("uv")))
     session.run(*create, external=True)
     session.run(*install, "-e", ".[test]", *requirements, external=True)  # editable: a reused env runs this tree
-    sessions.mark_env_ready(venv, requirements)
+    venvs.mark_env_ready(venv, requirements)
     return venv
 
 
@@ -139,9 +142,7 @@ def regen(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Time the vmapped ensemble against N separate models and the memory floor: results/bench."""
     _install_reference(session, "bench")
-    session.run(
-        "python", "-m", "ensemble_conformance.tooling.bench", "--out", "results/bench", *session.posargs, env=CPU_ENV
-    )
+    session.run("python", "-m", "tools.bench", "--out", "results/bench", *session.posargs, env=CPU_ENV)
 
 
 @nox.session(python=REFERENCE.python)
@@ -269,7 +270,7 @@ def modes(session: nox.Session) -> None:
         reports.append(str(RESULTS / "modes" / f"{mode}.json"))
         env = {**CPU_ENV, **mode_env(mode)}
         _run_suite(session, "--nnx-mode", mode, f"--report-json={reports[-1]}", env=env, success_codes=[0, 1])
-    session.run("python", "-m", "ensemble_conformance.tooling.modes", *reports, env=CPU_ENV)
+    session.run("python", "-m", "tools.modes", *reports, env=CPU_ENV)
 
 
 @nox.session(python=REFERENCE.python, default=False)
@@ -281,7 +282,7 @@ def future_defaults(session: nox.Session) -> None:
     _run_suite(
         session, "--nnx-mode", "tree", "--future-warnings", f"--report-json={out}", env=env, success_codes=[0, 1]
     )
-    session.run("python", "-m", "ensemble_conformance.tooling.modes", "--future", out, env=CPU_ENV)
+    session.run("python", "-m", "tools.modes", "--future", out, env=CPU_ENV)
 
 
 @nox.session(python=REFERENCE.python, default=False)
@@ -377,7 +378,7 @@ def perf_gate(session: nox.Session) -> None:
     args = sessions.perf_gate_parser(RESULTS).parse_args(session.posargs)
     baseline = _perf_python(session, sessions.perf_side(args.baseline_flax, args.baseline_jax, args.baseline_python))
     candidate = _perf_python(session, sessions.perf_side(args.flax, args.jax, args.python))
-    command = ["-m", "ensemble_conformance.tooling.perf", *sessions.perf_gate_args(args, baseline, candidate)]
+    command = ["-m", "tools.perf", *sessions.perf_gate_args(args, baseline, candidate)]
     session.run(str(baseline), *command, external=True)  # exits non-zero on a slowdown; writes the step summary
 
 
@@ -394,7 +395,7 @@ def cost_gate(session: nox.Session) -> None:
     for name, side in sides.items():
         python = str(_perf_python(session, side))
         session.run(python, *sessions.census_args(args.quick, out / f"{name}.json"), env=CPU_ENV, external=True)
-    compare = ["-m", "ensemble_conformance.tooling.cost", "compare", str(out / "baseline.json")]
+    compare = ["-m", "tools.cost", "compare", str(out / "baseline.json")]
     compare += [str(out / "candidate.json"), "--markdown", str(out / "cost-gate.md")]
     compare += [
         "--title",
@@ -407,7 +408,7 @@ def cost_gate(session: nox.Session) -> None:
 def perf_calibrate(session: nox.Session) -> None:
     """The performance gate on the reference pins against itself and injected slowdowns (-- --trials N)."""
     _install_reference(session)
-    session.run("python", "-m", "ensemble_conformance.tooling.perf", "calibrate", *session.posargs)
+    session.run("python", "-m", "tools.perf", "calibrate", *session.posargs)
 
 
 @nox.session(python=False, default=False)
@@ -415,7 +416,7 @@ def perf_releases(session: nox.Session) -> None:
     """All release pins in one interleaved run: (0, None) / (0, 0) forward ratio, each pin against the reference."""
     pythons = {p.id: str(_perf_python(session, sessions.perf_side(p.flax, p.jax, p.python))) for p in MATRIX}
     session.run(
-        pythons[REFERENCE.id], "-m", "ensemble_conformance.tooling.perf", "releases", "--reference", REFERENCE.id,
+        pythons[REFERENCE.id], "-m", "tools.perf", "releases", "--reference", REFERENCE.id,
         *(f"--pin={pin}={python}" for pin, python in pythons.items()), *session.posargs, external=True,
     )  # fmt: skip
 
@@ -453,7 +454,7 @@ def bisect(session: nox.Session) -> None:
     def python_for(release: str) -> str:
         # jaxlib is left to the resolver: not every jax release has a jaxlib of its own number.
         flax, jax = sessions.bisect_pins(args, release)
-        venv = _venv(session, args.python, sessions.env_name(args.python, flax, jax), [f"jax=={jax}", f"flax=={flax}"])
+        venv = _venv(session, args.python, venvs.env_name(args.python, flax, jax), [f"jax=={jax}", f"flax=={flax}"])
         return str(venv / "bin" / "python")
 
     def run(python: str, *command: str) -> subprocess.CompletedProcess[str]:

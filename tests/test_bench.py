@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from tools import bench, workloads
 
 from ensemble_conformance.scenarios.core import build_ensemble
-from ensemble_conformance.tooling import bench, workloads
 from tests.conftest import REPO
 
 ALL_ROWS = [(stage, method) for stage, methods in bench.METHODS.items() for method in methods]
@@ -225,7 +225,7 @@ def test_without_matplotlib_the_command_fails_before_measuring(monkeypatch: pyte
 def test_quick_run_writes_json_markdown_and_png(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "-m", "ensemble_conformance.tooling.bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "tools.bench", "--quick", "--out", str(out)],
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
         cwd=REPO,
         capture_output=True,

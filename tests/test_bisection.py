@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from ensemble_conformance.tooling.bisection import between, first_changed, releases_from_pip_index
+from tools.bisection import between, first_changed, releases_from_pip_index
 
 PIP_OUTPUT = """flax (0.12.12)
 Available versions: 0.12.12, 0.12.10, 0.12.2, 0.12.0rc1, 0.11.2, 0.10.7, 0.10.2, 0.9.0, 0.8.5

@@ -1,4 +1,4 @@
-"""The cost census (scenarios/cost.py, tooling/cost.py): the HLO op count, the figures of real
+"""The cost census (scenarios/cost.py, tools/cost.py): the HLO op count, the figures of real
 compiled programs against what their shapes require, the gate's rules, the stored census of
 the reference pins, bad files, and the nox helpers of the cost gate and the cost bisect."""
 
@@ -14,15 +14,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import pytest
+from tools import cost as tool
+from tools import sessions
+from tools.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, forward_bytes
 
 from ensemble_conformance import Ensemble, Recipe
 from ensemble_conformance.golden.environment import fingerprint
 from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.scenarios.cost import FIGURES, Census, census, compare, hlo_ops, markdown
 from ensemble_conformance.scenarios.program import NotApplicable
-from ensemble_conformance.tooling import cost as tool
-from ensemble_conformance.tooling import sessions
-from ensemble_conformance.tooling.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, forward_bytes
 from tests import own_recipes as own
 from tests.conftest import run_pytest
 

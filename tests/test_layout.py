@@ -3,7 +3,8 @@ tooling <- plugin (pytest) <- suite (the packaged reference suite). A module may
 its own part and the parts before it, never one after it, anywhere in the file (a lazy
 import inside a function counts too). The golden engine imports neither pytest nor flax,
 optax or orbax at import time, only the plugin and the suite import pytest, and the
-modules the noxfile reads (under nox's own interpreter) and the plugin import without jax."""
+modules the noxfile reads (under nox's own interpreter) and the plugin import without jax.
+The repository's tools/ sit on top, outside the wheel: the package never imports them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "ensemble_conformance"
 PARTS = ("golden", "backends", "scenarios", "tooling", "plugin", "suite")  # each may import those before it
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
+TOOLS = PACKAGE.parent.parent / "tools"  # the repository's own tooling, outside the wheel
 
 
 def _own_parts(path: Path, module_level_only: bool = False) -> dict[str, set[str]]:
@@ -86,14 +88,29 @@ def test_the_golden_engine_imports_no_framework_at_import(path: Path) -> None:
 @pytest.mark.integration
 def test_what_the_noxfile_reads_imports_without_jax() -> None:
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import ensemble_conformance.tooling.sessions, ensemble_conformance.tooling.bisection;"
+        "import sys; sys.path[:0] = sys.argv[1:];"
+        "import tools.sessions, tools.bisection, ensemble_conformance.tooling.venvs;"
         "import ensemble_conformance.golden.environment, ensemble_conformance.backends.platforms;"
         "heavy = sorted(m for m in ('jax', 'flax', 'numpy', 'pytest') if m in sys.modules);"
         "assert not heavy, heavy"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(PACKAGE.parent)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(PACKAGE.parent), str(TOOLS.parent)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_the_package_never_imports_the_repositorys_tools(path: Path) -> None:
+    """tools/ (bench, the timed gate, the suite's workloads and census, modes, bisection) is
+    not in the wheel: nothing a user installs may need it."""
+    assert "tools" not in _own_parts(path).get("", set()), f"{path.parent.name}/{path.name} imports tools"
+
+
+@pytest.mark.parametrize("path", sorted(TOOLS.glob("*.py")), ids=lambda p: p.stem)
+def test_the_tools_import_only_the_package_and_each_other(path: Path) -> None:
+    """The tools are the top of the layout: they may use any part of the package."""
+    assert _own_parts(path).keys() <= {"", *PARTS}, path.name
 
 
 def test_the_wheel_lists_every_package() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tools import modes
 
 from ensemble_conformance.golden.environment import mode_env
 from ensemble_conformance.golden.store import GoldenStore
@@ -23,7 +24,6 @@ from ensemble_conformance.scenarios.lifecycle import (
     judge,
 )
 from ensemble_conformance.scenarios.program import Outcome, normalize_error, run_program
-from ensemble_conformance.tooling import modes
 from ensemble_conformance.tooling.mutation import SuiteRun
 from tests.conftest import GOLDEN
 

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tools import perf, sessions
+from tools.perf_worker import Injector
 
-from ensemble_conformance.tooling import perf, sessions
-from ensemble_conformance.tooling.perf_worker import Injector
+from ensemble_conformance.tooling import venvs
 from tests.conftest import REPO
 
 
@@ -309,7 +310,7 @@ def test_the_nox_session_passes_only_what_was_given(tmp_path: Path) -> None:
     assert (args.baseline_flax, args.baseline_jax) == (sessions.REFERENCE.flax, sessions.REFERENCE.jax)
     side = sessions.perf_side("0.11.2", "0.7.2", None)
     assert side.python == "3.12" and side.requirements == ["jax==0.7.2", "jaxlib==0.7.2", "flax==0.11.2"]
-    assert side.venv_name == sessions.env_name("3.12", "0.11.2", "0.7.2", "cpu")  # the conformance gate's env
+    assert side.venv_name == venvs.env_name("3.12", "0.11.2", "0.7.2", "cpu")  # the conformance gate's env
     command = sessions.perf_gate_args(args, Path("b/python"), Path("c/python"))
     assert command == ["gate", "--baseline", "b/python", "--candidate", "c/python", "--out", str(tmp_path / "perf")]
     quick = sessions.perf_gate_parser(tmp_path).parse_args(
@@ -329,7 +330,7 @@ def test_the_nox_session_passes_only_what_was_given(tmp_path: Path) -> None:
 def _gate(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
     out = tmp_path / "perf"
     proc = subprocess.run(
-        [sys.executable, "-m", "ensemble_conformance.tooling.perf", "gate", "--quick", "--rounds", "3",
+        [sys.executable, "-m", "tools.perf", "gate", "--quick", "--rounds", "3",
          "--baseline", sys.executable, "--candidate", sys.executable, "--out", str(out), *extra],
         env={**os.environ, "JAX_PLATFORMS": "cpu", "GITHUB_STEP_SUMMARY": str(tmp_path / "step.md")},
         cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -364,7 +365,7 @@ def test_a_quick_gate_run_catches_a_much_slower_candidate_and_writes_its_reports
 def test_a_quick_pairs_calibration_runs_one_gate_per_candidate(tmp_path: Path) -> None:
     out = tmp_path / "cal"
     proc = subprocess.run(
-        [sys.executable, "-m", "ensemble_conformance.tooling.perf", "calibrate", "--quick", "--trials", "1",
+        [sys.executable, "-m", "tools.perf", "calibrate", "--quick", "--trials", "1",
          "--kinds", "aa,25", "--rounds", "2", "--restart-every", "0", "--python", sys.executable, "--out", str(out)],
         env={**os.environ, "JAX_PLATFORMS": "cpu"}, cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

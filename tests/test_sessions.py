@@ -1,4 +1,4 @@
-"""The logic behind the nox sessions (ensemble_conformance.tooling.sessions), tested
+"""The logic behind the nox sessions (tools.sessions), tested
 without nox: the verdicts on what the suite wrote, the selections and the plans."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from tools import sessions
 
 from ensemble_conformance.backends.platforms import BACKENDS
 from ensemble_conformance.golden.pins import EPOCHS, MATRIX, REFERENCE, Pins
-from ensemble_conformance.tooling import sessions
+from ensemble_conformance.tooling import venvs
 
 JUNIT = """<?xml version="1.0"?>
 <testsuites><testsuite>
@@ -138,9 +139,9 @@ def test_bisect_holds_the_other_package(tmp_path: Path, package: str) -> None:
 
 
 def test_venv_commands_with_and_without_uv(tmp_path: Path) -> None:
-    create, install = sessions.venv_commands(tmp_path / "v", "3.12", uv=True)
+    create, install = venvs.venv_commands(tmp_path / "v", "3.12", uv=True)
     assert create[:2] == ["uv", "venv"] and install[-1] == str(tmp_path / "v" / "bin" / "python")
-    create, install = sessions.venv_commands(tmp_path / "v", "3.12", uv=False)
+    create, install = venvs.venv_commands(tmp_path / "v", "3.12", uv=False)
     assert create[:3] == ["python3.12", "-m", "venv"] and install[0] == str(tmp_path / "v" / "bin" / "python")
 
 
@@ -175,14 +176,14 @@ def test_an_environment_is_reused_only_when_built_with_the_same_requirements(tmp
     venv = tmp_path / "env"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("")
-    assert not sessions.env_is_ready(venv, ["jax==1", "flax==2"])  # no marker: an install never finished
-    sessions.mark_env_ready(venv, ["jax==1", "flax==2"])
-    assert sessions.env_is_ready(venv, ["flax==2", "jax==1"])
-    assert not sessions.env_is_ready(venv, ["jax==1", "flax==3"])
-    (venv / sessions.ENV_MARKER).write_text("{not json")
-    assert not sessions.env_is_ready(venv, ["jax==1", "flax==2"])
+    assert not venvs.env_is_ready(venv, ["jax==1", "flax==2"])  # no marker: an install never finished
+    venvs.mark_env_ready(venv, ["jax==1", "flax==2"])
+    assert venvs.env_is_ready(venv, ["flax==2", "jax==1"])
+    assert not venvs.env_is_ready(venv, ["jax==1", "flax==3"])
+    (venv / venvs.ENV_MARKER).write_text("{not json")
+    assert not venvs.env_is_ready(venv, ["jax==1", "flax==2"])
     assert (
-        sessions.env_name("3.12", "0.11.0", "0.6.2")
+        venvs.env_name("3.12", "0.11.0", "0.6.2")
         == sessions.gate_plan(
             sessions.gate_parser(tmp_path).parse_args(["--flax", "0.11.0", "--jax", "0.6.2", "--python", "3.12"])
         ).venv_name

@@ -12,9 +12,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from tools import workloads
 
 from ensemble_conformance.scenarios.core import build_ensemble, forward_shared_input
-from ensemble_conformance.tooling import workloads
 
 N, D, F = 3, 8, 5
 

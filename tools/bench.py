@@ -1,6 +1,6 @@
 """Speed of the stacked ensemble against N separate models, and against the machine's memory floor.
 
-    python -m ensemble_conformance.tooling.bench [--out DIR] [--sizes 1,8,64,256] [--d-in 256] [--features 256]
+    python -m tools.bench [--out DIR] [--sizes 1,8,64,256] [--d-in 256] [--features 256]
                                          [--repeats R] [--quick]
 
 What: for each ensemble size N, the time to build N ``nnx.Linear(D_in, F)`` and to run them on
@@ -49,8 +49,8 @@ from flax import nnx
 from ensemble_conformance.golden import environment
 from ensemble_conformance.golden.store import atomic_writer
 from ensemble_conformance.scenarios.core import build_ensemble, forward_broadcast_input, forward_shared_input
-from ensemble_conformance.tooling import workloads
-from ensemble_conformance.tooling.perf import positive_int
+from tools import workloads
+from tools.perf import positive_int
 
 FORMAT_VERSION = 1
 SEED = 0
@@ -571,7 +571,7 @@ def _out_dir(text: str) -> Path:
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Path, Config]:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.tooling.bench",
+        prog="python -m tools.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,10 +1,10 @@
 """The cost census of the benchmark's programs (workloads.CENSUS_PROGRAMS), stored as goldens
 per backend and release, and compared between environments: the noise-free performance gate.
 
-    python -m ensemble_conformance.tooling.cost census [--quick] [--json OUT] [--program NAME]
-    python -m ensemble_conformance.tooling.cost compare BEFORE.json AFTER.json [--markdown OUT]
-    python -m ensemble_conformance.tooling.cost check    # against golden/cost/<environment>.json
-    python -m ensemble_conformance.tooling.cost regen [--force]   # write it (reference pins only)
+    python -m tools.cost census [--quick] [--json OUT] [--program NAME]
+    python -m tools.cost compare BEFORE.json AFTER.json [--markdown OUT]
+    python -m tools.cost check    # against golden/cost/<environment>.json
+    python -m tools.cost regen [--force]   # write it (reference pins only)
 
 ``compare`` and ``check`` exit 1 when a figure grows beyond its rule (scenarios/cost.py RULES)
 or a forward gains a data movement op; smaller changes are printed, not failed.
@@ -25,7 +25,7 @@ from ensemble_conformance.golden.environment import fingerprint
 from ensemble_conformance.golden.pins import EPOCHS, REFERENCE
 from ensemble_conformance.golden.store import GoldenStore, atomic_writer
 from ensemble_conformance.scenarios.cost import Census, census, compare_all, markdown
-from ensemble_conformance.tooling.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, CENSUS_SIZE
+from tools.workloads import CENSUS_PROGRAMS, CENSUS_QUICK, CENSUS_SIZE
 
 FORMAT = 1
 
@@ -110,9 +110,7 @@ def _print_table(data: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.tooling.cost", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tools.cost", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     take_p = sub.add_parser("census", help="this environment's census of every program")
     take_p.add_argument("--quick", action="store_true", help=f"size {CENSUS_QUICK} instead of {CENSUS_SIZE}")

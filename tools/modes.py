@@ -1,7 +1,7 @@
 """flax's transform modes against the goldens made in the default one: what changes.
 
-    python -m ensemble_conformance.tooling.modes RESULT.json [...]           # check a mode run
-    python -m ensemble_conformance.tooling.modes --future RESULT.json       # tell what would break
+    python -m tools.modes RESULT.json [...]           # check a mode run
+    python -m tools.modes --future RESULT.json       # tell what would break
 
 Each RESULT.json is a ``--report-json`` of the suite run in one mode (``nox -s modes``
 makes them). Off the default mode, the golden comparisons that fail must be exactly the
@@ -77,7 +77,7 @@ def _programs() -> tuple[dict[str, frozenset[str]], dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.tooling.modes",
+        prog="python -m tools.modes",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

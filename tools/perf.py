@@ -1,12 +1,12 @@
 """The performance gate: is a candidate jax/flax slower than the baseline, measured side by side.
 
-    python -m ensemble_conformance.tooling.perf gate --baseline PYTHON --candidate PYTHON [options]
-    python -m ensemble_conformance.tooling.perf calibrate --python PYTHON --trials 20 [options]
+    python -m tools.perf gate --baseline PYTHON --candidate PYTHON [options]
+    python -m tools.perf calibrate --python PYTHON --trials 20 [options]
 
 (``nox -s perf_gate`` builds the two environments and runs ``gate``; ``nox -s perf_calibrate``
 runs ``calibrate`` on the reference pins.)
 
-How: one worker process per side (tooling/perf_worker.py, in that side's interpreter; the
+How: one worker process per side (tools/perf_worker.py, in that side's interpreter; the
 workers of one life start together) builds and warms up every figure, then the sides are
 asked in turn for one sample of each figure, in an order that alternates with the round and
 the figure (AB, BA, ...: a drift of the machine's speed falls on both). Every
@@ -58,7 +58,8 @@ ROUNDS = 16
 RESTART_EVERY = 2  # fresh workers every 2 rounds: 8 process lives per side in a gate run
 MIN_LIVES = 4  # fewer lives than this: the rounds are the bootstrap's units (process luck not sampled)
 SETTLE_S = 0.02  # pause between two asks: the last worker's threads stop spinning
-WORKER = "ensemble_conformance.tooling.perf_worker"
+ROOT = Path(__file__).resolve().parent.parent  # the repository: tools/ is importable from it
+WORKER = "tools.perf_worker"
 
 
 # Statistics --------------------------------------------------------------------------
@@ -155,6 +156,7 @@ def worker_env(side: Side) -> dict[str, str]:
     times must be compiles), plus the side's own variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     env.setdefault("JAX_PLATFORMS", "cpu")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)  # tools/
     return {**env, **side.env}
 
 
@@ -591,7 +593,7 @@ def _interpreter(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ensemble_conformance.tooling.perf", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tools.perf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)

@@ -1,13 +1,13 @@
 """A measuring process of the performance gate, in the environment under test.
 
-    python -m ensemble_conformance.tooling.perf_worker [--inject F] [--figures A,B] [--quick]
+    python -m tools.perf_worker [--inject F] [--figures A,B] [--quick]
 
 It builds and warms up every figure (two calls each, then WARMUP whole samples, all
 untimed: in a fresh process the first sample of a figure ran slow and scattered, 0.096 a
 round against 0.028 for the second in an A/A gate's composite), prints a JSON ``ready``
 line (versions, import and setup times), then answers each ``measure`` line on stdin with
 one sample of that figure: its ``calls`` calls timed together (about SAMPLE_S), the garbage
-collector off, as seconds per call. The gate (tooling/perf.py) keeps one worker per
+collector off, as seconds per call. The gate (tools/perf.py) keeps one worker per
 environment and asks them in turn, figure by figure, so the two sides of a comparison run
 within a second of each other, each in its own process. ``--inject F`` makes the worker a known
 slowdown: it repeats F x the nominal calls of the same work inside the timed samples
@@ -32,7 +32,7 @@ STARTED = time.perf_counter()
 
 import jax  # noqa: E402
 
-from ensemble_conformance.tooling import workloads  # noqa: E402
+from tools import workloads  # noqa: E402
 
 D_IN = FEATURES = 256
 SAMPLE_S = 0.25  # about how long one sample of a figure runs
@@ -156,7 +156,7 @@ def serve(names: Sequence[str], inject: float, quick: bool, lines: Any, out: Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble_conformance.tooling.perf_worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.perf_worker", description=__doc__)
     parser.add_argument("--inject", type=float, default=0.0, help="extra work, a fraction of the calls (default 0)")
     parser.add_argument("--figures", help="comma-separated figure names (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes, for tests")

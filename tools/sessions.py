@@ -17,7 +17,8 @@ from typing import Any
 
 from ensemble_conformance.backends.platforms import BACKENDS, Backend
 from ensemble_conformance.golden.environment import MODES, mode_env
-from ensemble_conformance.golden.pins import EPOCHS, MATRIX, REFERENCE, Pins
+from ensemble_conformance.golden.pins import EPOCHS, MATRIX, REFERENCE, Pins, known_pins
+from ensemble_conformance.tooling.venvs import env_name
 
 
 def jax_cache(root: Path) -> dict[str, str]:
@@ -49,11 +50,6 @@ def lifecycle_selection(pins: Pins) -> list[str]:
     """The lifecycle scenarios run on pins that pin optax and orbax-checkpoint (the reference
     pins); their expected outcomes on older releases are not tabled yet, so others skip them."""
     return [] if pins.lifecycle else ["-m", "not lifecycle"]
-
-
-def known_pins(flax: str, jax: str) -> Pins | None:
-    """The matrix's pin for this flax/jax pair, if it has one."""
-    return next((p for p in MATRIX if (p.flax, p.jax) == (flax, jax)), None)
 
 
 def backend_requirements(backend: Backend, jax: str, jaxlib: str, flax: str) -> list[str]:
@@ -158,43 +154,6 @@ def resolution_problem(name: str, backend: Backend, pinned: Mapping[str, str]) -
     if missing or pinned.get("jax") != REFERENCE.jax:
         return f"{name}: the resolution lacks {missing} or pins jax {pinned.get('jax')} (expected {REFERENCE.jax})"
     return None
-
-
-# --- environments outside nox's own (gate, bisect) -----------------------------------
-
-
-ENV_MARKER = "ensemble-conformance-env.json"
-
-
-def env_name(python: str, flax: str, jax: str, backend: str = "cpu") -> str:
-    """One name for an environment with these pins, shared by the gate and bisect so that
-    each reuses what the other built."""
-    return f"pins-py{python}-flax{flax}-jax{jax}-{backend}"
-
-
-def env_is_ready(venv: Path, requirements: Sequence[str]) -> bool:
-    """Whether ``venv`` was built with exactly ``requirements`` (and finished: the marker
-    is written last, so an interrupted install is redone)."""
-    marker = venv / ENV_MARKER
-    try:
-        recorded = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return (venv / "bin" / "python").exists() and recorded == {"requirements": sorted(requirements)}
-
-
-def mark_env_ready(venv: Path, requirements: Sequence[str]) -> None:
-    (venv / ENV_MARKER).write_text(json.dumps({"requirements": sorted(requirements)}) + "\n")
-
-
-def venv_commands(venv: Path, python: str, uv: bool) -> tuple[list[str], list[str]]:
-    """The command that makes a virtual environment at ``venv`` for ``python`` (reusing one
-    already there) and the command prefix that installs into it."""
-    if uv:
-        create = ["uv", "venv", "--quiet", "--allow-existing", "-p", f"python{python}", str(venv)]
-        return create, ["uv", "pip", "install", "--quiet", "-p", str(venv / "bin" / "python")]
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    return [f"python{python}", "-m", "venv", str(venv)], pip
 
 
 # --- gate ----------------------------------------------------------------------------
@@ -378,7 +337,7 @@ def cost_gate_parser(results: Path) -> argparse.ArgumentParser:
 
 def census_args(quick: bool, out: Path, programs: Sequence[str] = ()) -> list[str]:
     """The cost command that writes one side's census (of ``programs``, default all) to ``out``."""
-    command = ["-m", "ensemble_conformance.tooling.cost", "census", "--json", str(out)]
+    command = ["-m", "tools.cost", "census", "--json", str(out)]
     return command + (["--quick"] if quick else []) + [f"--program={p}" for p in programs]
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ensemble_conformance import __version__
-from ensemble_conformance.golden.pins import REFERENCE, Pins
-from ensemble_conformance.tooling import sessions
+from ensemble_conformance.golden.pins import REFERENCE, Pins, known_pins
+from ensemble_conformance.tooling import venvs
 
 SUITE = Path(__file__).resolve().parent.parent / "suite"
 PLUGIN = ["-p", "ensemble_conformance.plugin"]
@@ -252,7 +252,7 @@ def _passthrough_help(command: str) -> str:
 
 def candidate_pins(args: argparse.Namespace) -> Pins:
     """The candidate: the matrix's pins for the pair when it has them, the options' otherwise."""
-    known = sessions.known_pins(args.flax, args.jax)
+    known = known_pins(args.flax, args.jax)
     python = args.python or (known.python if known else REFERENCE.python)
     optax = args.optax or (known.optax if known else "")
     orbax = args.orbax or (known.orbax if known else "")
@@ -346,7 +346,7 @@ def gate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
     pins = candidate_pins(args)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    venv = (args.venv or out / f"venv-{sessions.env_name(pins.python, pins.flax, pins.jax)}").resolve()
+    venv = (args.venv or out / f"venv-{venvs.env_name(pins.python, pins.flax, pins.jax)}").resolve()
     project = args.project.resolve()
     uv = shutil.which("uv") is not None
     if not uv and shutil.which(f"python{pins.python}") is None:
@@ -356,7 +356,7 @@ def gate(args: argparse.Namespace, pytest_args: Sequence[str]) -> int:
             "(`pip install uv`, or https://docs.astral.sh/uv/) or that interpreter, or choose one with --python."
         )
         return 2
-    create, install = sessions.venv_commands(venv, pins.python, uv)
+    create, install = venvs.venv_commands(venv, pins.python, uv)
     plugin = args.plugin_spec or default_plugin_spec(out / "plugin")
     requirements = [plugin, *pins.requirements()]
     if any(re.fullmatch(r"-n\S*|--numprocesses(=.*)?", arg) for arg in pytest_args):

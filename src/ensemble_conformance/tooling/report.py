@@ -348,7 +348,7 @@ def matrix_markdown(
             "",
             "*forward bytes vs reference*: bytes accessed by the compiled seed forward (N = D_in = F = 256), from "
             "XLA's cost analysis of each release's program, this release / the reference (`python -m "
-            "ensemble_conformance.tooling.cost census`: no clock, the same on every run).",
+            "tools.cost census`: no clock, the same on every run).",
         ]
     groups = _groups(ordered)
     lines += [
