@@ -25,178 +25,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
-from ensemble_conformance.golden.compare import non_finite
-from ensemble_conformance.golden.pins import pin_mismatches
-from ensemble_conformance.golden.project_file import ProjectFile, ProjectFileError
-from ensemble_conformance.golden.project_file import load as load_project_file
-from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore, atomic_writer
+from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore
 from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics, overriding
+from ensemble_conformance.plugin.session import ConformanceSession, fail_drift
 
 if TYPE_CHECKING:
-    from ensemble_conformance.scenarios.lifecycle import ScenarioCase, ScenarioRecord
+    from ensemble_conformance.scenarios.lifecycle import ScenarioCase
     from ensemble_conformance.scenarios.program import Outcome, Program
     from ensemble_conformance.scenarios.user import Ensemble
 
-_STAGED = pytest.StashKey[list[tuple["ScenarioRecord", str]]]()
-_WRITTEN = pytest.StashKey[list[str]]()
-_CENSUS_STAGED = pytest.StashKey[list[tuple[Path, bytes, str]]]()  # (file, contents, why) for --regen
-_CENSUS_WRITTEN = pytest.StashKey[list[str]]()
 _RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
-
-
-# --- regeneration inside a run -------------------------------------------------------------
-
-
-def regen_mode(config: pytest.Config) -> str | None:
-    """ "all" with --regen-all, "failing" with --regen, None otherwise."""
-    if config.getoption("--regen-all"):
-        return "all"
-    return "failing" if config.getoption("--regen") else None
-
-
-def project_pin_mismatches(config: pytest.Config) -> list[str]:
-    """The project's ``ensemble_reference_pins`` (``name==version`` lines) this environment
-    does not have; empty when none are named."""
-    wanted, have = {}, {}
-    for line in config.getini("ensemble_reference_pins"):
-        name, sep, version = (part.strip() for part in line.partition("=="))
-        if not sep or not name or not version:
-            raise pytest.UsageError(f"ini option ensemble_reference_pins: {line!r} is not NAME==VERSION")
-        wanted[name] = version
-        try:
-            have[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            have[name] = "not installed"
-    return pin_mismatches(wanted, have)
-
-
-def check_regen(config: pytest.Config, mode: str) -> None:
-    """Refuse a regeneration that could not be one transaction, or is off the reference pins."""
-    workers = getattr(config.option, "numprocesses", None)
-    if workers not in (None, 0) or hasattr(config, "workerinput"):
-        raise pytest.UsageError(
-            f"--regen{'-all' if mode == 'all' else ''} writes every golden in one transaction, in one process: "
-            "drop -n (pytest-xdist)"
-        )
-    mismatches = project_pin_mismatches(config)
-    if mismatches and not config.getoption("--regen-force"):
-        raise pytest.UsageError(
-            "refusing to regenerate: this environment is not the project's reference pins "
-            "(ini ensemble_reference_pins):\n  " + "\n  ".join(mismatches) + "\ninstall them, or pass --regen-force"
-        )
-    config.stash[_STAGED] = []
-
-
-def _stage(config: pytest.Config, record: ScenarioRecord, state: str) -> None:
-    bad = [key for key, value in record.arrays().items() if non_finite(value)[0]]
-    if bad:
-        pytest.fail(
-            f"ensemble-conformance: {record.case.id}: not regenerated, the run holds NaN or infinity in "
-            f"{', '.join(bad)}; a golden must be finite",
-            pytrace=False,
-        )
-    config.stash[_STAGED].append((record, state))
-
-
-def commit_regen(config: pytest.Config, store: GoldenStore, env: dict[str, Any]) -> bool:
-    """Write what the run staged, all at once; False (and a message) when that fails."""
-    staged = config.stash.get(_STAGED, [])
-    censuses = config.stash.get(_CENSUS_STAGED, [])
-    written: list[str] = []
-    config.stash[_WRITTEN] = written
-    census_written: list[str] = []
-    config.stash[_CENSUS_WRITTEN] = census_written
-    if not staged and not censuses:
-        return True
-    try:
-        store.directory.mkdir(parents=True, exist_ok=True)
-        with store.transaction(600.0, on_wait=print) as txn:
-            for record, state in staged:
-                if txn.write(record, env):
-                    written.append(f"{record.case.id}: {state}")
-            for path, data, state in censuses:  # each file atomic, under the same lock
-                with atomic_writer(path) as f:
-                    f.write(data)
-                census_written.append(f"{path.stem} (cost census): {state}")
-    except (GoldenError, OSError) as err:
-        print(f"ensemble-conformance: regeneration failed, the goldens in {store.directory} are as they were: {err}")
-        written.clear()
-        census_written.clear()
-        return False
-    return True
-
-
-def regen_summary(terminalreporter: Any, config: pytest.Config, store: GoldenStore) -> None:
-    if regen_mode(config) is None:
-        return
-    written = config.stash.get(_WRITTEN, [])
-    staged = config.stash.get(_STAGED, [])
-    terminalreporter.section("regenerated goldens", sep="-", green=True)
-    for line in written:
-        terminalreporter.write_line(line)
-    kept = len(staged) - len(written)
-    terminalreporter.write_line(
-        f"{len(written)} golden(s) written to {store.directory}" + (f", {kept} rewritten unchanged" if kept else "")
-    )
-    censuses = config.stash.get(_CENSUS_WRITTEN, [])
-    for line in censuses:
-        terminalreporter.write_line(line)
-    if censuses:
-        terminalreporter.write_line(f"{len(censuses)} cost census(es) written to {store.directory / 'cost'}")
-    errors = sorted(record.case.id for record, _ in staged if record.outcome.kind != "values")
-    if errors:
-        terminalreporter.write_line(
-            f"WARNING: {len(errors)} golden(s) record an error, not values ({', '.join(errors)}): the step gives no "
-            "values, so its golden-free checks skip. Fix the step and regenerate, unless the error is what you "
-            "mean to pin.",
-            red=True,
-            bold=True,
-        )
 
 
 # --- a project's scenarios as tests ------------------------------------------------------------
 
 
-_PROJECT_FILE = pytest.StashKey["ProjectFile"]()
-
-
-def project_file_path(config: pytest.Config) -> Path:
-    """ini ``ensemble_project_file`` (relative to the rootdir), default ``conformance.toml``."""
-    return config.rootpath / (config.getini("ensemble_project_file") or "conformance.toml")
-
-
-def project_file_of(config: pytest.Config) -> ProjectFile:
-    """The project's tolerance overrides and accepted outcomes, read once per run (none for
-    the reference suite)."""
-    if _PROJECT_FILE not in config.stash:
-        suite = any(getattr(p, "ENSEMBLE_CONFORMANCE_SUITE", False) for p in config.pluginmanager.get_plugins())
-        try:
-            config.stash[_PROJECT_FILE] = ProjectFile() if suite else load_project_file(project_file_path(config))
-        except ProjectFileError as err:
-            raise pytest.UsageError(f"ensemble-conformance: {err}") from None
-    return config.stash[_PROJECT_FILE]
-
-
 def _fail(lines: list[str]) -> None:
     pytest.fail("\n".join(lines), pytrace=False)
-
-
-class Drift(pytest.fail.Exception):  # type: ignore[misc,name-defined]
-    """A golden comparison that ran and found other values or another outcome than its golden:
-    the only failure a --known-drift entry expects. A golden that cannot be read, a run
-    that cannot start, are never drift."""
-
-
-def fail_drift(lines: list[str]) -> None:
-    """Fail as drift (one message, no traceback)."""
-    raise Drift("\n".join(lines), pytrace=False)
 
 
 def _load(store: GoldenStore, case: ScenarioCase) -> tuple[Outcome | None, GoldenError | ValueError | None]:
@@ -225,7 +76,7 @@ def judge_against_golden(
     """One case run now against its golden (or staged for --regen); fails with the
     figures, the drift cause and the command that regenerates it. A project's tolerance
     overrides are in force, and an outcome its project file accepts on this release passes."""
-    with overriding(project_file_of(config).overrides):
+    with overriding(ConformanceSession.of(config).project_file.overrides):
         _judge_against_golden(config, case, program, now, store, numerics, env, record_property, doc, oracle_failures)
 
 
@@ -247,24 +98,25 @@ def _judge_against_golden(
     from ensemble_conformance.scenarios.explain import explain_scenario
     from ensemble_conformance.scenarios.lifecycle import ScenarioRecord, judge
 
+    session = ConformanceSession.of(config)
     golden, problem = _load(store, case)
     record_property("outcome", now.describe())
-    mode = regen_mode(config)
-    if mode is not None:
+    regen = session.regen
+    if regen is not None:
         if golden is None and isinstance(problem, GoldenFormatError):
             _fail([f"ensemble-conformance: not regenerated: {problem}"])  # a newer tool's file stays
         if golden is None:
             state = "new" if not store.path_for(case.id).exists() else f"replacing ({str(problem).splitlines()[0]})"
         else:
             verdict = judge(golden, now, numerics)
-            if verdict.ok and mode != "all":
+            if verdict.ok and regen.mode != "all":
                 record_property("regenerated", "kept")
                 return
             state = "; ".join(verdict.lines()) or "unchanged (--regen-all)"
         if now.kind != "values":  # a golden of an error: its oracles will never judge a value
             state += f" — RECORDS AN ERROR: {now.describe()}"
         record_property("regenerated", state)
-        _stage(config, ScenarioRecord(case, now), state)
+        regen.stage(ScenarioRecord(case, now), state)
         return
     if golden is None:
         record_property("golden_problem", str(problem).splitlines()[0])
@@ -276,7 +128,7 @@ def _judge_against_golden(
     record_property("max_ulp_by_class", verdict.worst_ulps())
     if verdict.ok:
         return
-    accepted = project_file_of(config).accepted_for(case.id)
+    accepted = session.project_file.accepted_for(case.id)
     if accepted is not None and accepted.matches(now.kind, now.error):
         record_property("accepted", accepted.describe())
         return  # the project accepted this outcome on this release (its project file)
@@ -289,7 +141,7 @@ def _judge_against_golden(
     if doc:
         lines.append(f"  {doc}")
     if accepted is not None:
-        where = project_file_of(config).path
+        where = session.project_file.path
         lines.append(f"  {where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
     failing = oracle_failures() if oracle_failures is not None else []
     if failing:
@@ -382,14 +234,14 @@ def judge_census(
         problem = f"cost census golden {path} cannot be used: {err}"
     changes = compare(case_id, kind, stored, now) if stored is not None else []
     failing = [c for c in changes if c.fails]
-    mode = regen_mode(config)
-    if mode is not None:
-        if stored is not None and not failing and mode != "all":
+    regen = ConformanceSession.of(config).regen
+    if regen is not None:
+        if stored is not None and not failing and regen.mode != "all":
             return
         state = problem or ("; ".join(c.line() for c in failing) or "unchanged (--regen-all)")
         keep = ("backend", "jax", "jaxlib", "flax", "python", "cpu_isa")
         text = json.dumps({"environment": {k: env.get(k) for k in keep}, "census": now.to_json()}, indent=1)
-        config.stash.setdefault(_CENSUS_STAGED, []).append((path, (text + "\n").encode(), state))
+        regen.stage_census(path, (text + "\n").encode(), state)
         return
     if stored is None:
         _fail([f"ensemble-conformance: {problem}; make it with: {store.regen_command([case_id])}"])
@@ -443,9 +295,9 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
         def test_scenario_matches_golden(
             self,
             case: ScenarioCase,
-            golden_store: GoldenStore,
-            numerics: Numerics,
-            env: dict[str, Any],
+            ensemble_store: GoldenStore,
+            ensemble_numerics: Numerics,
+            ensemble_env: dict[str, Any],
             record_property: Callable[[str, object], None],
             pytestconfig: pytest.Config,
         ) -> None:
@@ -457,9 +309,9 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
                 case,
                 program,
                 now,
-                golden_store,
-                numerics,
-                env,
+                ensemble_store,
+                ensemble_numerics,
+                ensemble_env,
                 record_property,
                 f"{program.doc} [{owners[case.program][0].describe(owners[case.program][1])}]",
                 lambda: judge_oracles(program, case)[0] if now.kind == "values" else [],
@@ -471,8 +323,8 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
         def test_scenario_cost(
             self,
             case: ScenarioCase,
-            golden_store: GoldenStore,
-            env: dict[str, Any],
+            ensemble_store: GoldenStore,
+            ensemble_env: dict[str, Any],
             record_property: Callable[[str, object], None],
             pytestconfig: pytest.Config,
         ) -> None:
@@ -481,7 +333,13 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             ensemble, step = owners[case.program]
             kind = CENSUS_KINDS[step]
             judge_census(
-                pytestconfig, golden_store, case.id, kind, lambda: ensemble.lowered(step, case.p), env, record_property
+                pytestconfig,
+                ensemble_store,
+                case.id,
+                kind,
+                lambda: ensemble.lowered(step, case.p),
+                ensemble_env,
+                record_property,
             )
 
         @pytest.mark.ensemble
@@ -497,7 +355,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             now, _ = run(case, pytestconfig)
             if now.kind != "values":
                 pytest.skip(f"ensemble-conformance: {case.id}: no values to judge, the step {now.describe()}")
-            with overriding(project_file_of(pytestconfig).overrides):
+            with overriding(ConformanceSession.of(pytestconfig).project_file.overrides):
                 failures, not_applicable = judge_oracles(program, case)
             if not_applicable:
                 record_property("not_applicable", not_applicable)

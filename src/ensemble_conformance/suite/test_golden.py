@@ -12,7 +12,7 @@ import pytest
 
 from ensemble_conformance.golden.store import GoldenError, GoldenStore
 from ensemble_conformance.golden.tolerances import Numerics
-from ensemble_conformance.plugin.project import fail_drift
+from ensemble_conformance.plugin.session import fail_drift
 from ensemble_conformance.scenarios.cases import CASES, Case
 from ensemble_conformance.scenarios.check import check_case, failure_message
 from ensemble_conformance.scenarios.explain import explain

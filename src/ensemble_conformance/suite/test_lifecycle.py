@@ -24,7 +24,8 @@ import pytest
 from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.golden.store import GoldenError, GoldenStore
 from ensemble_conformance.golden.tolerances import Numerics
-from ensemble_conformance.plugin.project import fail_drift, run_once
+from ensemble_conformance.plugin.project import run_once
+from ensemble_conformance.plugin.session import fail_drift
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import (
     PROGRAMS,
