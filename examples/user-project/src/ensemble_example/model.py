@@ -18,7 +18,11 @@ NEW_OPTIMIZER_API = "model" in inspect.signature(nnx.Optimizer.update).parameter
 
 class MLP(nnx.Module):
     def __init__(self, d_in: int, hidden: int, d_out: int, *, rngs: nnx.Rngs) -> None:
-        self.hidden = nnx.Linear(d_in, hidden, rngs=rngs)
+        # No bias before BatchNorm: the batch mean cancels it, so in train mode its exact gradient is
+        # zero and the computed one is rounding noise, which an optimizer turns into weights that
+        # differ from one CPU to the next (measured: the examples' fit goldens, made on one host,
+        # failed on another, every golden-free check holding).
+        self.hidden = nnx.Linear(d_in, hidden, use_bias=False, rngs=rngs)
         self.norm = nnx.BatchNorm(hidden, rngs=rngs)
         self.dropout = nnx.Dropout(DROPOUT, rngs=rngs)
         self.out = nnx.Linear(hidden, d_out, rngs=rngs)
