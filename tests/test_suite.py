@@ -35,7 +35,15 @@ def test_suite_passes_on_the_reference_pins(suite: Suite) -> None:
     assert "unused golden files" not in run.output
 
 
-@pytest.mark.parametrize("mutant", SEED_PITFALLS)
+# One pitfall per change (no_split_rngs); the other two, the slowest (96 s and 33 s of a
+# worker), run in the slow tier, where test_mutation.py also puts every pitfall through the
+# golden comparison alone and the oracles alone.
+PITFALL_PARAMS = [
+    pytest.param(m, marks=() if m == "no_split_rngs" else (pytest.mark.slow,), id=m) for m in SEED_PITFALLS
+]
+
+
+@pytest.mark.parametrize("mutant", PITFALL_PARAMS)
 @pytest.mark.integration
 def test_suite_fails_on_each_pitfall_of_the_seed(suite: Suite, mutant: str) -> None:
     run = suite("-n", "2", "-k", SEED0_FILTER, "-m", "golden", "--impl", f"tests/mutants.py:{mutant}")
