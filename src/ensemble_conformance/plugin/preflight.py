@@ -189,24 +189,24 @@ def report_path(config: pytest.Config) -> int | None:
     """--report-json names a file that can be written, and no other run is writing it: the
     descriptor of the lock this run holds on it until it ends (None without --report-json)."""
     path = config.getoption("--report-json")
-    if path:
-        target = Path(path)
-        if target.is_dir():
-            raise pytest.UsageError(f"--report-json {path}: is a directory; give a file path")
-        blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
-        if blocking is not None:
-            raise pytest.UsageError(
-                f"--report-json {path}: {blocking} is a file, not a directory; give a path under a directory"
-            )
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_writer(target.parent / f".{target.name}.probe"):
-                pass
-            (target.parent / f".{target.name}.probe").unlink()
-        except OSError as err:
-            raise pytest.UsageError(f"--report-json {path}: cannot write there ({err.strerror or err})") from err
-        return claim_report(target)
-    return None
+    if not path:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        raise pytest.UsageError(f"--report-json {path}: is a directory; give a file path")
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise pytest.UsageError(
+            f"--report-json {path}: {blocking} is a file, not a directory; give a path under a directory"
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(target.parent / f".{target.name}.probe"):
+            pass
+        (target.parent / f".{target.name}.probe").unlink()
+    except OSError as err:
+        raise pytest.UsageError(f"--report-json {path}: cannot write there ({err.strerror or err})") from err
+    return claim_report(target)
 
 
 def claim_report(target: Path) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 # test function -> the check it is, in the report
-CHECKS = {
+CHECK_OF_TEST = {
     "test_matches_golden": "golden",
     "test_oracles": "oracles",
     "test_scenario_matches_golden": "golden",
@@ -88,7 +88,7 @@ class Results:
         entry = self.by_case.setdefault(this, {})
         if test.startswith("test_scenario_"):
             self.scenarios.add(this)
-        kind = CHECKS.get(test, test)
+        kind = CHECK_OF_TEST.get(test, test)
         if report.when == "call" or report.failed or report.skipped:
             entry[kind] = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
         if report.skipped and not hasattr(report, "wasxfail"):
