@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from ensemble_conformance.scenarios.program import Outcome, Program
     from ensemble_conformance.scenarios.user import Ensemble
 
-_RUNS: dict[str, tuple[Outcome, tuple[str, ...]]] = {}
-
-
 # --- a project's scenarios as tests ------------------------------------------------------------
 
 
@@ -168,12 +165,12 @@ def _judge_against_golden(
 
 
 def run_once(program: Program, case: ScenarioCase, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
-    """One run per case and process: the golden test and the oracles judge the same run."""
-    from ensemble_conformance.scenarios.program import run_recorded
+    """The case's one run in this process (runs.py), with the deprecation warnings it emitted:
+    the golden test, the expected-outcome test and the oracles judge the same run."""
+    from ensemble_conformance.scenarios.runs import run_once as shared_run
 
-    if case.id not in _RUNS:
-        _RUNS[case.id] = run_recorded(program, case.p, future)
-    return _RUNS[case.id]
+    run = shared_run(program.run, case.p, future)
+    return run.outcome, run.warnings
 
 
 def judge_oracles(program: Program, case: ScenarioCase) -> tuple[list[str], list[str]]:
@@ -281,10 +278,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
 
     def run(case: ScenarioCase, config: pytest.Config) -> tuple[Outcome, tuple[str, ...]]:
         """The case's one run in this process, which the golden test and the oracles share."""
-        now, emitted = run_once(programs[case.program], case, bool(config.getoption("--future-warnings")))
-        ensemble, step = owners[case.program]
-        ensemble.remember(step, case.p, now)
-        return now, emitted
+        return run_once(programs[case.program], case, bool(config.getoption("--future-warnings")))
 
     class EnsembleScenarios:
         __doc__ = "Scenarios of " + ", ".join(e.name for e in ensembles)

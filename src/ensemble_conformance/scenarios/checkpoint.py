@@ -31,9 +31,9 @@ from ensemble_conformance.scenarios.construction import (
     forward_shared,
     inputs,
     member_state,
-    remembered,
 )
 from ensemble_conformance.scenarios.program import Params, Program, Unavailable, flatten, require
+from ensemble_conformance.scenarios.runs import shared
 
 
 def round_trip(state: Any, target: Any) -> Any:
@@ -103,8 +103,8 @@ def check_same_forward(original: Any, restored: Any) -> None:
     assert a.shape == b.shape and np.array_equal(a, b), "the restored ensemble's forward differs from the original's"
 
 
-_params_result = remembered(run_checkpoint_params)
-_full_state_result = remembered(run_checkpoint_full_state)
+_params_result = shared(run_checkpoint_params)
+_full_state_result = shared(run_checkpoint_full_state)
 
 
 def oracle_params_restored(p: Params) -> None:

@@ -29,6 +29,7 @@ from ensemble_conformance.golden.tolerances import lifecycle_class
 from ensemble_conformance.scenarios import derivation
 from ensemble_conformance.scenarios.asserts import assert_distinct_rows
 from ensemble_conformance.scenarios.program import Params, Program, flatten, require
+from ensemble_conformance.scenarios.runs import shared
 
 Tree = dict[str, Any]
 M = TypeVar("M", bound=nnx.Module)
@@ -126,20 +127,6 @@ def member_slice(model: M, i: int) -> M:
     return nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf[i], state))
 
 
-def remembered(run: Callable[[Params], Tree]) -> Callable[[Params], Tree]:
-    """``run`` for oracles to share: one computation per parameter set and process. The
-    program itself stays uncached, so a harness rerun still recomputes."""
-    cache: dict[str, Tree] = {}
-
-    def cached(p: Params) -> Tree:
-        key = repr(sorted(p.items()))
-        if key not in cache:
-            cache[key] = run(p)
-        return cache[key]
-
-    return cached
-
-
 def check_bit_equal(expected: Mapping[str, Any], actual: Mapping[str, Any], what: str) -> None:
     """The same arrays under the same names, bit for bit."""
     want, got = flatten(expected), flatten(actual)
@@ -233,7 +220,7 @@ def run_jit_constructor(p: Params) -> Tree:
     }
 
 
-_jit_result = remembered(run_jit_constructor)
+_jit_result = shared(run_jit_constructor)
 
 
 def oracle_jit_equals_eager(p: Params) -> None:
@@ -304,7 +291,7 @@ def run_split_rngs_context_init(p: Params) -> Tree:
     return {**member_state(model), "shapes": {"outer_key_after": after}}
 
 
-_context_result = remembered(run_split_rngs_context_init)
+_context_result = shared(run_split_rngs_context_init)
 
 
 def oracle_context_equals_decorator(p: Params) -> None:
@@ -338,7 +325,7 @@ def run_state_axes_init(p: Params) -> Tree:
     return member_state(make(member_rngs(p)))
 
 
-_state_axes_result = remembered(run_state_axes_init)
+_state_axes_result = shared(run_state_axes_init)
 
 
 def oracle_state_axes_equals_decorator(p: Params) -> None:

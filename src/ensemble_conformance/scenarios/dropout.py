@@ -13,7 +13,8 @@ Programs (``PROGRAMS``):
 Every oracle is a check on a run's flattened arrays (``check_*(arrays, p)``) plus the oracle
 that runs the program and calls it, so each check can be fed a broken run. An oracle judges
 the values a recipe gives: where the recipe raises or is unavailable there is nothing to
-judge and it passes; the outcome kind is recorded and compared by ``run_program``'s caller.
+judge and it passes; the outcome kind is recorded and judged by the golden and expected-outcome tests.
+The oracles read this process's one run of each program (runs.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -32,7 +32,8 @@ from flax import nnx
 from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF
 from ensemble_conformance.scenarios.asserts import assert_distinct_rows
 from ensemble_conformance.scenarios.construction import check_members_from_seed
-from ensemble_conformance.scenarios.program import Params, Program, Unavailable, require, run_program
+from ensemble_conformance.scenarios.program import Params, Program, Unavailable, require
+from ensemble_conformance.scenarios.runs import run_once
 
 Arrays = Mapping[str, np.ndarray]
 RunFn = Callable[[Params], Mapping[str, Any]]
@@ -52,19 +53,9 @@ GRID: tuple[Params, ...] = (
 
 
 def values_of(run: RunFn, p: Params) -> Arrays | None:
-    """The flattened arrays ``run(p)`` gives (read-only), or None where it raises or is
-    unavailable. Memoized: a program's oracles judge one run rather than each its own."""
-    return _values_of(run, tuple(sorted(p.items())))
-
-
-@functools.lru_cache(maxsize=32)
-def _values_of(run: RunFn, frozen: tuple[tuple[str, Any], ...]) -> Arrays | None:
-    outcome = run_program(Program("oracle", "", run, ()), dict(frozen))
-    if outcome.kind != "values":
-        return None
-    for array in outcome.arrays.values():
-        array.setflags(write=False)
-    return MappingProxyType(dict(outcome.arrays))
+    """The flattened arrays (read-only) of this process's one run of ``run(p)`` (runs.py),
+    or None where it raises or is unavailable."""
+    return run_once(run, p, future=None).values()
 
 
 def oracle(run: RunFn, check: Check) -> Callable[[Params], None]:

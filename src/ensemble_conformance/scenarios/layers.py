@@ -40,10 +40,10 @@ from ensemble_conformance.scenarios.construction import (
     linear_params,
     member_slice,
     read,
-    remembered,
     rng_state,
 )
 from ensemble_conformance.scenarios.program import Params, Program, require
+from ensemble_conformance.scenarios.runs import shared
 
 Forward = Callable[[Any, jax.Array, Params], jax.Array]
 U32 = UNIT_ROUNDOFF["float32"]
@@ -90,7 +90,7 @@ def run_batchnorm_members(p: Params) -> Tree:
     }
 
 
-_batchnorm_result = remembered(run_batchnorm_members)
+_batchnorm_result = shared(run_batchnorm_members)
 
 
 def check_member_stats(stacked: Mapping[str, Any], alone: Sequence[Mapping[str, Any]]) -> None:
@@ -330,12 +330,14 @@ def check_keys_distinct(result: Mapping[str, Any], entries: int) -> None:
     check_distinct(np.reshape(result["rng"]["key"], (entries, -1)), "layer dropout keys")
 
 
-def stack_oracles(forward: Forward, *, own_keys: bool = True) -> tuple[Callable[[Params], None], ...]:
-    """The golden-free checks of a single stack run by ``forward``. With ``own_keys`` (the
+def stack_oracles(
+    run: Callable[[Params], Tree], forward: Forward, *, own_keys: bool = True
+) -> tuple[Callable[[Params], None], ...]:
+    """The golden-free checks of the program ``run``: a single stack run by ``forward``. With ``own_keys`` (the
     recipe keeps the layers' keys as built), also: the layers are the ones the seed gives, and
     a train-mode forward draws each layer's mask from that layer's own key. The 0.10 recipe
     re-splits the keys on the forward (other keys by design), so it gets neither."""
-    result = remembered(lambda p: run_stack(p, forward))
+    result = shared(run)
 
     def oracle_layer_keys_distinct(p: Params) -> None:
         check_keys_distinct(result(p), int(p["layers"]))
@@ -398,7 +400,7 @@ def run_ensemble_of_stacks(p: Params) -> Tree:
     }
 
 
-_stacks_result = remembered(run_ensemble_of_stacks)
+_stacks_result = shared(run_ensemble_of_stacks)
 
 
 def oracle_stack_keys_distinct(p: Params) -> None:
@@ -473,14 +475,14 @@ PROGRAMS: tuple[Program, ...] = (
         doc="L (Linear -> Dropout) layers from split_rngs + vmap, nnx.scan forward with no re-split",
         run=run_scan_layers_dropout,
         grid=_STACK_GRID,
-        oracles=stack_oracles(scan_layers),
+        oracles=stack_oracles(run_scan_layers_dropout, scan_layers),
     ),
     Program(
         name="scan_resplit_forward",
         doc="the flax 0.10 recipe: split_rngs(splits=L) on the scanned forward (flax issue #5158)",
         run=run_scan_resplit_forward,
         grid=_STACK_GRID,
-        oracles=stack_oracles(scan_layers_resplit, own_keys=False),
+        oracles=stack_oracles(run_scan_resplit_forward, scan_layers_resplit, own_keys=False),
         uses=frozenset({"split_rngs_forward"}),
     ),
     Program(

@@ -12,7 +12,6 @@ the suite. This module imports neither jax nor flax.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -115,30 +114,19 @@ def normalize_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
-def run_program(program: Program, p: Params) -> Outcome:
-    """Run a program once and turn whatever it does into an Outcome."""
+def execute(program: Program, p: Params) -> tuple[Any, Outcome, BaseException | None]:
+    """Run a program once: the nested result it returned (None where it raised), its
+    Outcome, and the error it raised (``Unavailable`` for a missing API; None for values)."""
     try:
         result = program.run(p)
     except Unavailable as missing:
-        return Outcome("unavailable", error=missing.api)
+        return None, Outcome("unavailable", error=missing.api), missing
     except Exception as err:  # a raised error is a recorded outcome, not a crash
-        return Outcome("raises", error=normalize_error(err))
-    return Outcome("values", arrays=flatten(result))
+        return None, Outcome("raises", error=normalize_error(err)), err
+    return result, Outcome("values", arrays=flatten(result)), None
 
 
-def run_recorded(program: Program, p: Params, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
-    """``run_program`` with the DeprecationWarnings and FutureWarnings the run emitted (first
-    line of each, sorted); with ``future`` those warnings are errors, so a recipe that warns
-    is recorded as raising, as it will once the deprecation lands."""
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        if future:
-            warnings.simplefilter("error", DeprecationWarning)
-            warnings.simplefilter("error", FutureWarning)
-        outcome = run_program(program, p)
-    emitted = {
-        f"{w.category.__name__}: {str(w.message).splitlines()[0][:160]}"
-        for w in seen
-        if issubclass(w.category, (DeprecationWarning, FutureWarning))
-    }
-    return outcome, tuple(sorted(emitted))
+def run_program(program: Program, p: Params) -> Outcome:
+    """Run a program once and turn whatever it does into an Outcome (uncached: the judges
+    share one run through ``runs.run_once``)."""
+    return execute(program, p)[1]

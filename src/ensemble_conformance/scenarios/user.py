@@ -133,7 +133,8 @@ from ensemble_conformance.scenarios.checkpoint import round_trip
 from ensemble_conformance.scenarios.construction import eval_mode, member_slice
 from ensemble_conformance.scenarios.dropout import state_arrays
 from ensemble_conformance.scenarios.lifecycle import ScenarioCase, compare_arrays
-from ensemble_conformance.scenarios.program import NotApplicable, Outcome, Params, Program, flatten, run_program
+from ensemble_conformance.scenarios.program import NotApplicable, Outcome, Params, Program, flatten
+from ensemble_conformance.scenarios.runs import run_once
 from ensemble_conformance.scenarios.training import Optimizer, _adam, apply_update, make_optimizer
 
 __all__ = ["STEPS", "Ensemble", "NotApplicable", "Oracle", "Recipe", "mean_squared_error", "suite_recipe"]
@@ -477,9 +478,6 @@ class Ensemble:
     loss: LossFn | None = None
     recipe: Recipe = field(default_factory=Recipe)
     custom: Any = ()  # a mapping name -> program; kept as a tuple of (name, program) pairs
-    _outcomes: dict[tuple[str, tuple[tuple[str, Any], ...]], Outcome] = field(
-        init=False, repr=False, compare=False, hash=False, default_factory=dict
-    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -575,10 +573,7 @@ class Ensemble:
         return words + (f" (the suite's {', '.join(suite)})" if mine and suite else "")
 
     def _program(self, part: str) -> Program:
-        def run(p: Params) -> Tree:
-            return self.run(part, p)
-
-        run.__name__ = f"run_{part}"
+        run = PartRun(self, part)
         if part in STEPS:
             doc, oracles = DOCS[part], CHECKS[part]
         else:
@@ -627,26 +622,14 @@ class Ensemble:
         return run_custom(custom[part], p)
 
     def outcome(self, part: str, p: Params) -> Outcome:
-        """What ``run(part, p)`` gives, computed once per process (the oracles share it)."""
-        key = (part, tuple(sorted(p.items())))
-        if key not in self._outcomes:
-            self.remember(part, p, run_program(Program(f"{self.name}.{part}", "", lambda q: self.run(part, q), ()), p))
-        return self._outcomes[key]
-
-    def remember(self, part: str, p: Params, outcome: Outcome) -> None:
-        """Take ``outcome`` as this process's run of ``part`` with ``p`` (a harness that ran it
-        already, e.g. for the golden comparison), so the oracles judge that run, not another."""
-        key = (part, tuple(sorted(p.items())))
-        if key not in self._outcomes:
-            for array in outcome.arrays.values():
-                array.setflags(write=False)
-            self._outcomes[key] = outcome
+        """What ``run(part, p)`` gives: this process's one run (runs.py), which the golden test
+        and the oracles share."""
+        return run_once(PartRun(self, part), p, future=None).outcome
 
     def values(self, part: str, p: Params) -> Arrays | None:
         """The flattened arrays of ``outcome(part, p)`` (read-only), None where it raises or is
         unavailable."""
-        outcome = self.outcome(part, p)
-        return MappingProxyType(dict(outcome.arrays)) if outcome.kind == "values" else None
+        return run_once(PartRun(self, part), p, future=None).values()
 
     # --- the pieces -----------------------------------------------------------------------
 
@@ -720,6 +703,18 @@ class Ensemble:
     @property
     def loss_fn(self) -> LossFn:
         return self.loss if self.loss is not None else mean_squared_error
+
+
+@dataclass(frozen=True)
+class PartRun:
+    """An ensemble's step (or custom program) as a program's ``run``: a record, so every
+    ``PartRun(ensemble, part)`` made for it is the same key of the run cache (runs.py)."""
+
+    ensemble: Ensemble
+    part: str
+
+    def __call__(self, p: Params) -> Tree:
+        return self.ensemble.run(self.part, p)
 
 
 def r_given(ens: Ensemble) -> tuple[str, ...]:
