@@ -146,6 +146,12 @@ def test_a_run_in_tree_mode_changes_exactly_the_foreseen_recipes(suite: Suite, t
     assert all(t.startswith("test_scenario_matches_golden[") for t in failed)
     assert "golden: values; now: raises TypeError: 'Rngs' object does not support" in run.output
     assert modes.main([str(out)]) == 0  # the changes are the forecast
+    # judged as a project's steps are (one judge): the drift cause, the mode that differs, the remedy
+    assert "differs from the golden's environment: nnx_mode: now 'tree', golden 'graph'" in run.output
+    scenarios = json.loads(out.read_text())["scenarios"]
+    changed = [entry for entry in scenarios.values() if entry.get("golden") == "failed"]
+    assert changed and all(entry.get("drift_cause") == "outcome-changed" for entry in changed), changed
+    assert all(entry.get("remedy") for entry in changed), changed
 
 
 @pytest.mark.integration

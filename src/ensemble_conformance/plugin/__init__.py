@@ -125,5 +125,4 @@ def ensemble_numerics(pytestconfig: pytest.Config) -> Numerics:
 def ensemble_golden(request: pytest.FixtureRequest) -> EnsembleGolden:
     """Check named arrays against a golden in the project's golden directory, with this
     project's tolerance classes and environment fingerprint: ``ensemble_golden.check({...})``."""
-    session = ConformanceSession.of(request.config)
-    return EnsembleGolden(request, session.store, session.numerics, session.env)
+    return EnsembleGolden(request)

@@ -24,7 +24,7 @@ where the project names its reference pins (ini ``ensemble_reference_pins``) onl
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore
-from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, Numerics, overriding
+from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, overriding
 from ensemble_conformance.plugin.session import ConformanceSession, fail_drift
 
 if TYPE_CHECKING:
@@ -63,18 +63,17 @@ def judge_against_golden(
     case: ScenarioCase,
     program: Program | None,
     now: Outcome,
-    store: GoldenStore,
-    numerics: Numerics,
-    env: dict[str, Any],
     record_property: Callable[[str, object], None],
     doc: str = "",
-    oracle_failures: Callable[[], list[str]] | None = None,
 ) -> None:
-    """One case run now against its golden (or staged for --regen); fails with the
-    figures, the drift cause and the command that regenerates it. A project's tolerance
-    overrides are in force, and an outcome its project file accepts on this release passes."""
+    """The one judge of a scenario case (the suite's lifecycle recipes, a project's ensemble
+    steps, an ``ensemble_golden.check``): its run now against its golden, or staged for
+    --regen. Fails with the figures, the drift cause, the remedy and the command that
+    regenerates it. A project's tolerance overrides are in force, and an outcome its project
+    file accepts on this release passes; another flax release judged by the reference
+    release's goldens is held to what its era foresees (compat.ERAS)."""
     with overriding(ConformanceSession.of(config).project_file.overrides):
-        _judge_against_golden(config, case, program, now, store, numerics, env, record_property, doc, oracle_failures)
+        _judge_against_golden(config, case, program, now, record_property, doc)
 
 
 def _judge_against_golden(
@@ -82,20 +81,17 @@ def _judge_against_golden(
     case: ScenarioCase,
     program: Program | None,
     now: Outcome,
-    store: GoldenStore,
-    numerics: Numerics,
-    env: dict[str, Any],
     record_property: Callable[[str, object], None],
-    doc: str = "",
-    oracle_failures: Callable[[], list[str]] | None = None,
+    doc: str,
 ) -> None:
-    """One case run now against its golden (or staged for --regen); fails with the
-    figures, the drift cause and the command that regenerates it."""
+    from ensemble_conformance.golden import environment
+    from ensemble_conformance.golden.pins import REFERENCE
     from ensemble_conformance.scenarios import compat
     from ensemble_conformance.scenarios.explain import explain_scenario
     from ensemble_conformance.scenarios.lifecycle import ScenarioRecord, judge
 
     session = ConformanceSession.of(config)
+    store, numerics, env = session.store, session.numerics, session.env
     golden, problem = _load(store, case)
     record_property("outcome", now.describe())
     regen = session.regen
@@ -123,24 +119,37 @@ def _judge_against_golden(
     cls = compat.classify(golden, now, verdict)
     record_property("compat", cls)
     record_property("max_ulp_by_class", verdict.worst_ulps())
+    fix = compat.remedy(case.program, cls, now.error)
+    if fix:
+        record_property("remedy", fix)
+    golden_env = store.environment_of(case.id)
+    flax_now = str(env.get("flax"))
+    era = compat.expectation(case.program, flax_now) if golden_env.get("flax") == REFERENCE.flax else None
+    if era is not None:  # another release against the reference goldens: judged by its era
+        record_property("era", era.describe())
+        if era.holds(now, cls):
+            return
+        fail_drift(
+            [
+                f"ensemble-conformance: {case.id} on flax {flax_now}: expected {era.describe()} ({era.reason}) "
+                f"against the goldens of flax {golden_env.get('flax')}; now: {cls}: {now.describe()}",
+                *("  " + line.replace("\n", "\n  ") for line in verdict.lines()),
+            ]
+        )
     if verdict.ok:
         return
     accepted = session.project_file.accepted_for(case.id)
     if accepted is not None and accepted.matches(now.kind, now.error):
         record_property("accepted", accepted.describe())
         return  # the project accepted this outcome on this release (its project file)
-    fix = compat.remedy(case.program, cls, now.error)
-    if fix:
-        record_property("remedy", fix)
     record_property("outcome_change", verdict.change or "values moved")
-    golden_env = store.environment_of(case.id)
     lines = [f"ensemble-conformance: {case.id} does not match its golden {store.path_for(case.id)}"]
     if doc:
         lines.append(f"  {doc}")
     if accepted is not None:
         where = session.project_file.path
         lines.append(f"  {where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
-    failing = oracle_failures() if oracle_failures is not None else []
+    failing = judge_oracles(program, case)[0] if program is not None and now.kind == "values" else []
     if failing:
         # the program is wrong by its own oracles: that, not rounding, is the first guess
         lines.append("  its golden-free checks fail too, so the program itself is the first suspect:")
@@ -152,8 +161,6 @@ def _judge_against_golden(
         if why.restore:
             record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
         lines += ["  " + line for line in why.describe().splitlines()]
-    from ensemble_conformance.golden import environment
-
     lines += [f"  differs from the golden's environment: {d}" for d in environment.differences(env, golden_env)]
     if fix:
         lines.append(f"  remedy: {fix}")
@@ -173,13 +180,16 @@ def run_once(program: Program, case: ScenarioCase, future: bool = False) -> tupl
     return run.outcome, run.warnings
 
 
-def judge_oracles(program: Program, case: ScenarioCase) -> tuple[list[str], list[str]]:
-    """Every oracle of the case's program: ``(failures, not applicable)``, each a line
-    ``<oracle>: <why>``. The oracles judge this process's one run of the case."""
+def judge_oracles(program: Program, case: ScenarioCase, skip: Collection[str] = ()) -> tuple[list[str], list[str]]:
+    """Every oracle of the case's program but those named in ``skip``: ``(failures, not
+    applicable)``, each a line ``<oracle>: <why>``. The oracles judge this process's one
+    run of the case (runs.py)."""
     from ensemble_conformance.scenarios.program import NotApplicable
 
     failures, not_applicable = [], []
     for oracle in program.oracles:
+        if oracle.__name__ in skip:
+            continue
         try:
             oracle(case.p)
         except NotApplicable as err:
@@ -287,29 +297,14 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
         @pytest.mark.golden
         @pytest.mark.parametrize("case", params)
         def test_scenario_matches_golden(
-            self,
-            case: ScenarioCase,
-            ensemble_store: GoldenStore,
-            ensemble_numerics: Numerics,
-            ensemble_env: dict[str, Any],
-            record_property: Callable[[str, object], None],
-            pytestconfig: pytest.Config,
+            self, case: ScenarioCase, record_property: Callable[[str, object], None], pytestconfig: pytest.Config
         ) -> None:
             program = programs[case.program]
             now, emitted = run(case, pytestconfig)
             record_property("warnings", list(emitted))
-            judge_against_golden(
-                pytestconfig,
-                case,
-                program,
-                now,
-                ensemble_store,
-                ensemble_numerics,
-                ensemble_env,
-                record_property,
-                f"{program.doc} [{owners[case.program][0].describe(owners[case.program][1])}]",
-                lambda: judge_oracles(program, case)[0] if now.kind == "values" else [],
-            )
+            ensemble, step = owners[case.program]
+            doc = f"{program.doc} [{ensemble.describe(step)}]"
+            judge_against_golden(pytestconfig, case, program, now, record_property, doc)
 
         @pytest.mark.ensemble
         @pytest.mark.cost
@@ -377,11 +372,8 @@ def default_check_id(nodeid: str) -> str:
 class EnsembleGolden:
     """The ``ensemble_golden`` fixture: ``check(data, basename=None, tolerance="out")``."""
 
-    def __init__(self, request: pytest.FixtureRequest, store: GoldenStore, numerics: Numerics, env: dict[str, Any]):
+    def __init__(self, request: pytest.FixtureRequest):
         self._request = request
-        self._store = store
-        self._numerics = numerics
-        self._env = env
         self._count = 0
 
     def check(self, data: Mapping[str, Any], basename: str | None = None, tolerance: str = "out") -> None:
@@ -413,8 +405,5 @@ class EnsembleGolden:
             case,
             None,
             Outcome("values", arrays),
-            self._store,
-            self._numerics,
-            self._env,
             lambda name, value: self._request.node.user_properties.append((name, value)),
         )
