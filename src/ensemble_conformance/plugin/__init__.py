@@ -14,7 +14,8 @@ run, the report header, the summaries) only in an ensemble-conformance session
 Where things are: options.py (the option table), session.py (the state of one run and what
 the hooks do), preflight.py (the checks before the first case), results.py (what the run
 found, the summaries and --report-json), regen.py (a project's --regen), project.py
-(``ensemble_tests`` and the ``ensemble_golden`` fixture's checks), suite_options.py (the
+(``ensemble_tests``, the ``ensemble_golden`` fixture's checks and the one judge of a
+scenario case), scheduling.py (a case's checks on one xdist worker), suite_options.py (the
 reference suite's own options, --impl, --emulate and --sharded, in a run of the suite only).
 The engine (golden store, comparison, failure messages) knows nothing of pytest.
 """
@@ -31,6 +32,7 @@ from ensemble_conformance.golden.store import GoldenStore
 from ensemble_conformance.golden.tolerances import Numerics
 from ensemble_conformance.plugin import options
 from ensemble_conformance.plugin.project import EnsembleGolden, ensemble_tests
+from ensemble_conformance.plugin.scheduling import make_scheduler
 from ensemble_conformance.plugin.session import PYARGS_SUITE, ConformanceSession
 
 __all__ = ["EnsembleGolden", "ensemble_tests"]
@@ -77,6 +79,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = ConformanceSession.of(config)
     if session.active:
         session.select(items)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist, a case's checks go to one worker and judge one run (scheduling.py)."""
+    return make_scheduler(config, log) if ConformanceSession.of(config).active else None
 
 
 @pytest.hookimpl(hookwrapper=True)

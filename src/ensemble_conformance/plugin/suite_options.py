@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import pytest
 
-OPTIONS = ("--impl", "--emulate", "--sharded")
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ensemble-conformance")
