@@ -8,6 +8,7 @@ interpreter gives the same values and oracles.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.golden.tolerances import lifecycle_class
 from ensemble_conformance.scenarios import user
 from ensemble_conformance.scenarios.program import Params
+from ensemble_conformance.scenarios.runs import run_once
 from ensemble_conformance.scenarios.user import STEPS, Ensemble
 
 REPO = Path(__file__).resolve().parent.parent
@@ -467,3 +469,27 @@ def test_tree_mode_gives_the_same_values_and_oracles_hold() -> None:
         assert graph is not None
         moved = sorted(key for key in graph if tree["arrays"].get(key) != digest(graph[key]))
         assert set(tree["arrays"]) == set(graph) and not moved, f"{step}: tree mode differs from graph mode in {moved}"
+
+
+def test_one_run_per_step_and_parameters_shared_by_the_oracles_even_with_unhashable_pieces() -> None:
+    class Inputs:  # defines __eq__ without __hash__: its instances cannot be hashed
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Inputs)
+
+        def __call__(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+            return data(rng)
+
+    with pytest.raises(TypeError):
+        hash(Inputs())
+    ensemble = Ensemble(name="mlp_inputs", member=member, inputs=Inputs(), steps=("grad",), members=(3,))
+    p = ensemble.grid[0]
+    first = ensemble.outcome("grad", p)
+    assert first.kind == "values", first.describe()
+    assert ensemble.outcome("grad", p) is first  # the run cache: one run, however often asked
+    program = ensemble.programs()["mlp_inputs.grad"]
+    assert run_once(program.run, p).outcome is first  # the harness's run is the oracles' run
+    twin = Ensemble(name="mlp_inputs", member=member, inputs=Inputs(), steps=("grad",), members=(3,))
+    assert twin.outcome("grad", p) is not first  # another declaration is another run
+    for oracle in program.oracles:  # each judges that one run, and holds
+        with contextlib.suppress(user.NotApplicable):
+            oracle(p)

@@ -705,16 +705,23 @@ class Ensemble:
         return self.loss if self.loss is not None else mean_squared_error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PartRun:
-    """An ensemble's step (or custom program) as a program's ``run``: a record, so every
-    ``PartRun(ensemble, part)`` made for it is the same key of the run cache (runs.py)."""
+    """An ensemble's step (or custom program) as a program's ``run``: every ``PartRun`` of one
+    ``Ensemble`` object and part is the same key of the run cache (runs.py). Compared by the
+    ensemble's identity, not its fields, which may hold callables that cannot be hashed."""
 
     ensemble: Ensemble
     part: str
 
     def __call__(self, p: Params) -> Tree:
         return self.ensemble.run(self.part, p)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PartRun) and other.ensemble is self.ensemble and other.part == self.part
+
+    def __hash__(self) -> int:
+        return hash((id(self.ensemble), self.part))
 
 
 def r_given(ens: Ensemble) -> tuple[str, ...]:
