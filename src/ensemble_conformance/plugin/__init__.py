@@ -13,10 +13,11 @@ run, the report header, the summaries) only in an ensemble-conformance session
 
 Where things are: options.py (the option table), session.py (the state of one run and what
 the hooks do), preflight.py (the checks before the first case), results.py (what the run
-found, the summaries and --report-json), regen.py (a project's --regen), project.py
-(``ensemble_tests``, the ``ensemble_golden`` fixture's checks and the one judge of a
-scenario case), scheduling.py (a case's checks on one xdist worker), suite_options.py (the
-reference suite's own options, --impl, --emulate and --sharded, in a run of the suite only).
+found, the summaries and --report-json), regen.py (a project's --regen), judge.py (every
+check of a case: the suite's test modules and ``ensemble_tests`` call it), project.py
+(``ensemble_tests`` and the ``ensemble_golden`` fixture), scheduling.py (a case's checks
+on one xdist worker), suite_options.py (the reference suite's own options, --impl,
+--emulate and --sharded, in a run of the suite only).
 The engine (golden store, comparison, failure messages) knows nothing of pytest.
 """
 

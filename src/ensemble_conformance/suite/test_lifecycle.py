@@ -1,7 +1,7 @@
 """The ensemble's lifecycle after init (scenarios/): dropout keys, gradients, training,
 BatchNorm, scan over layers, checkpoints and the split forms, each a recipe as users
 write it. Three checks per scenario case, judged as a project's own ensemble steps are
-(plugin/project.py: one judge, one run per case and process):
+(plugin/judge.py: one judge, one run per case and process):
 
 - test_scenario_matches_golden: the outcome now against the golden made on the
   reference pins in flax's default mode: the same kind (values, raises, unavailable)
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance.plugin.project import judge_against_golden, judge_oracles, run_once
+from ensemble_conformance.plugin.judge import judge_against_golden, judge_oracles, run_once
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, ScenarioCase, expected
 from ensemble_conformance.scenarios.program import Outcome
