@@ -6,7 +6,7 @@ project file, a regeneration) comes from the run's session (session.py).
 - scenario cases (the suite's lifecycle recipes, a project's ensemble steps, an
   ``ensemble_golden`` check): ``judge_against_golden`` (per-key tolerance classes, eras of
   other releases, accepted outcomes, --regen staging), ``judge_oracles``, ``judge_census``;
-  each case runs once per process (``run_once``, scenarios/runs.py);
+  each case runs once per process (``case_run``, scenarios/runs.py);
 - core cases (``vmap_over_ensemble``, or ``--impl``): ``judge_core_case`` (inputs from the
   golden, the per-element k·u·M allowance, scenarios/check.py) and ``judge_core_oracles``.
   docs/layout.md says why these are not yet scenario cases.
@@ -146,7 +146,9 @@ def _judge_against_golden(
         lines += ["    " + line.splitlines()[0] for line in failing]
     lines += ["  " + line.replace("\n", "\n  ") for line in verdict.lines()]
     if program is not None:
-        why = explain_scenario(program, case.p, golden, now, env_now=env, env_golden=golden_env, numerics=numerics)
+        why = explain_scenario(
+            program, case.p, golden, now, env_now=env, env_golden=golden_env, numerics=numerics, oracle_failures=failing
+        )
         record_property("drift_cause", why.cause.value)
         if why.restore:
             record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
@@ -161,7 +163,7 @@ def _judge_against_golden(
     fail_drift(lines)
 
 
-def run_once(program: Program, case: ScenarioCase, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
+def case_run(program: Program, case: ScenarioCase, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
     """The case's one run in this process (runs.py), with the deprecation warnings it emitted:
     the golden test, the expected-outcome test and the oracles judge the same run."""
     from ensemble_conformance.scenarios.runs import run_once as shared_run

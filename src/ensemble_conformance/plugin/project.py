@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, overriding
-from ensemble_conformance.plugin.judge import judge_against_golden, judge_census, judge_oracles, run_once
+from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_census, judge_oracles
 from ensemble_conformance.plugin.session import ConformanceSession
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
 
     def run(case: ScenarioCase, config: pytest.Config) -> tuple[Outcome, tuple[str, ...]]:
         """The case's one run in this process, which the golden test and the oracles share."""
-        return run_once(programs[case.program], case, bool(config.getoption("--future-warnings")))
+        return case_run(programs[case.program], case, bool(config.getoption("--future-warnings")))
 
     class EnsembleScenarios:
         __doc__ = "Scenarios of " + ", ".join(e.name for e in ensembles)

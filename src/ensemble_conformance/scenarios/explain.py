@@ -199,11 +199,13 @@ def explain_scenario(
     env_now: dict[str, Any],
     env_golden: dict[str, Any],
     numerics: Numerics = CPU,
+    oracle_failures: list[str] | None = None,
 ) -> Explanation:
     """Why a scenario's run no longer matches its golden, in the order of the module
     docstring: non-finite values, the golden's PRNG setting (the scenario re-run under it
     matches), a changed outcome (values <-> an error), a failing golden-free check, else
-    values that moved while every check holds."""
+    values that moved while every check holds. ``oracle_failures``: the lines ``<oracle>:
+    <why>`` of a caller that judged the oracles already (None: judged here)."""
     from ensemble_conformance.scenarios.lifecycle import judge
 
     found = _non_finite(now.arrays) or _prng_config(
@@ -213,14 +215,16 @@ def explain_scenario(
         return found
     if golden.kind != now.kind or golden.error != now.error:
         return Explanation(Cause.OUTCOME, f"the outcome changed: golden {golden.describe()}; now {now.describe()}")
-    failed = []
-    for oracle in program.oracles:
-        try:
-            oracle(p)
-        except NotApplicable:
-            continue  # nothing to judge: the run lacks the arrays it needs
-        except AssertionError as err:
-            failed.append(f"{oracle.__name__}: {err}")
+    failed = oracle_failures
+    if failed is None:
+        failed = []
+        for oracle in program.oracles:
+            try:
+                oracle(p)
+            except NotApplicable:
+                continue  # nothing to judge: the run lacks the arrays it needs
+            except AssertionError as err:
+                failed.append(f"{oracle.__name__}: {err}")
     if failed:
         return Explanation(
             Cause.SEMANTICS, f"golden-free checks fail: {', '.join(f.split(':')[0] for f in failed)}", tuple(failed)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance.plugin.judge import judge_against_golden, judge_oracles, run_once
+from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracles
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, ScenarioCase, expected
 from ensemble_conformance.scenarios.program import Outcome
@@ -36,7 +36,7 @@ def outcome_of(pytestconfig: pytest.Config) -> Callable[[ScenarioCase], tuple[Ou
     """The case's one run in this process with the warnings it emitted (``--future-warnings``:
     deprecations as errors)."""
     future = bool(pytestconfig.getoption("--future-warnings"))
-    return lambda case: run_once(PROGRAMS[case.program], case, future)
+    return lambda case: case_run(PROGRAMS[case.program], case, future)
 
 
 @pytest.mark.golden
