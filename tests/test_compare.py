@@ -96,17 +96,19 @@ def test_failure_message_has_every_figure_a_person_needs() -> None:
     golden = store.load(case)
     wrong = golden.output.copy()
     wrong[[3, 17]] += np.float32(0.5)
-    outcome = check_case(case, golden, Computed(wrong, dict(golden.params)), CPU)
-    assert not outcome.ok
+    verdict = check_case(case, golden, Computed(wrong, dict(golden.params)), CPU)
+    assert not verdict.ok
     env_now = {**store.environment_of(case.id), "jax": "9.9.9", "jax_threefry_partitionable": False}
     text = failure_message(
-        outcome,
+        verdict,
+        case,
+        CPU,
         golden_path=str(store.path_for(case.id)),
         env_now=env_now,
         env_golden=store.environment_of(case.id),
         regen_command=store.regen_command([case.id]),
     )
-    report = outcome.failures[0]
+    report = verdict.failures[0]
     assert report.name == "output" and report.n_bad == 2
     for needle in (
         case.id,
@@ -132,9 +134,9 @@ def test_parameters_are_checked_and_a_moved_kernel_fails() -> None:
     kernel = params["layer2.kernel"].copy()
     kernel[1, 4, 2] = _step(kernel[1, 4, 2:3].copy(), 5, np.inf)[0]  # 5 ULP: past the 4 allowed
     params["layer2.kernel"] = kernel
-    outcome = check_case(case, golden, Computed(golden.output, params), CPU)
-    assert [r.name for r in outcome.failures] == ["param layer2.kernel"]
-    assert outcome.failures[0].max_ulp == 5
+    verdict = check_case(case, golden, Computed(golden.output, params), CPU)
+    assert [r.name for r in verdict.failures] == ["param layer2.kernel"]
+    assert verdict.failures[0].max_ulp == 5
     del params["layer1.bias"]
-    outcome = check_case(case, golden, Computed(golden.output, params), CPU)
-    assert "param layer1.bias" in [r.name for r in outcome.failures]
+    verdict = check_case(case, golden, Computed(golden.output, params), CPU)
+    assert "param layer1.bias" in [r.name for r in verdict.failures]

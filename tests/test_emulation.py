@@ -94,8 +94,8 @@ def test_emulated_results_pass_their_own_backends_tolerance(target: str, precisi
     numerics = Numerics(target, precision, emulated=True)
     for case in SAMPLE:
         golden, computed = _emulated(case, target, precision)
-        outcome = check_case(case, golden, computed, numerics)
-        assert outcome.ok, [r.describe() for r in outcome.failures]
+        verdict = check_case(case, golden, computed, numerics)
+        assert verdict.ok, [r.describe() for r in verdict.failures]
 
 
 @pytest.mark.parametrize("target", ["gpu", "tpu"])

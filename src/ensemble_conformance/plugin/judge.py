@@ -284,9 +284,9 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
         problem = f"ensemble-conformance: case {case.id}: {impl_failure(err)}"
     if problem is not None:  # outside the except: one line, no chained traceback
         pytest.fail(problem, pytrace=False)
-    outcome = check_case(case, golden, computed, numerics)
+    verdict = check_case(case, golden, computed, numerics)
     # Figures for --report-json, also when the case passes.
-    measured = [r for r in outcome.reports if r.problem is None]
+    measured = [r for r in verdict.reports if r.problem is None]
     for key, group in (
         ("output", [r for r in measured if r.name == "output"]),
         ("params", [r for r in measured if r.name != "output"]),
@@ -294,7 +294,7 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
         record_property(f"{key}_max_ulp", max((r.max_ulp for r in group), default=0.0))
         record_property(f"{key}_max_rel", max((r.max_rel for r in group), default=0.0))
     record_property("output_sha256", hashlib.sha256(computed.output.tobytes()).hexdigest())
-    if outcome.ok:
+    if verdict.ok:
         return
     env_golden = store.environment_of(case.id)
     why = explain(case, golden, computed, env_now=env, env_golden=env_golden, impl=impl, numerics=numerics)
@@ -302,7 +302,9 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
     if why.restore:
         record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
     message = failure_message(
-        outcome,
+        verdict,
+        case,
+        numerics,
         golden_path=str(store.path_for(case.id)),
         env_now=env,
         env_golden=env_golden,

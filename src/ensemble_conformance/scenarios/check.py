@@ -3,7 +3,6 @@ to the person who has to fix it. Free of pytest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -13,23 +12,8 @@ from ensemble_conformance.golden.compare import ArrayReport, compare
 from ensemble_conformance.golden.store import GoldenRecord
 from ensemble_conformance.golden.tolerances import Numerics
 from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.program import Verdict
 from ensemble_conformance.scenarios.variants import VARIANTS, Computed, magnitude
-
-
-@dataclass(frozen=True)
-class CaseOutcome:
-    case: Case
-    numerics: Numerics
-    reports: list[ArrayReport]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.reports)
-
-    @property
-    def failures(self) -> list[ArrayReport]:
-        return [r for r in self.reports if not r.ok]
 
 
 def forward_allowance(case: Case, golden: GoldenRecord, numerics: Numerics) -> np.ndarray:
@@ -38,8 +22,9 @@ def forward_allowance(case: Case, golden: GoldenRecord, numerics: Numerics) -> n
     return numerics.tolerance(case.dtype).allowance_scale() * scale.reshape(golden.output.shape)
 
 
-def check_case(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> CaseOutcome:
-    """Compare parameters tightly and the output within the forward tolerance."""
+def check_case(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> Verdict:
+    """Compare parameters tightly and the output within the forward tolerance (per
+    element, ``forward_allowance``)."""
     tol = numerics.tolerance(case.dtype)
     axes = VARIANTS[case.variant].output_axes
     view = (case.num_models, case.features)
@@ -72,11 +57,13 @@ def check_case(case: Case, golden: GoldenRecord, computed: Computed, numerics: N
                     max_ulps=tol.param_ulps,
                 )
             )
-    return CaseOutcome(case, numerics, reports, notes)
+    return Verdict("", tuple(reports), tuple(notes))
 
 
 def failure_message(
-    outcome: CaseOutcome,
+    verdict: Verdict,
+    case: Case,
+    numerics: Numerics,
     *,
     golden_path: str,
     env_now: dict[str, Any],
@@ -85,13 +72,12 @@ def failure_message(
     explanation: str | None = None,
 ) -> str:
     """Several lines: what differs, by how much, in which environment, and what to run."""
-    case = outcome.case
     lines = [
         f"ensemble-conformance: case {case.id} does not match its golden {golden_path}",
         f"  variant: {case.variant} ({VARIANTS[case.variant].doc})",
         f"  backend: {env_now.get('backend')} ({env_now.get('device_kind')}) now; golden made on "
         f"{env_golden.get('backend', '?')} ({env_golden.get('device_kind', '?')})",
-        f"  judged as: {outcome.numerics.describe()}",
+        f"  judged as: {numerics.describe()}",
         f"  versions now:    {environment.versions_line(env_now)}",
         f"  versions golden: {environment.versions_line(env_golden)}",
     ]
@@ -99,9 +85,9 @@ def failure_message(
     if diffs:
         lines.append("  differs from the golden's environment:")
         lines.extend(f"    {d}" for d in diffs)
-    for report in outcome.failures:
+    for report in verdict.failures:
         lines.append("  " + report.describe().replace("\n", "\n  "))
-    lines.extend(f"  {note}" for note in outcome.notes)
+    lines.extend(f"  {note}" for note in verdict.notes)
     if explanation:
         lines.append("  " + explanation.replace("\n", "\n  "))
     if regen_command is None:

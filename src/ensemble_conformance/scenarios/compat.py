@@ -29,8 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ensemble_conformance.golden.pins import REFERENCE, version_tuple
-from ensemble_conformance.scenarios.lifecycle import Verdict
-from ensemble_conformance.scenarios.program import Outcome
+from ensemble_conformance.scenarios.program import Outcome, Verdict
 
 CLASSES = ("same", "moved", "changed", "raises", "no longer raises", "other error", "unavailable", "available")
 FINE = ("same", "moved")  # what a gate lets through

@@ -21,7 +21,7 @@ from ensemble_conformance.golden.compare import WORST_SHOWN, ArrayReport, Worst,
 from ensemble_conformance.golden.environment import MODES
 from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, Numerics, lifecycle_class
 from ensemble_conformance.scenarios import checkpoint, construction, dropout, layers, training
-from ensemble_conformance.scenarios.program import Outcome, Program
+from ensemble_conformance.scenarios.program import Outcome, Program, Verdict
 
 PROGRAMS: Mapping[str, Program] = {
     program.name: program
@@ -207,31 +207,6 @@ def compare_arrays(key: str, golden: np.ndarray, actual: np.ndarray, numerics: N
     magnitude = np.abs(golden.astype(np.float64))
     allowed = cls.k * UNIT_ROUNDOFF[unit] * (magnitude + magnitude.max(initial=0.0))
     return compare(key, golden, actual, rule=rule, allowed_abs=allowed)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A scenario run now against its golden: a change of outcome, or per-array reports."""
-
-    change: str  # "" when the outcome kind and error are the golden's
-    reports: tuple[ArrayReport, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not self.change and all(r.ok for r in self.reports)
-
-    def worst_ulps(self) -> dict[str, float]:
-        """Per tolerance class, the largest ULP distance measured (for --report-json)."""
-        worst: dict[str, float] = {}
-        for report in self.reports:
-            head = report.name.split("/", 1)[0]
-            worst[head] = max(worst.get(head, 0.0), report.max_ulp)
-        return worst
-
-    def lines(self) -> list[str]:
-        out = [self.change] if self.change else []
-        out.extend(r.describe() for r in self.reports if not r.ok)
-        return out
 
 
 def judge(golden: Outcome, now: Outcome, numerics: Numerics) -> Verdict:

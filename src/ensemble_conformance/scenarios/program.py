@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ensemble_conformance.golden.compare import ArrayReport
+
 Params = Mapping[str, Any]
 
 
@@ -77,6 +79,40 @@ class Outcome:
         if self.kind == "raises":
             return f"raises {self.error}"
         return f"unavailable: {self.error}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a judge says of a run against its golden: a change of outcome (a scenario's
+    values became an error, or another error), or per-array reports, and notes on what was
+    not compared (a core case's parameters under ``--impl``). The scenario judge
+    (``lifecycle.judge``) and the core cases' comparison (``check.check_case``) both give one."""
+
+    change: str  # "" when the outcome kind and error are the golden's
+    reports: tuple[ArrayReport, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.change and all(r.ok for r in self.reports)
+
+    @property
+    def failures(self) -> list[ArrayReport]:
+        return [r for r in self.reports if not r.ok]
+
+    def worst_ulps(self) -> dict[str, float]:
+        """Per tolerance class, the largest ULP distance measured (for --report-json)."""
+        worst: dict[str, float] = {}
+        for report in self.reports:
+            head = report.name.split("/", 1)[0]
+            worst[head] = max(worst.get(head, 0.0), report.max_ulp)
+        return worst
+
+    def lines(self) -> list[str]:
+        """The change and each failing array, one line each (empty when it holds)."""
+        out = [self.change] if self.change else []
+        out.extend(r.describe() for r in self.failures)
+        return out
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

@@ -39,11 +39,13 @@ def test_sharded_matches_unsharded_golden(
         run.param_layouts.values()
     )
     assert run.output_devices == devices, f"the output lives on {run.output_devices} device(s), not {devices}"
-    outcome = check_case(case, golden, run.computed, ensemble_numerics)
-    if not outcome.ok:
+    verdict = check_case(case, golden, run.computed, ensemble_numerics)
+    if not verdict.ok:
         pytest.fail(
             failure_message(
-                outcome,
+                verdict,
+                case,
+                ensemble_numerics,
                 golden_path=str(ensemble_store.path_for(case.id)),
                 env_now=dict(ensemble_env),
                 env_golden=ensemble_store.environment_of(case.id),

@@ -198,11 +198,11 @@ def _regenerate(
         assert computed.params is not None
         record = GoldenRecord(case, inputs, computed.output, computed.params)
         if golden is not None:
-            outcome = check_case(case, golden, computed, numerics)
-            if outcome.ok and not rewrite_all:
+            verdict = check_case(case, golden, computed, numerics)
+            if verdict.ok and not rewrite_all:
                 counts["kept"] += 1
                 continue
-            state = ("failing, rewritten: " if not outcome.ok else "") + _summary(outcome.reports)
+            state = ("failing, rewritten: " if not verdict.ok else "") + _summary(verdict.reports)
         if args.check:
             differ += _check(store, case.id, record, state)
             continue
