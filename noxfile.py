@@ -135,7 +135,7 @@ def slow_tests(session: nox.Session) -> None:
 def regen(session: nox.Session) -> None:
     """Rewrite golden files on the reference pins: failing ones, named ones, or --all."""
     _install_reference(session)
-    session.run("python", "-m", "ensemble_conformance.tooling.regen", *session.posargs, env=CPU_ENV)
+    session.run("python", "-m", "tools.regen", *session.posargs, env=CPU_ENV)
 
 
 @nox.session(python=REFERENCE.python, default=False)
@@ -195,9 +195,7 @@ def legacy_prng(session: nox.Session) -> None:
 def regen_legacy(session: nox.Session) -> None:
     """Rewrite the legacy-epoch goldens (golden/legacy-prng) on that epoch's reference pins."""
     session.install(".", *EPOCHS["legacy"].reference.requirements())
-    session.run(
-        "python", "-m", "ensemble_conformance.tooling.regen", "--epoch", "legacy", *session.posargs, env=CPU_ENV
-    )
+    session.run("python", "-m", "tools.regen", "--epoch", "legacy", *session.posargs, env=CPU_ENV)
 
 
 @nox.session(default=False)
@@ -347,7 +345,7 @@ def gate(session: nox.Session) -> None:
         python = str(_venv(session, baseline.python, baseline.venv_name, baseline.requirements) / "bin" / "python")
         goldens = str(out / "baseline-goldens")
         shutil.rmtree(goldens, ignore_errors=True)
-        regen = ["-m", "ensemble_conformance.tooling.regen", "--all", "--force", "--golden-dir", goldens]
+        regen = ["-m", "tools.regen", "--all", "--force", "--golden-dir", goldens]
         session.run(python, *regen, env={**CPU_ENV, **baseline.env}, external=True, silent=True)
         session.run(python, "-m", "pytest", *baseline.pytest_args, "-q", env={**CPU_ENV, **baseline.env}, external=True)
     plan = sessions.gate_plan(args)
@@ -462,7 +460,7 @@ def bisect(session: nox.Session) -> None:
             [python, *command], cwd=ROOT, env={**os.environ, **CPU_ENV}, capture_output=True, text=True
         )
 
-    regen = ["-m", "ensemble_conformance.tooling.regen", "--all", "--force", "--golden-dir", str(baseline)]
+    regen = ["-m", "tools.regen", "--all", "--force", "--golden-dir", str(baseline)]
     made = run(python_for(args.good), *regen)
     if made.returncode != 0:
         session.error(f"could not make the baseline on {args.package} {args.good}:\n{made.stdout}{made.stderr}")

@@ -186,7 +186,7 @@ def test_a_read_only_directory_stops_before_writing_with_one_clear_message(
 
 _REGEN = """
 import sys
-from ensemble_conformance.tooling import regen
+from tools import regen
 from ensemble_conformance.golden import store
 store.FAULT = lambda step: __import__("time").sleep(0.05) if step.startswith("stage:") else None
 sys.exit(regen.main(["--golden-dir", sys.argv[1], "--lock-timeout", "300", *sys.argv[2:]]))
@@ -247,7 +247,7 @@ def test_leftover_temporary_files_are_listed_then_removed_by_the_next_regenerati
 def test_regeneration_reports_a_full_disk_in_one_message_and_keeps_the_goldens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ensemble_conformance.tooling import regen
+    from tools import regen
 
     case_id = FAULT_CASES[1].id
     assert regen.main(["--golden-dir", str(tmp_path), case_id]) == 0

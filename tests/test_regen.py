@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tools import regen
 
 from ensemble_conformance.golden import environment
 from ensemble_conformance.golden.pins import REFERENCE
 from ensemble_conformance.golden.store import GoldenStore, sha256_of
 from ensemble_conformance.scenarios.cases import CASES_BY_ID
-from ensemble_conformance.tooling import regen
 
 IDS = ["ensemble-s0-n2-d7-f5", "mlp_ensemble-s0-n1-d7-h16-f5"]
 REPO_GOLDEN = Path(__file__).resolve().parent.parent / "golden"

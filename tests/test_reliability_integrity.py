@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tools import regen
 
 from ensemble_conformance.golden import environment, known_drift
 from ensemble_conformance.golden import store as store_module
@@ -34,7 +35,6 @@ from ensemble_conformance.golden.store import (
 from ensemble_conformance.scenarios.cases import CASES_BY_ID
 from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
 from ensemble_conformance.scenarios.variants import layout
-from ensemble_conformance.tooling import regen
 from ensemble_conformance.tooling.mutation import SuiteRun
 from tests.conftest import GOLDEN
 from tests.test_reliability import _copy, _rewrite

@@ -1,12 +1,13 @@
 """The reference pins: the one place that says which releases make the goldens.
 
-The noxfile, the regeneration command and the golden manifest all read this module.
+The noxfile, the regeneration session (tools/regen.py) and the golden manifest all read this module.
 It imports nothing outside the standard library, so the noxfile can load it by path
 before jax or flax are installed.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,16 @@ class Epoch:
         if packaged.is_dir():
             return packaged.joinpath(*Path(self.golden_dir).parts[1:])
         return package.parent.parent / self.golden_dir
+
+    @property
+    def regen_session(self) -> str:
+        """The repository's nox session that regenerates this epoch's goldens."""
+        return "regen" if self.name == "partitionable" else f"regen_{self.name}"
+
+    def regen_hint(self, golden_dir: str | None = None) -> str:
+        """The command that reruns a regeneration: its session, and its --golden-dir when given."""
+        where = f" --golden-dir {shlex.quote(str(golden_dir))}" if golden_dir else ""
+        return f"nox -s {self.regen_session} --{where}"
 
 
 EPOCHS: dict[str, Epoch] = {

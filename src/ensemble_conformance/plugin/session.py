@@ -103,16 +103,14 @@ class ConformanceSession:
 
     def regen_hint(self, golden: Path) -> str:
         """The command that rewrites goldens in the chosen directory (per PRNG epoch)."""
-        from ensemble_conformance.tooling.regen import regen_hint
-
         if not self.suite:
             extra = f" --golden-dir={shlex.quote(str(golden))}" if self.config.getoption("--golden-dir") else ""
             return f"ensemble-conformance regen{extra}"
         golden = golden.resolve()
         for epoch in EPOCHS.values():
             if golden == epoch.directory().resolve():
-                return regen_hint(epoch)
-        return regen_hint(EPOCHS["partitionable"], str(golden))
+                return epoch.regen_hint()
+        return EPOCHS["partitionable"].regen_hint(str(golden))
 
     @property
     def store(self) -> GoldenStore:

@@ -75,9 +75,6 @@ def select(ids: Iterable[str]) -> list[Case]:
             f"{u} (did you mean {', '.join(difflib.get_close_matches(u, CASES_BY_ID, 2)) or 'nothing close'}?)"
             for u in unknown
         ]
-        raise ValueError(
-            f"unknown case id(s): {'; '.join(hints)}. "
-            "List every id with `python -m ensemble_conformance.tooling.regen --list`."
-        )
+        raise ValueError(f"unknown case id(s): {'; '.join(hints)}. List every id with `nox -s regen -- --list`.")
     chosen = set(wanted)
     return [c for c in CASES if c.id in chosen]

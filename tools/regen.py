@@ -1,9 +1,10 @@
-"""Regenerate golden files on the reference pins.
+"""Regenerate the reference suite's golden files on the reference pins (the repository's
+``nox -s regen``; a project's goldens are the plugin's ``--regen``, plugin/regen.py).
 
-    python -m ensemble_conformance.tooling.regen              # missing, damaged or failing cases
-    python -m ensemble_conformance.tooling.regen ID [ID ...]  # these cases, whatever their state
-    python -m ensemble_conformance.tooling.regen --all        # every case
-    python -m ensemble_conformance.tooling.regen --list       # print the case ids
+    python -m tools.regen              # missing, damaged or failing cases
+    python -m tools.regen ID [ID ...]  # these cases, whatever their state
+    python -m tools.regen --all        # every case
+    python -m tools.regen --list       # print the case ids
 
 Prints, per case, what changed. Refuses to run when the environment differs from the
 reference pins (versions, backend, PRNG and precision settings) unless --force.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -54,16 +54,6 @@ def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionab
     return pin_mismatches(wanted, {**env, "python": ".".join(str(env.get("python", "")).split(".")[:2])})
 
 
-def regen_session(epoch: Epoch) -> str:
-    return "regen" if epoch.name == "partitionable" else f"regen_{epoch.name}"
-
-
-def regen_hint(epoch: Epoch, golden_dir: str | None = None) -> str:
-    """The command that reruns this regeneration: its session, and its --golden-dir when given."""
-    where = f" --golden-dir {shlex.quote(str(golden_dir))}" if golden_dir else ""
-    return f"nox -s {regen_session(epoch)} --{where}"
-
-
 def _summary(outcome_reports: Sequence[Any]) -> str:
     parts = []
     for r in outcome_reports:
@@ -78,7 +68,7 @@ def _summary(outcome_reports: Sequence[Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble_conformance.tooling.regen",
+        prog="python -m tools.regen",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -133,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {line}", file=sys.stderr)
         if not args.force:
             print(
-                f"Refusing to regenerate. Run `nox -s {regen_session(epoch)}` (it installs the reference pins), "
+                f"Refusing to regenerate. Run `nox -s {epoch.regen_session}` (it installs the reference pins), "
                 "or pass --force to write goldens from this environment anyway.",
                 file=sys.stderr,
             )
@@ -142,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     store = GoldenStore(
         args.golden_dir or epoch.golden_dir,
-        regen_hint=regen_hint(epoch, args.golden_dir),
+        regen_hint=epoch.regen_hint(args.golden_dir),
         reference=epoch.reference,
         layout=layout,
     )
