@@ -193,16 +193,10 @@ def _regenerate(
                 counts["kept"] += 1
                 continue
             state = ("failing, rewritten: " if not verdict.ok else "") + _summary(verdict.reports)
-        if args.check:
-            differ += _check(store, case.id, record, state)
-            continue
-        if args.dry_run:
-            print(f"{case.id}: would write ({state})")
-            continue
-        changed = txn.write(record, env)
-        key = "new" if golden is None else ("rewritten" if changed else "unchanged")
-        counts[key] += 1
-        print(f"{case.id}: {_written(txn, case.id, state, changed, golden is None)}")
+        moved, changed = _stage(args, store, txn, env, record, state, golden is None)
+        differ += moved
+        if changed is not None:
+            counts["new" if golden is None else ("rewritten" if changed else "unchanged")] += 1
 
     if args.check:
         return differ
@@ -211,6 +205,29 @@ def _regenerate(
         f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)"
     )
     return differ
+
+
+def _stage(
+    args: argparse.Namespace,
+    store: GoldenStore,
+    txn: Transaction,
+    env: dict[str, Any],
+    record: Any,
+    state: str,
+    new: bool,
+) -> tuple[int, bool | None]:
+    """One case's regeneration, a core case's or a scenario's: with --check, (1 when its
+    stored bytes are not the ones computed now, None); with --dry-run, say what would be
+    written; else stage it in ``txn`` and say what the write did ((0, whether it changed))."""
+    case_id = record.case.id
+    if args.check:
+        return _check(store, case_id, record, state), None
+    if args.dry_run:
+        print(f"{case_id}: would write ({state})")
+        return 0, None
+    changed = txn.write(record, env)
+    print(f"{case_id}: {_written(txn, case_id, state, changed, new)}")
+    return 0, changed
 
 
 def _check(store: GoldenStore, case_id: str, record: Any, state: str) -> int:
@@ -284,15 +301,7 @@ def _regenerate_scenarios(
                 kept += 1
                 continue
             state = "; ".join(verdict.lines()) or "within tolerance"
-        record = ScenarioRecord(case, now)
-        if args.check:
-            differ += _check(store, case.id, record, state)
-            continue
-        if args.dry_run:
-            print(f"{case.id}: would write ({state})")
-            continue
-        changed = txn.write(record, env)
-        print(f"{case.id}: {_written(txn, case.id, state, changed, golden is None)}")
+        differ += _stage(args, store, txn, env, ScenarioRecord(case, now), state, golden is None)[0]
     if not args.check:
         print(f"{len(scenarios)} scenario(s): {kept} kept (within tolerance)")
     return differ
