@@ -14,8 +14,9 @@
   manifest, and every member is checked against what the case implies (names, shapes,
   dtypes) and for NaN or infinity. bfloat16 arrays are stored as their uint16 bits.
 - This module knows nothing of pytest, flax or the cases: a case is anything with an
-  ``id``, a ``variant``, a ``dtype`` (its tolerance class) and dataclass fields; the
-  caller's ``layout`` says what a case's arrays must look like (None: not checked).
+  ``id`` and dataclass fields, its record (``Storable``) says what made it and which
+  tolerance class judges it; the caller's ``layout`` says what a case's arrays must look
+  like (None: not checked).
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ class GoldenRecord:
         out["output"] = self.output
         return out
 
+    def made_by(self) -> tuple[str, str]:
+        """The manifest's ``variant`` and ``tolerance_class``: the core case's variant and dtype."""
+        return self.case.variant, self.case.dtype
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -205,13 +210,18 @@ def _decode(path: Path, key: str, a: np.ndarray, dtype: str) -> np.ndarray:
 
 
 class Storable(Protocol):
-    """What the store writes: a case (``id``, ``variant``, ``dtype``, a dataclass) and its
-    named arrays; a scenario's record adds its outcome (values, raises, unavailable)."""
+    """What the store writes: a case (``id``, a dataclass), its named arrays, and what the
+    manifest says made it and judges it; a scenario's record adds its outcome (values,
+    raises, unavailable)."""
 
     @property
     def case(self) -> Any: ...
 
     def arrays(self) -> dict[str, np.ndarray]: ...
+
+    def made_by(self) -> tuple[str, str]:
+        """The manifest entry's ``variant`` (what made the file) and ``tolerance_class``."""
+        ...
 
 
 def _spec(case: Any) -> Any:
@@ -353,11 +363,12 @@ class Transaction:
         data = encode_npz(record)
         digest = hashlib.sha256(data).hexdigest()
         env_id = environment_id(env)
+        variant, tolerance_class = record.made_by()
         entry = {
             "file": self.store.path_for(record.case.id).name,
             "sha256": digest,
-            "variant": record.case.variant,
-            "tolerance_class": record.case.dtype,
+            "variant": variant,
+            "tolerance_class": tolerance_class,
             "environment": env_id,
         }
         self.env[env_id] = env

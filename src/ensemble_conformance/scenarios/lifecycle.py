@@ -50,14 +50,6 @@ class ScenarioCase:
     def p(self) -> dict[str, Any]:
         return dict(self.params)
 
-    @property
-    def variant(self) -> str:  # the manifest's name for what made a golden
-        return self.program
-
-    @property
-    def dtype(self) -> str:  # the manifest's tolerance class: per array, by key path
-        return "lifecycle"
-
 
 SCENARIO_CASES: tuple[ScenarioCase, ...] = tuple(
     ScenarioCase(name, tuple(sorted(params.items()))) for name, program in PROGRAMS.items() for params in program.grid
@@ -136,6 +128,11 @@ class ScenarioRecord:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return dict(self.outcome.arrays)
+
+    def made_by(self) -> tuple[str, str]:
+        """The manifest's ``variant`` (the program) and ``tolerance_class`` ("lifecycle": per
+        array, by key path)."""
+        return self.case.program, "lifecycle"
 
     @property
     def outcome_meta(self) -> dict[str, str]:
