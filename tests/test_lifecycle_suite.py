@@ -59,7 +59,10 @@ def test_a_scenario_golden_round_trips_its_outcome(tmp_path: Path, outcome: Outc
     back = golden_outcome(arrays, meta, "golden")
     assert (back.kind, back.error, sorted(back.arrays)) == (outcome.kind, outcome.error, sorted(outcome.arrays))
     assert {k: v.shape for k, v in back.arrays.items()} == {k: v.shape for k, v in outcome.arrays.items()}
-    assert store.manifest()["cases"][case.id]["tolerance_class"] == "lifecycle"
+    entry = store.manifest()["cases"][case.id]
+    committed = GoldenStore(GOLDEN).manifest()["cases"][case.id]  # the reference goldens' entry
+    assert (entry["variant"], entry["tolerance_class"]) == (committed["variant"], committed["tolerance_class"])
+    assert (entry["variant"], entry["tolerance_class"]) == (case.program, "lifecycle")
 
 
 def test_a_change_of_outcome_is_said_plainly_in_both_directions() -> None:

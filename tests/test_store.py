@@ -62,7 +62,7 @@ def test_round_trip_keeps_values_dtypes_and_shapes(tmp_path: Path, case: Case) -
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     entry = manifest["cases"][case.id]
     assert entry["sha256"] == sha256_of(tmp_path / f"{case.id}.npz")
-    assert entry["tolerance_class"] == case.dtype
+    assert (entry["variant"], entry["tolerance_class"]) == (case.variant, case.dtype)
     assert manifest["environments"][entry["environment"]] == ENV
 
 
