@@ -23,7 +23,7 @@ error bound.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +37,7 @@ from ensemble_conformance.golden.tolerances import CPU, ROUNDING_PARAM_ULPS, Num
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.check import check_case
 from ensemble_conformance.scenarios.oracles import OracleResult, forward_bound, run_oracles
-from ensemble_conformance.scenarios.program import NotApplicable, Outcome, Params, Program, run_program
+from ensemble_conformance.scenarios.program import Outcome, Params, Program, run_program
 from ensemble_conformance.scenarios.runner import compute
 from ensemble_conformance.scenarios.variants import Computed, CoreFunction
 
@@ -198,14 +198,15 @@ def explain_scenario(
     *,
     env_now: dict[str, Any],
     env_golden: dict[str, Any],
+    oracle_failures: Sequence[str],
     numerics: Numerics = CPU,
-    oracle_failures: list[str] | None = None,
 ) -> Explanation:
     """Why a scenario's run no longer matches its golden, in the order of the module
     docstring: non-finite values, the golden's PRNG setting (the scenario re-run under it
     matches), a changed outcome (values <-> an error), a failing golden-free check, else
     values that moved while every check holds. ``oracle_failures``: the lines ``<oracle>:
-    <why>`` of a caller that judged the oracles already (None: judged here)."""
+    <why>`` of the program's oracles that fail on this run, as the judge found them
+    (plugin/judge.py: ``judge_oracles``), not judged a second time here."""
     from ensemble_conformance.scenarios.lifecycle import judge
 
     found = _non_finite(now.arrays) or _prng_config(
@@ -215,16 +216,7 @@ def explain_scenario(
         return found
     if golden.kind != now.kind or golden.error != now.error:
         return Explanation(Cause.OUTCOME, f"the outcome changed: golden {golden.describe()}; now {now.describe()}")
-    failed = oracle_failures
-    if failed is None:
-        failed = []
-        for oracle in program.oracles:
-            try:
-                oracle(p)
-            except NotApplicable:
-                continue  # nothing to judge: the run lacks the arrays it needs
-            except AssertionError as err:
-                failed.append(f"{oracle.__name__}: {err}")
+    failed = list(oracle_failures)
     if failed:
         return Explanation(
             Cause.SEMANTICS, f"golden-free checks fail: {', '.join(f.split(':')[0] for f in failed)}", tuple(failed)
