@@ -135,8 +135,8 @@ def test_parameters_are_checked_and_a_moved_kernel_fails() -> None:
     kernel[1, 4, 2] = _step(kernel[1, 4, 2:3].copy(), 5, np.inf)[0]  # 5 ULP: past the 4 allowed
     params["layer2.kernel"] = kernel
     verdict = check_case(case, golden, Computed(golden.output, params), CPU)
-    assert [r.name for r in verdict.failures] == ["param layer2.kernel"]
+    assert [r.name for r in verdict.failures] == ["params/layer2.kernel"]
     assert verdict.failures[0].max_ulp == 5
     del params["layer1.bias"]
     verdict = check_case(case, golden, Computed(golden.output, params), CPU)
-    assert "param layer1.bias" in [r.name for r in verdict.failures]
+    assert "params/layer1.bias" in [r.name for r in verdict.failures]

@@ -28,7 +28,7 @@ from ensemble_conformance.plugin.session import ConformanceSession, fail_drift
 if TYPE_CHECKING:
     from ensemble_conformance.scenarios.cases import Case
     from ensemble_conformance.scenarios.lifecycle import ScenarioCase
-    from ensemble_conformance.scenarios.program import Outcome, Program
+    from ensemble_conformance.scenarios.program import OracleResult, Outcome, Program
 
 RecordProperty = Callable[[str, object], None]
 
@@ -139,11 +139,12 @@ def _judge_against_golden(
     if accepted is not None:
         where = session.project_file.path
         lines.append(f"  {where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
-    failing = judge_oracles(program, case)[0] if program is not None and now.kind == "values" else []
+    ran = judge_oracles(program, case) if program is not None and now.kind == "values" else []
+    failing = [r for r in ran if not r.ok]
     if failing:
         # the program is wrong by its own oracles: that, not rounding, is the first guess
         lines.append("  its golden-free checks fail too, so the program itself is the first suspect:")
-        lines += ["    " + line.splitlines()[0] for line in failing]
+        lines += ["    " + r.line().splitlines()[0] for r in failing]
     lines += ["  " + line.replace("\n", "\n  ") for line in verdict.lines()]
     if program is not None:
         why = explain_scenario(
@@ -172,23 +173,12 @@ def case_run(program: Program, case: ScenarioCase, future: bool = False) -> tupl
     return run.outcome, run.warnings
 
 
-def judge_oracles(program: Program, case: ScenarioCase, skip: Collection[str] = ()) -> tuple[list[str], list[str]]:
-    """Every oracle of the case's program but those named in ``skip``: ``(failures, not
-    applicable)``, each a line ``<oracle>: <why>``. The oracles judge this process's one
-    run of the case (runs.py)."""
-    from ensemble_conformance.scenarios.program import NotApplicable
+def judge_oracles(program: Program, case: ScenarioCase, skip: Collection[str] = ()) -> list[OracleResult]:
+    """Every oracle of the case's program but those named in ``skip``, one result each
+    (program.check_oracles). The oracles judge this process's one run of the case (runs.py)."""
+    from ensemble_conformance.scenarios.program import check_oracles
 
-    failures, not_applicable = [], []
-    for oracle in program.oracles:
-        if oracle.__name__ in skip:
-            continue
-        try:
-            oracle(case.p)
-        except NotApplicable as err:
-            not_applicable.append(f"{oracle.__name__}: {err}")
-        except AssertionError as err:
-            failures.append(f"{oracle.__name__}: {err}")
-    return failures, not_applicable
+    return check_oracles(program, case.p, skip)
 
 
 def census_path(store: GoldenStore, case_id: str) -> Path:
@@ -317,7 +307,8 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
 def judge_core_oracles(config: pytest.Config, case: Case, record_property: RecordProperty) -> None:
     """The golden-free checks of a core case (oracles.py), on the golden's stored inputs when
     it loads (the golden test reports a bad one), otherwise fresh inputs made the same way."""
-    from ensemble_conformance.scenarios.oracles import oracle_message, run_oracles
+    from ensemble_conformance.scenarios.oracles import run_oracles
+    from ensemble_conformance.scenarios.program import oracle_message
     from ensemble_conformance.scenarios.runner import make_inputs
 
     session = ConformanceSession.of(config)
@@ -328,4 +319,4 @@ def judge_core_oracles(config: pytest.Config, case: Case, record_property: Recor
     results = run_oracles(case, inputs, session.impl, session.numerics)
     record_property("failed_oracles", ",".join(r.name for r in results if not r.ok))
     if not all(r.ok for r in results):
-        pytest.fail(oracle_message(case, results), pytrace=False)
+        pytest.fail(oracle_message(case.id, results), pytrace=False)

@@ -102,17 +102,19 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             pytestconfig: pytest.Config,
             record_property: Callable[[str, object], None],
         ) -> None:
+            from ensemble_conformance.scenarios.program import oracle_message
+
             program = programs[case.program]
             now, _ = run(case, pytestconfig)
             if now.kind != "values":
                 pytest.skip(f"ensemble-conformance: {case.id}: no values to judge, the step {now.describe()}")
             with overriding(ConformanceSession.of(pytestconfig).project_file.overrides):
-                failures, not_applicable = judge_oracles(program, case)
+                results = judge_oracles(program, case)
+            not_applicable = [r.line() for r in results if not r.applies]
             if not_applicable:
                 record_property("not_applicable", not_applicable)
-            if failures:
-                lines = [f"ensemble-conformance: {case.id}: golden-free checks fail:", *("  " + f for f in failures)]
-                pytest.fail("\n".join(lines), pytrace=False)
+            if not all(r.ok for r in results):
+                pytest.fail(oracle_message(case.id, results), pytrace=False)
             if len(not_applicable) == len(program.oracles):
                 pytest.skip("no oracle applies: " + "; ".join(not_applicable))
 

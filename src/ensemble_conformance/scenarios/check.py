@@ -3,6 +3,7 @@ to the person who has to fix it. Free of pytest."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from ensemble_conformance.golden.compare import ArrayReport, compare
 from ensemble_conformance.golden.store import GoldenRecord
 from ensemble_conformance.golden.tolerances import Numerics
 from ensemble_conformance.scenarios.cases import Case
-from ensemble_conformance.scenarios.program import Verdict
+from ensemble_conformance.scenarios.program import Outcome, Verdict, flatten, judge_outcomes
 from ensemble_conformance.scenarios.variants import VARIANTS, Computed, magnitude
 
 
@@ -22,42 +23,35 @@ def forward_allowance(case: Case, golden: GoldenRecord, numerics: Numerics) -> n
     return numerics.tolerance(case.dtype).allowance_scale() * scale.reshape(golden.output.shape)
 
 
+UNOBSERVED_PARAMS = "parameters: not observable for an external implementation; only the output was compared"
+
+
+def core_outcome(output: np.ndarray, params: Mapping[str, np.ndarray] | None) -> Outcome:
+    """A core run (or golden) as the scenario model's Outcome: ``output`` and
+    ``params/<name>`` (no ``params/`` keys where they are not observable, under --impl)."""
+    return Outcome("values", flatten({"output": output, **({"params": dict(params)} if params is not None else {})}))
+
+
 def check_case(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> Verdict:
-    """Compare parameters tightly and the output within the forward tolerance (per
-    element, ``forward_allowance``)."""
+    """The run against its golden by the one judge (``program.judge_outcomes``): the output
+    within the forward tolerance, per element (``forward_allowance``), every parameter
+    within the table's ULPs. An external implementation's parameters are not observable:
+    only the output is compared, and the verdict says so."""
     tol = numerics.tolerance(case.dtype)
-    axes = VARIANTS[case.variant].output_axes
+    allowance = forward_allowance(case, golden, numerics)
     view = (case.num_models, case.features)
-    reports = [
-        compare(
-            "output",
-            golden.output,
-            computed.output,
-            rule=tol.forward_rule(),
-            allowed_abs=forward_allowance(case, golden, numerics),
-            view_shape=view,
-            axes=axes,
-        )
-    ]
-    notes = []
-    if computed.params is None:
-        notes.append("parameters: not observable for an external implementation; only the output was compared")
-    else:
-        for name in sorted(set(golden.params) | set(computed.params)):
-            if name not in computed.params or name not in golden.params:
-                where = "golden only" if name not in computed.params else "computed only"
-                reports.append(ArrayReport(f"param {name}", tol.param_rule(), (), problem=f"present in {where}"))
-                continue
-            reports.append(
-                compare(
-                    f"param {name}",
-                    golden.params[name],
-                    computed.params[name],
-                    rule=tol.param_rule(),
-                    max_ulps=tol.param_ulps,
-                )
-            )
-    return Verdict("", tuple(reports), tuple(notes))
+
+    def compare_array(key: str, expected: np.ndarray, actual: np.ndarray) -> ArrayReport:
+        if key == "output":
+            axes = VARIANTS[case.variant].output_axes
+            rule = tol.forward_rule()
+            return compare(key, expected, actual, rule=rule, allowed_abs=allowance, view_shape=view, axes=axes)
+        return compare(key, expected, actual, rule=tol.param_rule(), max_ulps=tol.param_ulps)
+
+    observed = computed.params is not None
+    notes = () if observed else (UNOBSERVED_PARAMS,)
+    before = core_outcome(golden.output, golden.params if observed else None)
+    return judge_outcomes(before, core_outcome(computed.output, computed.params), compare_array, notes)
 
 
 def failure_message(

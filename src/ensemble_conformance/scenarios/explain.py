@@ -35,9 +35,9 @@ from ensemble_conformance.golden.compare import non_finite, ulp_distance
 from ensemble_conformance.golden.store import GoldenRecord
 from ensemble_conformance.golden.tolerances import CPU, ROUNDING_PARAM_ULPS, Numerics
 from ensemble_conformance.scenarios.cases import Case
-from ensemble_conformance.scenarios.check import check_case
-from ensemble_conformance.scenarios.oracles import OracleResult, forward_bound, run_oracles
-from ensemble_conformance.scenarios.program import Outcome, Params, Program, run_program
+from ensemble_conformance.scenarios.check import check_case, core_outcome
+from ensemble_conformance.scenarios.oracles import forward_bound, run_oracles
+from ensemble_conformance.scenarios.program import OracleResult, Outcome, Params, Program, run_program
 from ensemble_conformance.scenarios.runner import compute
 from ensemble_conformance.scenarios.variants import Computed, CoreFunction
 
@@ -123,6 +123,18 @@ def _prng_config(
     )
 
 
+def _semantics(oracles: Sequence[OracleResult]) -> Explanation | None:
+    """Cause 2: a golden-free check fails."""
+    failed = [r for r in oracles if not r.ok]
+    if not failed:
+        return None
+    return Explanation(
+        Cause.SEMANTICS,
+        f"golden-free checks fail: {', '.join(r.name for r in failed)}",
+        tuple(r.line() for r in failed),
+    )
+
+
 def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> tuple[bool, str]:
     if computed.output.shape != golden.output.shape or computed.output.dtype != golden.output.dtype:
         return False, "output shape or dtype changed"
@@ -162,21 +174,16 @@ def explain(
     numerics: Numerics = CPU,
 ) -> Explanation:
     """Classify why ``computed`` does not match ``golden`` (see the module docstring)."""
-    arrays = {"output": computed.output, **{f"param {k}": v for k, v in (computed.params or {}).items()}}
-    found = _non_finite(arrays) or _prng_config(
+    found = _non_finite(core_outcome(computed.output, computed.params).arrays) or _prng_config(
         env_now, env_golden, lambda: check_case(case, golden, compute(case, golden.inputs, impl, numerics), numerics).ok
     )
     if found is not None:
         return found
     if oracles is None:
         oracles = run_oracles(case, golden.inputs, impl, numerics)
-    failed = [r for r in oracles if not r.ok]
-    if failed:
-        return Explanation(
-            Cause.SEMANTICS,
-            f"golden-free checks fail: {', '.join(r.name for r in failed)}",
-            tuple(r.describe() for r in failed),
-        )
+    found = _semantics(oracles)
+    if found is not None:
+        return found
     rounding, detail = _rounding_only(case, golden, computed, numerics)
     if rounding:
         return Explanation(Cause.FLOAT_ROUNDING, f"only float rounding moved: {detail}, outside the golden tolerance")
@@ -198,15 +205,15 @@ def explain_scenario(
     *,
     env_now: dict[str, Any],
     env_golden: dict[str, Any],
-    oracle_failures: Sequence[str],
+    oracle_failures: Sequence[OracleResult],
     numerics: Numerics = CPU,
 ) -> Explanation:
     """Why a scenario's run no longer matches its golden, in the order of the module
     docstring: non-finite values, the golden's PRNG setting (the scenario re-run under it
     matches), a changed outcome (values <-> an error), a failing golden-free check, else
-    values that moved while every check holds. ``oracle_failures``: the lines ``<oracle>:
-    <why>`` of the program's oracles that fail on this run, as the judge found them
-    (plugin/judge.py: ``judge_oracles``), not judged a second time here."""
+    values that moved while every check holds. ``oracle_failures``: the program's oracles
+    that fail on this run, as the judge found them (plugin/judge.py: ``judge_oracles``), not
+    judged a second time here."""
     from ensemble_conformance.scenarios.lifecycle import judge
 
     found = _non_finite(now.arrays) or _prng_config(
@@ -216,11 +223,9 @@ def explain_scenario(
         return found
     if golden.kind != now.kind or golden.error != now.error:
         return Explanation(Cause.OUTCOME, f"the outcome changed: golden {golden.describe()}; now {now.describe()}")
-    failed = list(oracle_failures)
-    if failed:
-        return Explanation(
-            Cause.SEMANTICS, f"golden-free checks fail: {', '.join(f.split(':')[0] for f in failed)}", tuple(failed)
-        )
+    found = _semantics(oracle_failures)
+    if found is not None:
+        return found
     return Explanation(
         Cause.UNEXPLAINED,
         "values moved beyond their tolerance class while every golden-free check holds",

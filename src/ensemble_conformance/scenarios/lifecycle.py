@@ -21,7 +21,7 @@ from ensemble_conformance.golden.compare import WORST_SHOWN, ArrayReport, Worst,
 from ensemble_conformance.golden.environment import MODES
 from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, Numerics, lifecycle_class
 from ensemble_conformance.scenarios import checkpoint, construction, dropout, layers, training
-from ensemble_conformance.scenarios.program import Outcome, Program, Verdict
+from ensemble_conformance.scenarios.program import Outcome, Program, Verdict, judge_outcomes
 
 PROGRAMS: Mapping[str, Program] = {
     program.name: program
@@ -207,17 +207,6 @@ def compare_arrays(key: str, golden: np.ndarray, actual: np.ndarray, numerics: N
 
 
 def judge(golden: Outcome, now: Outcome, numerics: Numerics) -> Verdict:
-    """Compare outcomes: a flip between values and an error (either way), another error,
-    or the values array by array."""
-    if golden.kind != now.kind or golden.error != now.error:
-        return Verdict(f"outcome changed: golden: {golden.describe()}; now: {now.describe()}")
-    if now.kind != "values":
-        return Verdict("")
-    reports = [
-        compare_arrays(key, golden.arrays[key], now.arrays[key], numerics)
-        for key in sorted(set(golden.arrays) & set(now.arrays))
-    ]
-    for key in sorted(set(golden.arrays) ^ set(now.arrays)):
-        where = "golden only" if key in golden.arrays else "now only"
-        reports.append(ArrayReport(key, "present in both", (), problem=f"array present in {where}"))
-    return Verdict("", tuple(reports))
+    """A scenario's run against its golden: ``program.judge_outcomes`` with each array compared by
+    the tolerance class its key path names."""
+    return judge_outcomes(golden, now, lambda key, g, a: compare_arrays(key, g, a, numerics))

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +57,7 @@ from ensemble_conformance.scenarios import derivation
 from ensemble_conformance.scenarios.asserts import equal_rows
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.core import forward_broadcast_input
+from ensemble_conformance.scenarios.program import OracleResult
 from ensemble_conformance.scenarios.runner import compute
 from ensemble_conformance.scenarios.variants import (
     VARIANTS,
@@ -68,16 +68,6 @@ from ensemble_conformance.scenarios.variants import (
     host,
     magnitude,
 )
-
-
-@dataclass(frozen=True)
-class OracleResult:
-    name: str
-    ok: bool
-    detail: str = ""
-
-    def describe(self) -> str:
-        return f"{self.name}: {'holds' if self.ok else 'FAILS'}" + (f" ({self.detail})" if self.detail else "")
 
 
 def gamma(n: int, u: float) -> float:
@@ -336,11 +326,3 @@ def run_oracles(case: Case, inputs: Arrays, impl: CoreFunction | None, numerics:
     if impl is not None and VARIANTS[case.variant].accepts_core_impl:
         return impl_oracles(case, inputs, impl, numerics)
     return package_oracles(case, inputs, numerics)
-
-
-def oracle_message(case: Case, results: list[OracleResult]) -> str:
-    failed = [r for r in results if not r.ok]
-    lines = [f"ensemble-conformance: case {case.id}: {len(failed)} of {len(results)} golden-free checks fail"]
-    for r in results:
-        lines.append("  " + r.describe().replace("\n", "\n    "))
-    return "\n".join(lines)

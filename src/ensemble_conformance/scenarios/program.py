@@ -12,7 +12,7 @@ the suite. This module imports neither jax nor flax.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +25,27 @@ Params = Mapping[str, Any]
 
 class NotApplicable(Exception):
     """An oracle that has nothing to judge: the run does not give the arrays it needs."""
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """What one oracle says of one run, for every kind of case: it holds, it fails
+    (``detail`` says what does not hold), or it does not apply (``applies`` False: the run
+    lacks what it needs). A program's oracle raises (``check_oracles`` turns that into a
+    result); the core cases' oracles (oracles.py) and the seed checks return one."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    applies: bool = True
+
+    def describe(self) -> str:
+        state = "not applicable" if not self.applies else "holds" if self.ok else "FAILS"
+        return f"{self.name}: {state}" + (f" ({self.detail})" if self.detail else "")
+
+    def line(self) -> str:
+        """``<oracle>: <why>``: one line of a failure or of what did not apply."""
+        return f"{self.name}: {self.detail}" if self.detail else self.name
 
 
 class Unavailable(Exception):
@@ -86,7 +107,8 @@ class Verdict:
     """What a judge says of a run against its golden: a change of outcome (a scenario's
     values became an error, or another error), or per-array reports, and notes on what was
     not compared (a core case's parameters under ``--impl``). The scenario judge
-    (``lifecycle.judge``) and the core cases' comparison (``check.check_case``) both give one."""
+    (``lifecycle.judge``) and the core cases' comparison (``check.check_case``) both give one,
+    through ``judge_outcomes`` below."""
 
     change: str  # "" when the outcome kind and error are the golden's
     reports: tuple[ArrayReport, ...] = ()
@@ -113,6 +135,52 @@ class Verdict:
         out = [self.change] if self.change else []
         out.extend(r.describe() for r in self.failures)
         return out
+
+
+def check_oracles(program: Program, p: Params, skip: Collection[str] = ()) -> list[OracleResult]:
+    """Every oracle of ``program`` but those named in ``skip``, on the parameter set ``p``:
+    one result each (AssertionError: fails; NotApplicable: does not apply)."""
+    results = []
+    for oracle in program.oracles:
+        if oracle.__name__ in skip:
+            continue
+        try:
+            oracle(p)
+        except NotApplicable as err:
+            results.append(OracleResult(oracle.__name__, True, str(err), applies=False))
+        except AssertionError as err:
+            results.append(OracleResult(oracle.__name__, False, str(err)))
+        else:
+            results.append(OracleResult(oracle.__name__, True))
+    return results
+
+
+def oracle_message(case_id: str, results: Sequence[OracleResult]) -> str:
+    """The failure of a case's golden-free checks: how many fail, then every result."""
+    failed = [r for r in results if not r.ok]
+    lines = [f"ensemble-conformance: case {case_id}: {len(failed)} of {len(results)} golden-free checks fail"]
+    lines.extend("  " + r.describe().replace("\n", "\n    ") for r in results)
+    return "\n".join(lines)
+
+
+ArrayJudge = Callable[[str, np.ndarray, np.ndarray], ArrayReport]
+
+
+def judge_outcomes(golden: Outcome, now: Outcome, compare_array: ArrayJudge, notes: tuple[str, ...] = ()) -> Verdict:
+    """The one judge of a run against its golden, for every kind of case: the outcome first
+    (a flip between values and an error, either way, or another error), then every key both
+    hold by ``compare_array(key, golden, now)`` (the case's tolerance: a scenario's class per
+    key path, a core case's per-element allowance), and a key only one of them holds."""
+    if golden.kind != now.kind or golden.error != now.error:
+        return Verdict(f"outcome changed: golden: {golden.describe()}; now: {now.describe()}", notes=notes)
+    if now.kind != "values":
+        return Verdict("", notes=notes)
+    both = sorted(golden.arrays.keys() & now.arrays.keys())
+    reports = [compare_array(key, golden.arrays[key], now.arrays[key]) for key in both]
+    for key in sorted(golden.arrays.keys() ^ now.arrays.keys()):
+        where = "golden only" if key in golden.arrays else "now only"
+        reports.append(ArrayReport(key, "present in both", (), problem=f"array present in {where}"))
+    return Verdict("", tuple(reports), notes)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ensemble_conformance.scenarios import validation
 from ensemble_conformance.scenarios.core import vmap_over_ensemble
-from ensemble_conformance.scenarios.oracles import OracleResult
+from ensemble_conformance.scenarios.program import OracleResult
 from ensemble_conformance.scenarios.runner import load_impl
 from ensemble_conformance.scenarios.variants import CoreFunction
 

@@ -25,7 +25,7 @@ import pytest
 from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracles
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, ScenarioCase, expected
-from ensemble_conformance.scenarios.program import Outcome
+from ensemble_conformance.scenarios.program import Outcome, oracle_message
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
@@ -92,9 +92,6 @@ def test_scenario_oracles(
         pytest.skip(f"no values to judge: {now.describe()}")
     era = compat.expectation(case.program, str(ensemble_env.get("flax")))
     # a later era's semantics (the era says why) are not judged here
-    failures, _ = judge_oracles(PROGRAMS[case.program], case, skip=era.oracles_fail if era is not None else ())
-    if failures:
-        pytest.fail(
-            f"ensemble-conformance: scenario {case.id}: golden-free checks fail:\n  " + "\n  ".join(failures),
-            pytrace=False,
-        )
+    results = judge_oracles(PROGRAMS[case.program], case, skip=era.oracles_fail if era is not None else ())
+    if not all(r.ok for r in results):
+        pytest.fail(oracle_message(case.id, results), pytrace=False)

@@ -17,7 +17,7 @@ import pytest
 
 from ensemble_conformance.scenarios import seeds, validation
 from ensemble_conformance.scenarios.core import vmap_over_ensemble
-from ensemble_conformance.scenarios.oracles import OracleResult
+from ensemble_conformance.scenarios.program import OracleResult
 from ensemble_conformance.scenarios.variants import CoreFunction
 
 
