@@ -15,8 +15,8 @@ Public API (everything else is internal):
 The parts, each importing only those before it:
   golden/     the golden engine: store, compare, tolerances, environment, pins, known drift
   backends/   the platforms (CPU, CUDA, TPU) and emulated GPU/TPU numerics
-  scenarios/  the core function, its case grid and oracles; the lifecycle programs
-  tooling/    regeneration, reports, gate, bisection, modes, mutation, benchmark, sessions, cli
+  scenarios/  the core function, its case grid and oracles; the lifecycle programs; one judge
+  tooling/    reports, mutation kill rates, the gate's environments, the command (cli)
   plugin/     the pytest plugin (entry point): options, fixtures, a project's scenarios as tests
   suite/      the reference suite, packaged (conformance/ re-exports it)
 

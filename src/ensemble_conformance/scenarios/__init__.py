@@ -31,8 +31,13 @@ project's declaration, cost.py for censuses):
   report       one array's comparison: counts, largest errors, worst elements
                (``compare.ArrayReport``)
   verdict      what the judge says of a run against its golden (``program.Verdict``): a
-               change of outcome, the reports, notes on what was not compared
-  oracle       a golden-free check of a case: holds on any release, needs no golden
+               change of outcome, the reports, notes on what was not compared. One judge
+               gives it for every case (``program.judge_outcomes``), with the case's own
+               comparison per key (a scenario's tolerance class, a core case's allowance)
+  oracle       a golden-free check of a case: holds on any release, needs no golden. Its
+               answer is an ``program.OracleResult`` (holds, fails, not applicable) for
+               every case; a program's oracle raises AssertionError or NotApplicable
+               (``program.check_oracles``), the core's return their results (oracles.py)
   expectation  what a lifecycle scenario does on the reference pins in one transform mode
                (``lifecycle.Expectation``)
   era          what a scenario does from one flax release on, relative to the reference
