@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import ml_dtypes
 import numpy as np
 import pytest
@@ -11,9 +12,14 @@ import pytest
 from ensemble_conformance.golden.compare import compare, ulp_distance
 from ensemble_conformance.golden.store import GoldenStore
 from ensemble_conformance.golden.tolerances import CPU
-from ensemble_conformance.scenarios.cases import CASES_BY_ID
+from ensemble_conformance.scenarios import oracles, runner
+from ensemble_conformance.scenarios.cases import CASES_BY_ID, Case
 from ensemble_conformance.scenarios.check import check_case, failure_message
+from ensemble_conformance.scenarios.explain import jax_settings
+from ensemble_conformance.scenarios.program import oracle_message
+from ensemble_conformance.scenarios.runner import computed_of, core_run
 from ensemble_conformance.scenarios.variants import Computed
+from tests import mutants
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -140,3 +146,24 @@ def test_parameters_are_checked_and_a_moved_kernel_fails() -> None:
     del params["layer1.bias"]
     verdict = check_case(case, golden, Computed(golden.output, params), CPU)
     assert "params/layer1.bias" in [r.name for r in verdict.failures]
+
+
+def test_a_core_case_runs_once_per_process_and_its_oracles_judge_that_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    case = CASES_BY_ID["mlp_ensemble-s0-n8-d7-h16-f5"]
+    inputs = GoldenStore(GOLDEN).load(case).inputs
+    first = core_run(case, inputs)
+    assert first.error is None and sorted(first.outcome.arrays)[:2] == ["output", "params/layer1.bias"]
+    assert core_run(case, {k: v.copy() for k, v in inputs.items()}) is first  # equal inputs: the same run
+    assert core_run(case, {k: v + np.float32(1) for k, v in inputs.items()}) is not first
+    with jax_settings({"jax_threefry_partitionable": not jax.config.jax_threefry_partitionable}):
+        assert core_run(case, inputs) is not first  # under another PRNG setting: another run
+    computed: list[Case] = []  # every computation of a case, cached run or not
+    original = runner.compute
+    for module in (runner, oracles):
+        monkeypatch.setattr(module, "compute", lambda case, *args: computed.append(case) or original(case, *args))
+    results = oracles.run_oracles(case, inputs, None, CPU)
+    assert all(r.ok for r in results), oracle_message(case.id, results)
+    assert computed == [case]  # the oracles read the cached run; only "repeatable" reruns it
+    ensemble = CASES_BY_ID["ensemble-s0-n8-d7-f5"]
+    under_impl = core_run(ensemble, GoldenStore(GOLDEN).load(ensemble).inputs, mutants.members_reversed)
+    assert computed[1:] == [ensemble] and computed_of(under_impl).params is None  # --impl: another run

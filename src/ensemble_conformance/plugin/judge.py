@@ -254,7 +254,7 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
     moved (explain.py): a PRNG setting, float rounding, or broken semantics."""
     from ensemble_conformance.scenarios.check import check_case, failure_message
     from ensemble_conformance.scenarios.explain import explain
-    from ensemble_conformance.scenarios.runner import compute, impl_failure
+    from ensemble_conformance.scenarios.runner import computed_of, core_run, impl_failure
 
     session = ConformanceSession.of(config)
     store, impl, env, numerics = session.store, session.impl, session.env, session.numerics
@@ -267,7 +267,7 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
         record_property("golden_problem", problem.splitlines()[0])
         pytest.fail(problem, pytrace=False)
     try:
-        computed = compute(case, golden.inputs, impl, numerics)
+        computed = computed_of(core_run(case, golden.inputs, impl, numerics))
     except Exception as err:
         if impl is None:
             raise  # the package's own implementation: its traceback is the report

@@ -14,12 +14,13 @@ project's declaration, cost.py for censuses):
   variant      one way to write the core function (``variants.Variant``): ``ensemble``,
                ``mlp_ensemble``, ...; ``--impl`` replaces it by the code under test
   case         one program or variant with one parameter set, with a stable id. Two records
-               today: ``cases.Case`` (the core function's 146) and
+               today, read alike (``program``, ``p``, ``id``): ``cases.Case`` (the core
+               function's 146, whose fields are their golden files' metadata) and
                ``lifecycle.ScenarioCase`` (a scenario's, a project's step's); docs/layout.md
-               says why and what a merge must carry over
-  run          one execution of a case: ``runs.Run`` for a scenario (made once per process,
-               ``runs.run_once``), ``variants.Computed`` for a core case (output and
-               parameters, computed on the golden's stored inputs)
+               says what a merge into one record must carry over
+  run          one execution of a case, made once per process (``runs.run_once``) and read by
+               every check of it (``runs.Run``): a scenario's ``run(p)``, or a core case's
+               ``runner.CoreRun`` on the inputs stored in its golden (``runner.core_run``)
   outcome      what a scenario's run gave: values, a raised error, or an API the release
                lacks (``program.Outcome``)
   golden       a case's stored outcome, made on the reference pins (golden/store.py); a core

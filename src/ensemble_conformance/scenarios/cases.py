@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 SEEDS: tuple[float, ...] = (0.0, 2.5, float(2**31 - 1))  # 2.5 is cast to 2, as the spec says
 NUM_MODELS: tuple[int, ...] = (1, 2, 8, 64)
@@ -20,7 +21,10 @@ MLP_HIDDEN = 16
 
 @dataclass(frozen=True)
 class Case:
-    """One run of one variant. ``seed`` is the float handed to the function under test."""
+    """One run of one variant. ``seed`` is the float handed to the function under test.
+
+    It reads as a scenario case does (``lifecycle.ScenarioCase``): ``program`` (the variant)
+    with the parameter set ``p``; its fields are what its golden file's metadata records."""
 
     variant: str
     seed: float
@@ -28,6 +32,19 @@ class Case:
     d_in: int
     features: int
     hidden: int = 0  # mlp_ensemble only
+
+    @property
+    def program(self) -> str:
+        return self.variant
+
+    @property
+    def params(self) -> tuple[tuple[str, Any], ...]:
+        """The parameter set as sorted (key, value) pairs, as a scenario case holds it."""
+        return tuple(sorted((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "variant"))
+
+    @property
+    def p(self) -> dict[str, Any]:
+        return dict(self.params)
 
     @property
     def seed_int(self) -> int:

@@ -58,7 +58,7 @@ from ensemble_conformance.scenarios.asserts import equal_rows
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.core import forward_broadcast_input
 from ensemble_conformance.scenarios.program import OracleResult
-from ensemble_conformance.scenarios.runner import compute
+from ensemble_conformance.scenarios.runner import compute, computed_of, core_run
 from ensemble_conformance.scenarios.variants import (
     VARIANTS,
     Arrays,
@@ -176,7 +176,7 @@ def _member_loop(variant: Variant, model: nnx.Module, inputs: Arrays, n: int) ->
 def package_oracles(case: Case, inputs: Arrays, numerics: Numerics = CPU) -> list[OracleResult]:
     """Every oracle for the package's own implementation of a case."""
     variant = VARIANTS[case.variant]
-    computed = compute(case, inputs)
+    computed = computed_of(core_run(case, inputs))  # the golden test's run, where it ran in this process
     assert computed.params is not None
     params, output = computed.params, computed.output
     derived = variant.derive(case)
@@ -292,7 +292,7 @@ def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, numerics: Numer
     variant = VARIANTS[case.variant]
     x = inputs["x"]
     try:
-        output = call_core(impl, case.seed, x, case)
+        output = computed_of(core_run(case, inputs, impl)).output  # the golden test's run, where it ran
     except Exception as err:
         return [OracleResult("runs", False, f"raised {type(err).__name__}: {err}")]
     derived = variant.derive(case)

@@ -1,4 +1,12 @@
-"""Run a case: make its inputs, call the implementation, collect output and parameters."""
+"""Run a case: make its inputs, call the implementation, collect output and parameters.
+
+A core case is run as a scenario's program is (program.py): ``CoreRun`` is the variant's
+``run(p)``, a frozen record of what the run depends on besides the parameters (the function
+under test, ``--impl`` or the package's own, and emulated numerics), and the case's
+parameters carry the inputs stored in its golden (``StoredInputs``, compared by content).
+``core_run`` gives this process's one run of it from the run cache (runs.py), which the golden
+test and the oracles share; ``compute`` recomputes (a drift explanation's rerun under other
+settings, a regeneration, the "repeatable" oracle's second run)."""
 
 from __future__ import annotations
 
@@ -7,9 +15,13 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -17,6 +29,7 @@ from ensemble_conformance.backends import emulation
 from ensemble_conformance.golden.tolerances import CPU, Numerics
 from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.core import vmap_over_ensemble
+from ensemble_conformance.scenarios.runs import Run, run_once
 from ensemble_conformance.scenarios.variants import (
     VARIANTS,
     Arrays,
@@ -32,6 +45,61 @@ def make_inputs(case: Case) -> Arrays:
     checks always use the inputs stored in the golden file)."""
     seed = int.from_bytes(hashlib.sha256(case.id.encode()).digest()[:8], "little")
     return VARIANTS[case.variant].make_inputs(case, np.random.default_rng(seed))
+
+
+# The jax settings a core run depends on beyond its parameters: a run under others is another run.
+KEYED_SETTINGS = ("jax_threefry_partitionable", "jax_default_prng_impl", "jax_default_matmul_precision")
+
+
+@dataclass(frozen=True)
+class StoredInputs:
+    """A core case's inputs as a parameter of its run: equal when their contents are."""
+
+    digest: str
+    arrays: Mapping[str, np.ndarray] = field(compare=False, hash=False, repr=False)
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, np.ndarray]) -> StoredInputs:
+        digest = hashlib.sha256()
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            digest.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+            digest.update(a.tobytes())
+        return cls(digest.hexdigest(), dict(arrays))
+
+
+@dataclass(frozen=True)
+class CoreRun:
+    """A core variant's program: ``run(p)`` runs the case ``p`` names on ``p["inputs"]``.
+    ``impl`` (--impl) replaces the package's function, whose parameters are then not
+    observable; ``emulated``: that backend's dots emulated on CPU; ``settings``: the jax
+    settings it is made under (``KEYED_SETTINGS``)."""
+
+    variant: str
+    impl: CoreFunction | None = None
+    emulated: Numerics | None = None
+    settings: tuple[Any, ...] = ()
+
+    def __call__(self, p: Mapping[str, Any]) -> dict[str, Any]:
+        case = Case(self.variant, **{k: v for k, v in p.items() if k != "inputs"})
+        computed = compute(case, p["inputs"].arrays, self.impl, self.emulated or CPU)
+        return {"output": computed.output, **({"params": computed.params} if computed.params is not None else {})}
+
+
+def core_run(case: Case, inputs: Arrays, impl: CoreFunction | None = None, numerics: Numerics = CPU) -> Run:
+    """This process's one run of a core case on ``inputs`` (the run cache, runs.py)."""
+    settings = tuple(getattr(jax.config, name) for name in KEYED_SETTINGS)
+    run = CoreRun(case.variant, impl, numerics if numerics.emulated else None, settings)
+    return run_once(run, {**case.p, "inputs": StoredInputs.of(inputs)})
+
+
+def computed_of(run: Run) -> Computed:
+    """A core run's output and parameters (None under --impl); the run's own error where it raised."""
+    if run.error is not None:
+        raise run.error
+    arrays = run.outcome.arrays
+    params = {k.removeprefix("params/"): v for k, v in arrays.items() if k.startswith("params/")}
+    return Computed(output=arrays["output"], params=params or None)
 
 
 def compute(case: Case, inputs: Arrays, impl: CoreFunction | None = None, numerics: Numerics = CPU) -> Computed:

@@ -34,7 +34,6 @@ import argparse
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -147,6 +146,7 @@ class MutantResult:
 
 
 def _oracle_names(output: str) -> list[str]:
+    """The oracles a failure message says FAIL (program.oracle_message, one line each)."""
     names = {
         line.split(":", 1)[0].strip()
         for line in output.splitlines()
@@ -222,9 +222,6 @@ def lifecycle_runs(spec: str, k_expr: str | None, workers: str, empty: str) -> t
     return _checked(full, spec), _checked(alone, f"{spec} (oracles alone)")
 
 
-_ORACLE_LINE = re.compile(r"^\s{2}(\w+): ")
-
-
 def scenario_checks(run: SuiteRun) -> list[str]:
     """The golden-free checks that failed in a lifecycle run: each oracle named in a failed
     test_scenario_oracles message, and ``expected_outcome`` where a recipe's outcome (values
@@ -234,9 +231,7 @@ def scenario_checks(run: SuiteRun) -> list[str]:
         if test.startswith("test_scenario_expected_outcome["):
             names.add(EXPECTED_OUTCOME)
         elif test.startswith("test_scenario_oracles["):
-            text = run.messages.get(test, "")
-            body = text.split("golden-free checks fail:", 1)[-1]
-            names.update(m.group(1) for line in body.splitlines() if (m := _ORACLE_LINE.match(line)))
+            names.update(_oracle_names(run.messages.get(test, "")))
     return sorted(names)
 
 
