@@ -9,13 +9,14 @@ project file, a regeneration) comes from the run's session (session.py).
   each case runs once per process (``case_run``, scenarios/runs.py);
 - core cases (``vmap_over_ensemble``, or ``--impl``): ``judge_core_case`` (inputs from the
   golden, the per-element k·u·M allowance, scenarios/check.py) and ``judge_core_oracles``.
-  docs/layout.md says why these are not yet scenario cases.
+  docs/layout.md says what they share with scenario cases and what not yet;
+- every case's golden-free checks end in ``judge_oracle_results``: one failure message.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +182,20 @@ def judge_oracles(program: Program, case: ScenarioCase, skip: Collection[str] = 
     return check_oracles(program, case.p, skip)
 
 
+def judge_oracle_results(case_id: str, results: Sequence[OracleResult], record_property: RecordProperty) -> None:
+    """The verdict of a case's golden-free checks, for every kind of case: records the
+    oracles that fail and those that do not apply (for --report-json), then fails with every
+    result (``program.oracle_message``) when one fails."""
+    from ensemble_conformance.scenarios.program import oracle_message
+
+    record_property("failed_oracles", ",".join(r.name for r in results if not r.ok))
+    not_applicable = [r.line() for r in results if not r.applies]
+    if not_applicable:
+        record_property("not_applicable", not_applicable)
+    if not all(r.ok for r in results):
+        pytest.fail(oracle_message(case_id, results), pytrace=False)
+
+
 def census_path(store: GoldenStore, case_id: str) -> Path:
     """Where a case's cost census golden lives: ``<golden dir>/cost/<case id>.json``."""
     return store.directory / "cost" / f"{case_id}.json"
@@ -308,7 +323,6 @@ def judge_core_oracles(config: pytest.Config, case: Case, record_property: Recor
     """The golden-free checks of a core case (oracles.py), on the golden's stored inputs when
     it loads (the golden test reports a bad one), otherwise fresh inputs made the same way."""
     from ensemble_conformance.scenarios.oracles import run_oracles
-    from ensemble_conformance.scenarios.program import oracle_message
     from ensemble_conformance.scenarios.runner import make_inputs
 
     session = ConformanceSession.of(config)
@@ -316,7 +330,4 @@ def judge_core_oracles(config: pytest.Config, case: Case, record_property: Recor
         inputs = session.store.load(case).inputs
     except GoldenError:
         inputs = make_inputs(case)
-    results = run_oracles(case, inputs, session.impl, session.numerics)
-    record_property("failed_oracles", ",".join(r.name for r in results if not r.ok))
-    if not all(r.ok for r in results):
-        pytest.fail(oracle_message(case.id, results), pytrace=False)
+    judge_oracle_results(case.id, run_oracles(case, inputs, session.impl, session.numerics), record_property)

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracles
+from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracle_results, judge_oracles
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, ScenarioCase, expected
-from ensemble_conformance.scenarios.program import Outcome, oracle_message
+from ensemble_conformance.scenarios.program import Outcome
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
@@ -86,6 +86,7 @@ def test_scenario_oracles(
     case: ScenarioCase,
     ensemble_env: dict[str, Any],
     outcome_of: Callable[[ScenarioCase], tuple[Outcome, tuple[str, ...]]],
+    record_property: Callable[[str, object], None],
 ) -> None:
     now = outcome_of(case)[0]
     if now.kind != "values":
@@ -93,5 +94,4 @@ def test_scenario_oracles(
     era = compat.expectation(case.program, str(ensemble_env.get("flax")))
     # a later era's semantics (the era says why) are not judged here
     results = judge_oracles(PROGRAMS[case.program], case, skip=era.oracles_fail if era is not None else ())
-    if not all(r.ok for r in results):
-        pytest.fail(oracle_message(case.id, results), pytrace=False)
+    judge_oracle_results(case.id, results, record_property)
