@@ -49,6 +49,7 @@ def test_oracles_alone_catch_with_no_golden_file(suite: Suite, mutant: str, tmp_
     assert run.returncode == 1, run.output[-2000:]
     assert run.cases_with("failed")
     assert "golden-free checks fail" in run.output
+    assert run.failed_oracles(), run.output[-2000:]  # what the kill table's oracle column reads
 
 
 @pytest.mark.parametrize("variant", HARMLESS)

@@ -55,6 +55,25 @@ def test_suite_fails_on_each_pitfall_of_the_seed(suite: Suite, mutant: str) -> N
 
 
 @pytest.mark.integration
+def test_the_failed_oracles_a_run_records_are_the_ones_its_messages_name(suite: Suite, tmp_path: Path) -> None:
+    """The kill-rate tooling reads which oracles caught a mutant from each test's
+    ``failed_oracles`` property in the junit XML, through pytest-xdist workers too."""
+    run = suite(
+        "-n", "2", "-k", SEED0_FILTER, "-m", "oracle", "--golden-dir", str(tmp_path), "--impl",
+        "tests/mutants.py:no_split_rngs",
+    )  # fmt: skip
+    assert run.returncode == 1, run.output[-3000:]
+    failed = run.ids_with("failed")
+    assert failed
+    for test in failed:
+        named = run.failed_oracles([test])
+        assert named, run.properties.get(test)
+        assert all(f"{name}: FAILS" in run.messages[test] for name in named), (named, run.messages[test])
+    assert run.failed_oracles() == sorted({n for t in failed for n in run.failed_oracles([t])})
+    assert not any(run.failed_oracles([t]) for t in run.ids_with("passed"))
+
+
+@pytest.mark.integration
 def test_the_package_function_passed_through_impl_passes(suite: Suite, tmp_path: Path) -> None:
     out = tmp_path / "result.json"
     run = suite(

@@ -5,7 +5,8 @@ project file, a regeneration) comes from the run's session (session.py).
 
 - scenario cases (the suite's lifecycle recipes, a project's ensemble steps, an
   ``ensemble_golden`` check): ``judge_against_golden`` (per-key tolerance classes, eras of
-  other releases, accepted outcomes, --regen staging), ``judge_oracles``, ``judge_census``;
+  other releases, accepted outcomes, --regen staging) and ``judge_census``; their oracles
+  are ``program.check_oracles``;
   each case runs once per process (``case_run``, scenarios/runs.py);
 - core cases (``vmap_over_ensemble``, or ``--impl``): ``judge_core_case`` (inputs from the
   golden, the per-element k·u·M allowance, scenarios/check.py) and ``judge_core_oracles``.
@@ -16,7 +17,7 @@ project file, a regeneration) comes from the run's session (session.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,7 @@ def _judge_against_golden(
     from ensemble_conformance.scenarios import compat
     from ensemble_conformance.scenarios.explain import explain_scenario
     from ensemble_conformance.scenarios.lifecycle import ScenarioRecord, judge
+    from ensemble_conformance.scenarios.program import check_oracles
 
     session = ConformanceSession.of(config)
     store, numerics, env = session.store, session.numerics, session.env
@@ -140,7 +142,7 @@ def _judge_against_golden(
     if accepted is not None:
         where = session.project_file.path
         lines.append(f"  {where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
-    ran = judge_oracles(program, case) if program is not None and now.kind == "values" else []
+    ran = check_oracles(program, case.p) if program is not None and now.kind == "values" else []
     failing = [r for r in ran if not r.ok]
     if failing:
         # the program is wrong by its own oracles: that, not rounding, is the first guess
@@ -174,18 +176,11 @@ def case_run(program: Program, case: ScenarioCase, future: bool = False) -> tupl
     return run.outcome, run.warnings
 
 
-def judge_oracles(program: Program, case: ScenarioCase, skip: Collection[str] = ()) -> list[OracleResult]:
-    """Every oracle of the case's program but those named in ``skip``, one result each
-    (program.check_oracles). The oracles judge this process's one run of the case (runs.py)."""
-    from ensemble_conformance.scenarios.program import check_oracles
-
-    return check_oracles(program, case.p, skip)
-
-
-def judge_oracle_results(case_id: str, results: Sequence[OracleResult], record_property: RecordProperty) -> None:
+def judge_oracle_results(case_id: str, results: Sequence[OracleResult], record_property: RecordProperty) -> list[str]:
     """The verdict of a case's golden-free checks, for every kind of case: records the
     oracles that fail and those that do not apply (for --report-json), then fails with every
-    result (``program.oracle_message``) when one fails."""
+    result (``program.oracle_message``) when one fails. Returns the lines of the oracles
+    that do not apply (a caller may skip a case none applies to)."""
     from ensemble_conformance.scenarios.program import oracle_message
 
     record_property("failed_oracles", ",".join(r.name for r in results if not r.ok))
@@ -194,6 +189,7 @@ def judge_oracle_results(case_id: str, results: Sequence[OracleResult], record_p
         record_property("not_applicable", not_applicable)
     if not all(r.ok for r in results):
         pytest.fail(oracle_message(case_id, results), pytrace=False)
+    return not_applicable
 
 
 def census_path(store: GoldenStore, case_id: str) -> Path:

@@ -36,7 +36,6 @@ from ensemble_conformance.plugin.judge import (
     judge_against_golden,
     judge_census,
     judge_oracle_results,
-    judge_oracles,
 )
 from ensemble_conformance.plugin.session import ConformanceSession
 
@@ -112,10 +111,11 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             now, _ = run(case, pytestconfig)
             if now.kind != "values":
                 pytest.skip(f"ensemble-conformance: {case.id}: no values to judge, the step {now.describe()}")
+            from ensemble_conformance.scenarios.program import check_oracles
+
             with overriding(ConformanceSession.of(pytestconfig).project_file.overrides):
-                results = judge_oracles(program, case)
-            judge_oracle_results(case.id, results, record_property)
-            not_applicable = [r.line() for r in results if not r.applies]
+                results = check_oracles(program, case.p)
+            not_applicable = judge_oracle_results(case.id, results, record_property)
             if len(not_applicable) == len(program.oracles):
                 pytest.skip("no oracle applies: " + "; ".join(not_applicable))
 

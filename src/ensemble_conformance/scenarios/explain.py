@@ -212,7 +212,7 @@ def explain_scenario(
     docstring: non-finite values, the golden's PRNG setting (the scenario re-run under it
     matches), a changed outcome (values <-> an error), a failing golden-free check, else
     values that moved while every check holds. ``oracle_failures``: the program's oracles
-    that fail on this run, as the judge found them (plugin/judge.py: ``judge_oracles``), not
+    that fail on this run, as the judge found them (``program.check_oracles``), not
     judged a second time here."""
     from ensemble_conformance.scenarios.lifecycle import judge
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracle_results, judge_oracles
+from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracle_results
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, ScenarioCase, expected
-from ensemble_conformance.scenarios.program import Outcome
+from ensemble_conformance.scenarios.program import Outcome, check_oracles
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
@@ -93,5 +93,5 @@ def test_scenario_oracles(
         pytest.skip(f"no values to judge: {now.describe()}")
     era = compat.expectation(case.program, str(ensemble_env.get("flax")))
     # a later era's semantics (the era says why) are not judged here
-    results = judge_oracles(PROGRAMS[case.program], case, skip=era.oracles_fail if era is not None else ())
+    results = check_oracles(PROGRAMS[case.program], case.p, skip=era.oracles_fail if era is not None else ())
     judge_oracle_results(case.id, results, record_property)

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -60,6 +60,7 @@ class SuiteRun:
     outcomes: dict[str, str]  # test id ("test_oracles[case]") -> passed | failed | skipped
     seconds: float = 0.0
     messages: dict[str, str] = field(default_factory=dict)  # test id -> its failure's text
+    properties: dict[str, dict[str, str]] = field(default_factory=dict)  # test id -> its record_property values
 
     def ids_with(self, outcome: str) -> set[str]:
         return {test for test, o in self.outcomes.items() if o == outcome}
@@ -70,6 +71,14 @@ class SuiteRun:
     def cases(self) -> set[str]:
         """Every case id that ran, whatever its outcome."""
         return {test.split("[", 1)[1].rstrip("]") for test in self.outcomes if "[" in test}
+
+    def failed_oracles(self, tests: Iterable[str] | None = None) -> list[str]:
+        """The oracles that failed in ``tests`` (default: every test), as each test's
+        ``failed_oracles`` property records them (plugin/judge.judge_oracle_results)."""
+        names: set[str] = set()
+        for test in self.outcomes if tests is None else tests:
+            names.update(filter(None, self.properties.get(test, {}).get("failed_oracles", "").split(",")))
+        return sorted(names)
 
 
 def run_suite(
@@ -93,9 +102,11 @@ def run_suite(
         seconds = time.perf_counter() - start
         outcomes: dict[str, str] = {}
         messages: dict[str, str] = {}
+        properties: dict[str, dict[str, str]] = {}
         if junit.exists():
             for testcase in ET.parse(junit).getroot().iter("testcase"):
                 name = testcase.get("name", "")
+                properties[name] = {prop.get("name", ""): prop.get("value", "") for prop in testcase.iter("property")}
                 problem = testcase.find("failure")
                 if problem is None:
                     problem = testcase.find("error")
@@ -106,7 +117,7 @@ def run_suite(
                     outcomes[name] = "skipped"
                 else:
                     outcomes[name] = "passed"
-    return SuiteRun(proc.returncode, proc.stdout + proc.stderr, outcomes, seconds, messages)
+    return SuiteRun(proc.returncode, proc.stdout + proc.stderr, outcomes, seconds, messages, properties)
 
 
 @dataclass
@@ -145,16 +156,6 @@ class MutantResult:
         return self.failed_oracles_only > 0
 
 
-def _oracle_names(output: str) -> list[str]:
-    """The oracles a failure message says FAIL (program.oracle_message, one line each)."""
-    names = {
-        line.split(":", 1)[0].strip()
-        for line in output.splitlines()
-        if line.rstrip().endswith("FAILS") or ": FAILS (" in line
-    }
-    return sorted(n for n in names if n and " " not in n)
-
-
 def load_module(path: Path) -> ModuleType:
     """The mutants file as a module (its functions' docstrings name what they break)."""
     spec = importlib.util.spec_from_file_location("_mutants", path)
@@ -188,7 +189,7 @@ def measure(path: Path, mod: ModuleType, names: Sequence[str], k_expr: str, work
             alone = _checked(
                 run_suite("-n", workers, "-k", k_expr, "-m", "oracle", "--golden-dir", empty, "--impl", impl), impl
             )
-            result = MutantResult.from_runs(name, _doc(mod, name), full, alone, _oracle_names(alone.output))
+            result = MutantResult.from_runs(name, _doc(mod, name), full, alone, alone.failed_oracles())
             _progress(result)
             results.append(result)
     return results
@@ -223,15 +224,13 @@ def lifecycle_runs(spec: str, k_expr: str | None, workers: str, empty: str) -> t
 
 
 def scenario_checks(run: SuiteRun) -> list[str]:
-    """The golden-free checks that failed in a lifecycle run: each oracle named in a failed
-    test_scenario_oracles message, and ``expected_outcome`` where a recipe's outcome (values
+    """The golden-free checks that failed in a lifecycle run: each oracle a failed
+    test_scenario_oracles recorded as failing, and ``expected_outcome`` where a recipe's outcome (values
     or the error it raises) is not the one expected on the reference pins."""
-    names: set[str] = set()
-    for test in run.ids_with("failed"):
-        if test.startswith("test_scenario_expected_outcome["):
-            names.add(EXPECTED_OUTCOME)
-        elif test.startswith("test_scenario_oracles["):
-            names.update(_oracle_names(run.messages.get(test, "")))
+    failed = run.ids_with("failed")
+    names = set(run.failed_oracles(t for t in failed if t.startswith("test_scenario_oracles[")))
+    if any(t.startswith("test_scenario_expected_outcome[") for t in failed):
+        names.add(EXPECTED_OUTCOME)
     return sorted(names)
 
 
