@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from tools import regen
 
@@ -100,3 +101,28 @@ def test_legacy_epoch_refuses_the_partitionable_reference(tmp_path: Path, capsys
     assert "jax_threefry_partitionable: True, the reference is False" in out
     assert "nox -s regen_legacy" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_one_rule_says_why_a_scenario_golden_is_written() -> None:
+    """``lifecycle.regeneration_state``, the rule of both a project's --regen and this command:
+    kept within tolerance, else new, damaged, moved (the judge's lines) or rewritten as asked."""
+    from ensemble_conformance.golden.store import GoldenIntegrityError
+    from ensemble_conformance.golden.tolerances import Numerics
+    from ensemble_conformance.scenarios.lifecycle import regeneration_state
+    from ensemble_conformance.scenarios.program import Outcome
+
+    numerics = Numerics("cpu", "default")
+    golden = Outcome("values", arrays={"params/w": np.arange(4, dtype=np.float32)})
+    moved = Outcome("values", arrays={"params/w": np.arange(4, dtype=np.float32) + 1})
+    raises = Outcome("raises", error="ValueError: broken")
+    assert regeneration_state(golden, None, golden, numerics, rewrite_all=False) is None
+    rewritten = regeneration_state(golden, None, golden, numerics, rewrite_all=True)
+    assert rewritten == "within tolerance, rewritten as asked"
+    assert regeneration_state(None, None, golden, numerics, rewrite_all=False) == "new"
+    damaged = GoldenIntegrityError("x.npz: checksum differs\nmore")
+    replacing = regeneration_state(None, damaged, golden, numerics, rewrite_all=False)
+    assert replacing == "replacing damaged file (x.npz: checksum differs)"
+    state = regeneration_state(golden, None, moved, numerics, rewrite_all=False)
+    assert state is not None and "params/w" in state
+    state = regeneration_state(golden, None, raises, numerics, rewrite_all=False)
+    assert state is not None and state.endswith("RECORDS AN ERROR: raises ValueError: broken")

@@ -276,7 +276,7 @@ def _regenerate_scenarios(
     with --check, return how many goldens do not reproduce bit for bit."""
     if not scenarios:
         return 0
-    from ensemble_conformance.scenarios.lifecycle import PROGRAMS, ScenarioRecord, golden_outcome, judge
+    from ensemble_conformance.scenarios.lifecycle import PROGRAMS, ScenarioRecord, golden_outcome, regeneration_state
     from ensemble_conformance.scenarios.program import run_program
 
     rewrite_all = args.all or bool(args.ids) or args.check
@@ -284,8 +284,7 @@ def _regenerate_scenarios(
     kept = differ = 0
     for case in scenarios:
         now = run_program(PROGRAMS[case.program], case.p)
-        state = f"new ({now.describe()})"
-        golden = None
+        golden, damaged = None, None
         try:
             arrays, meta = store.load_arrays(case)
             golden = golden_outcome(arrays, meta, str(store.path_for(case.id)))
@@ -294,13 +293,11 @@ def _regenerate_scenarios(
         except GoldenFormatError:
             raise  # a newer tool's file: never overwritten
         except (GoldenError, ValueError) as err:
-            state = f"replacing damaged file ({str(err).splitlines()[0]})"
-        if golden is not None:
-            verdict = judge(golden, now, numerics)
-            if verdict.ok and not rewrite_all:
-                kept += 1
-                continue
-            state = "; ".join(verdict.lines()) or "within tolerance"
+            damaged = err
+        state = regeneration_state(golden, damaged, now, numerics, rewrite_all)
+        if state is None:
+            kept += 1
+            continue
         differ += _stage(args, store, txn, env, ScenarioRecord(case, now), state, golden is None)[0]
     if not args.check:
         print(f"{len(scenarios)} scenario(s): {kept} kept (within tolerance)")

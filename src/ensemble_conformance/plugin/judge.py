@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenStore
+from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenMissingError, GoldenStore
 from ensemble_conformance.golden.tolerances import overriding
 from ensemble_conformance.plugin.session import ConformanceSession, fail_drift
 
@@ -80,7 +80,7 @@ def _judge_against_golden(
     from ensemble_conformance.golden.pins import REFERENCE
     from ensemble_conformance.scenarios import compat
     from ensemble_conformance.scenarios.explain import explain_scenario
-    from ensemble_conformance.scenarios.lifecycle import ScenarioRecord, judge
+    from ensemble_conformance.scenarios.lifecycle import ScenarioRecord, judge, regeneration_state
     from ensemble_conformance.scenarios.program import check_oracles
 
     session = ConformanceSession.of(config)
@@ -91,16 +91,11 @@ def _judge_against_golden(
     if regen is not None:
         if golden is None and isinstance(problem, GoldenFormatError):
             _fail([f"ensemble-conformance: not regenerated: {problem}"])  # a newer tool's file stays
-        if golden is None:
-            state = "new" if not store.path_for(case.id).exists() else f"replacing ({str(problem).splitlines()[0]})"
-        else:
-            verdict = judge(golden, now, numerics)
-            if verdict.ok and regen.mode != "all":
-                record_property("regenerated", "kept")
-                return
-            state = "; ".join(verdict.lines()) or "unchanged (--regen-all)"
-        if now.kind != "values":  # a golden of an error: its oracles will never judge a value
-            state += f" — RECORDS AN ERROR: {now.describe()}"
+        damaged = None if isinstance(problem, GoldenMissingError) else problem
+        state = regeneration_state(golden, damaged, now, numerics, rewrite_all=regen.mode == "all")
+        if state is None:
+            record_property("regenerated", "kept")
+            return
         record_property("regenerated", state)
         regen.stage(ScenarioRecord(case, now), state)
         return
