@@ -173,7 +173,7 @@ def mutation(session: nox.Session) -> None:
     if args and args[0] in runs:
         which, args = [args[0]], args[1:]
     for name in which:
-        session.run("python", "-m", "ensemble_conformance.tooling.mutation", *runs[name], *args, env=CPU_ENV)
+        session.run("python", "-m", "tools.mutation", *runs[name], *args, env=CPU_ENV)
 
 
 @nox.session(python=sessions.LEGACY["python"], default=False)

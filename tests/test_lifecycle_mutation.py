@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tools.mutation import lifecycle_selection, main, scenario_checks
 
-from ensemble_conformance.tooling.mutation import SuiteRun, lifecycle_selection, main, scenario_checks
+from ensemble_conformance.tooling.mutation import SuiteRun
 
 pytest.importorskip("optax")
 pytest.importorskip("orbax.checkpoint")
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.slow
 Suite = Callable[..., SuiteRun]
 MUTANTS_FILE = "src/ensemble_conformance/tooling/lifecycle_mutants.py"
 
-# Measured with `python -m ensemble_conformance.tooling.mutation
+# Measured with `python -m tools.mutation
 # src/ensemble_conformance/tooling/lifecycle_mutants.py --patch`
 # on the reference pins: the programs where a golden-free check catches each mutant with no
 # golden file. Every mutant is caught so (13/13), among them the three once caught by the
@@ -149,7 +150,7 @@ def test_harmless_variant_passes_every_lifecycle_check(suite: Suite, variant: st
 
 
 def test_the_command_measures_a_mutant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``python -m ensemble_conformance.tooling.mutation FILE --patch``: the kill table and its JSON."""
+    """``python -m tools.mutation FILE --patch``: the kill table and its JSON."""
     monkeypatch.chdir(Path(__file__).resolve().parent.parent)
     out = tmp_path / "lifecycle-mutation.json"
     args = [MUTANTS_FILE, "--patch", "--mutants", "jit_draws_from_rngs", "--harmless", ""]

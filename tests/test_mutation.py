@@ -8,9 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tools.mutation import CORE_CASES
 
 from ensemble_conformance.scenarios.cases import CASES
-from ensemble_conformance.tooling.mutation import CORE_CASES, SuiteRun
+from ensemble_conformance.tooling.mutation import SuiteRun
 from tests.mutants import HARMLESS, MUTANTS
 
 pytestmark = pytest.mark.slow

@@ -48,7 +48,7 @@ LIFECYCLE_HARMLESS = (
     "random_split_is_fold_in",
 )
 
-# Measured on the reference pins (python -m ensemble_conformance.tooling.mutation
+# Measured on the reference pins (python -m tools.mutation
 # src/ensemble_conformance/tooling/lifecycle_mutants.py --patch):
 # the programs with a case that fails under each mutant, with goldens.
 PROGRAMS_HIT: dict[str, tuple[str, ...]] = {
