@@ -213,8 +213,8 @@ def scenario_margin(spec: str, golden_dir: str = "golden") -> dict[str, object]:
 
     from ensemble_conformance.golden.compare import ulp_distance
     from ensemble_conformance.golden.store import GoldenStore
-    from ensemble_conformance.golden.tolerances import CPU, UNIT_ROUNDOFF, lifecycle_class
-    from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, golden_outcome
+    from ensemble_conformance.golden.tolerances import CPU, lifecycle_class
+    from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, allowance, golden_outcome
     from ensemble_conformance.scenarios.program import run_program
     from ensemble_conformance.scenarios.runner import load_impl
     from ensemble_conformance.scenarios.variants import layout
@@ -249,8 +249,7 @@ def scenario_margin(spec: str, golden_dir: str = "golden") -> dict[str, object]:
             elif cls.ulps is not None:
                 ratio = float(ulp_distance(g, a).max()) / cls.ulps
             else:
-                magnitude = np.abs(g.astype(np.float64))
-                allowed = cls.k * UNIT_ROUNDOFF[unit] * (magnitude + magnitude.max(initial=0.0))
+                allowed = allowance(cls, g, unit)
                 error = np.abs(a.astype(np.float64) - g)
                 ratio = float(
                     np.max(np.where(allowed > 0, error / np.where(allowed > 0, allowed, 1.0), np.inf * error))

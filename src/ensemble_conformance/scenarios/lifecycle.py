@@ -19,7 +19,7 @@ import numpy as np
 
 from ensemble_conformance.golden.compare import WORST_SHOWN, ArrayReport, Worst, compare, ulp_distance
 from ensemble_conformance.golden.environment import MODES
-from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, Numerics, lifecycle_class
+from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, ArrayClass, Numerics, lifecycle_class
 from ensemble_conformance.scenarios import checkpoint, construction, dropout, layers, training
 from ensemble_conformance.scenarios.program import Outcome, Program, Verdict, judge_outcomes
 
@@ -201,9 +201,14 @@ def compare_arrays(key: str, golden: np.ndarray, actual: np.ndarray, numerics: N
     rule = cls.rule(unit) + (f"; {cls.reason}" if cls.reason.startswith("project: ") else "")
     if cls.ulps is not None:
         return compare(key, golden, actual, rule=rule, max_ulps=cls.ulps)
+    return compare(key, golden, actual, rule=rule, allowed_abs=allowance(cls, golden, unit))
+
+
+def allowance(cls: ArrayClass, golden: np.ndarray, unit: str) -> np.ndarray:
+    """Per element, the error a magnitude class allows: k·u·(|golden| + max|golden|)
+    (``ArrayClass.rule`` says it in words)."""
     magnitude = np.abs(golden.astype(np.float64))
-    allowed = cls.k * UNIT_ROUNDOFF[unit] * (magnitude + magnitude.max(initial=0.0))
-    return compare(key, golden, actual, rule=rule, allowed_abs=allowed)
+    return cls.k * UNIT_ROUNDOFF[unit] * (magnitude + magnitude.max(initial=0.0))
 
 
 def judge(golden: Outcome, now: Outcome, numerics: Numerics) -> Verdict:
