@@ -2,7 +2,7 @@
 
     nox                      # = nox -s conformance: the suite on the reference pins, CPU
     nox -s tests             # the project's own tests of its harness
-    nox -s regen -- [IDS | --all] [--force] [--prune]
+    nox -s regen -- [IDS] [--all] [--force] [--prune]   # the suite with --regen, on the reference pins
     nox -s lint              # ruff and mypy
     nox -s docs              # the documentation site (mkdocs, strict: broken links fail)
     nox -s mutation          # kill rates of tests/mutants.py and src/ensemble_conformance/tooling/lifecycle_mutants.py
@@ -133,7 +133,7 @@ def slow_tests(session: nox.Session) -> None:
 
 @nox.session(python=REFERENCE.python, default=False)
 def regen(session: nox.Session) -> None:
-    """Rewrite golden files on the reference pins: failing ones, named ones, or --all."""
+    """Rewrite golden files on the reference pins: the suite with --regen (--all: --regen-all)."""
     _install_reference(session)
     session.run("python", "-m", "tools.regen", *session.posargs, env=CPU_ENV)
 

@@ -189,7 +189,7 @@ import sys
 from tools import regen
 from ensemble_conformance.golden import store
 store.FAULT = lambda step: __import__("time").sleep(0.05) if step.startswith("stage:") else None
-sys.exit(regen.main(["--golden-dir", sys.argv[1], "--lock-timeout", "300", *sys.argv[2:]]))
+sys.exit(regen.main(["--golden-dir", sys.argv[1], *sys.argv[2:]]))
 """
 
 

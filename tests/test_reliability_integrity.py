@@ -283,7 +283,8 @@ def test_a_full_disk_when_the_regeneration_starts_is_one_message(
     monkeypatch.setattr(store_module.os, "pwrite", full)  # the lock's holder line is the first write
     assert regen.main(["--golden-dir", str(tmp_path), CASE.id]) == 3
     err = capsys.readouterr().err
-    assert f"regen: cannot lock {tmp_path / store_module.LOCK}: No space left on device (the disk is full)" in err
+    assert f"--regen: cannot lock {tmp_path / store_module.LOCK}: No space left on device (the disk is full)" in err
+    assert f"the goldens in {tmp_path} are as they were" in err
     assert "Traceback" not in err
 
 
@@ -426,7 +427,7 @@ def test_a_rewrite_to_the_same_bytes_in_another_environment_says_so(
     env_id = manifest["cases"][CASE.id]["environment"]
     manifest["environments"][env_id] = {**manifest["environments"][env_id], "ml_dtypes": "0.0.1"}
     (golden / "manifest.json").write_text(json.dumps(manifest))
-    assert regen.main(["--golden-dir", str(golden), "--force", CASE.id]) == 0
+    assert regen.main(["--golden-dir", str(golden), "--force", "--all", CASE.id]) == 0
     out = capsys.readouterr().out
     assert f"{CASE.id}: bit-identical; its manifest entry is updated (recorded in another environment)" in out
     assert (golden / f"{CASE.id}.npz").read_bytes() == (GOLDEN / f"{CASE.id}.npz").read_bytes()

@@ -1,69 +1,82 @@
-"""Regenerate the reference suite's golden files on the reference pins (the repository's
-``nox -s regen``; a project's goldens are the plugin's ``--regen``, plugin/regen.py).
+"""Regenerate the reference suite's golden files on the reference pins (``nox -s regen``).
 
-    python -m tools.regen              # missing, damaged or failing cases
-    python -m tools.regen ID [ID ...]  # these cases, whatever their state
-    python -m tools.regen --all        # every case
-    python -m tools.regen --list       # print the case ids
+    python -m tools.regen                 # missing, damaged or failing cases
+    python -m tools.regen ID [ID ...]     # these cases, where missing, damaged or failing
+    python -m tools.regen --all [ID ...]  # every case (or these), whatever their state
+    python -m tools.regen --list          # print the case ids
 
-Prints, per case, what changed. Refuses to run when the environment differs from the
-reference pins (versions, backend, PRNG and precision settings) unless --force.
+This is the reference suite run with the one regeneration path, the plugin's ``--regen``
+(``--regen-all`` with --all, ``--regen-force`` with --force, ``--regen-prune`` with --prune):
+the same flags as a project's ``ensemble-conformance regen [IDS] [--all] [--force]``, the
+same rule for what is rewritten and the same transaction. What this front adds is a
+maintainer's: the PRNG epoch (--epoch) and its directory, a refusal naming the nox session
+that installs the epoch's pins, --dry-run and --check (the same regeneration, into a
+scratch copy of the directory), and a line per case at the end.
 
-One regeneration is one transaction (store.py): it holds the golden directory's lock
-(a second one waits up to --lock-timeout seconds, then stops naming the holder), first
-completes a regeneration that was killed past its commit point, computes every case, and
-writes all files and the manifest at once. Killed at any instant, the directory holds
-the old goldens or the new ones, never a mix the suite would trust.
+One regeneration is one transaction (golden/store.py): it holds the golden directory's lock
+(a second one waits, then stops naming the holder), first completes a regeneration that was
+killed past its commit point, runs every selected case, and writes all files and the
+manifest at once. Killed at any instant, the directory holds the old goldens or the new
+ones, never a mix the suite would trust.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ensemble_conformance.golden import environment
-from ensemble_conformance.golden.pins import EPOCHS, Epoch, pin_mismatches
-from ensemble_conformance.golden.store import (
-    GoldenError,
-    GoldenFormatError,
-    GoldenMissingError,
-    GoldenRecord,
-    GoldenStore,
-    Transaction,
-    encode_npz,
-    sha256_of,
-)
-from ensemble_conformance.golden.tolerances import Numerics, precision_name
-from ensemble_conformance.scenarios.cases import CASES, Case, select
-from ensemble_conformance.scenarios.check import check_case
-from ensemble_conformance.scenarios.runner import compute, make_inputs
-from ensemble_conformance.scenarios.variants import layout
+from ensemble_conformance.golden.pins import EPOCHS, reference_mismatches
+from ensemble_conformance.golden.store import LOCK, GoldenStore
+from ensemble_conformance.scenarios.cases import CASES, select
+
+SUITE = Path(__file__).resolve().parent.parent / "conformance"
 
 
-def reference_mismatches(env: dict[str, Any], epoch: Epoch = EPOCHS["partitionable"]) -> list[str]:
-    """Why this environment is not the epoch's reference one; empty when it is."""
-    pins = epoch.reference
-    wanted: dict[str, Any] = {"jax": pins.jax, "jaxlib": pins.jaxlib, "flax": pins.flax}
-    if pins.lifecycle:
-        wanted.update({"optax": pins.optax, "orbax-checkpoint": pins.orbax})
-    wanted.update(epoch.settings)
-    wanted["python"] = pins.python  # its minor version
-    return pin_mismatches(wanted, {**env, "python": ".".join(str(env.get("python", "")).split(".")[:2])})
+class _Outcome:
+    """Reads the run's regeneration (plugin/regen.py) when pytest is done with it."""
+
+    regen: Any = None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        from ensemble_conformance.plugin.session import ConformanceSession
+
+        self.regen = ConformanceSession.of(config).regen
 
 
-def _summary(outcome_reports: Sequence[Any]) -> str:
-    parts = []
-    for r in outcome_reports:
-        if r.problem:
-            parts.append(f"{r.name} {r.problem}")
-        elif r.max_ulp > 0:
-            parts.append(
-                f"{r.name} {r.n_bad}/{r.size} out of tolerance, max abs {r.max_abs:.3g}, max {r.max_ulp:.0f} ULP"
-            )
-    return "; ".join(parts) if parts else "bit-identical"
+def pytest_args(ids: Sequence[str], everything: bool, golden_dir: Path, prune: bool, lifecycle: bool) -> list[str]:
+    """The suite's command line for one regeneration: its golden comparisons (of the core
+    cases, and of the lifecycle scenarios where the epoch runs them), or the named cases."""
+    from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+
+    scenarios = {case.id for case in SCENARIO_CASES}
+    args = [str(SUITE), "-p", "no:xdist", "-p", "no:cacheprovider", "-q", f"--rootdir={SUITE}"]
+    args += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]  # this process imported the package first
+    args += ["--regen-all" if everything else "--regen", "--regen-force", f"--golden-dir={golden_dir}"]
+    if prune:
+        args.append("--regen-prune")
+    if ids:
+        args = [a for a in args if a != str(SUITE)]
+        args += [
+            str(SUITE / "test_lifecycle.py") + f"::test_scenario_matches_golden[{i}]"
+            if i in scenarios
+            else str(SUITE / "test_golden.py") + f"::test_matches_golden[{i}]"
+            for i in ids
+        ]
+    else:
+        args += ["-m", "golden" if lifecycle else "golden and not lifecycle"]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("ids", nargs="*", help="case ids to rewrite (default: missing, damaged or failing)")
-    parser.add_argument("--all", action="store_true", help="rewrite every case")
+    parser.add_argument("ids", nargs="*", help="case ids to regenerate (default: every case that needs it)")
+    parser.add_argument("--all", action="store_true", help="rewrite every selected case, even those that pass")
     parser.add_argument(
         "--epoch",
         choices=sorted(EPOCHS),
@@ -87,34 +100,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="compute every selected case and list the goldens this machine does not reproduce bit for bit "
-        "(writes nothing; exit 1 if any)",
+        help="regenerate every selected case into a scratch copy and list the goldens this machine does not "
+        "reproduce bit for bit (writes nothing; exit 1 if any)",
     )
     parser.add_argument("--list", action="store_true", help="print every case id and exit")
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="how long to wait for another regeneration of the same directory (default 600)",
-    )
     args = parser.parse_args(argv)
 
     epoch = EPOCHS[args.epoch]
-    scenario_cases = _scenario_cases(epoch)
-    scenario_ids = {c.id: c for c in scenario_cases}
+    from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+
+    scenario_ids = [case.id for case in SCENARIO_CASES] if epoch.reference.lifecycle else []
     if args.list:
         print("\n".join([*(case.id for case in CASES), *scenario_ids]))
         return 0
-    if args.all and args.ids:
-        parser.error("give case ids or --all, not both")
     if args.check and (args.dry_run or args.prune):
         parser.error("--check writes nothing: it does not combine with --dry-run or --prune")
     try:
-        cases = select([i for i in args.ids if i not in scenario_ids]) if args.ids else list(CASES)
+        select([i for i in args.ids if i not in scenario_ids])
     except ValueError as err:
         parser.error(str(err))
-    scenarios = [scenario_ids[i] for i in args.ids if i in scenario_ids] if args.ids else list(scenario_cases)
     env = environment.fingerprint()
     mismatches = reference_mismatches(env, epoch)
     if mismatches:
@@ -130,178 +134,81 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print("--force given: writing goldens from this environment.", file=sys.stderr)
 
-    store = GoldenStore(
-        args.golden_dir or epoch.golden_dir,
-        regen_hint=epoch.regen_hint(args.golden_dir),
-        reference=epoch.reference,
-        layout=layout,
-    )
-    try:
-        if args.check:
-            differ = _regenerate(args, store, cases, env, Transaction(store))
-            differ += _regenerate_scenarios(args, store, scenarios, env, Transaction(store))
-            total = len(cases) + len(scenarios)
-            print(f"{total - differ} of {total} golden(s) reproduce bit for bit on this machine ({env['cpu_isa']})")
-            return 1 if differ else 0
-        if args.dry_run:
-            _regenerate(args, store, cases, env, Transaction(store))
-            _regenerate_scenarios(args, store, scenarios, env, Transaction(store))
-            _prune(args, store, [*(c.id for c in CASES), *scenario_ids], Transaction(store))
-            return 0
-        with store.transaction(args.lock_timeout, on_wait=lambda line: print(line, file=sys.stderr)) as txn:
-            for line in txn.recovered:
-                print(f"{store.directory}: {line}")
-            _regenerate(args, store, cases, env, txn)
-            _regenerate_scenarios(args, store, scenarios, env, txn)
-            _prune(args, store, [*(c.id for c in CASES), *scenario_ids], txn)
-            print(f"writing {len(txn.staged)} golden(s) and {store.manifest_path} ...")
-    except GoldenError as err:
-        print(f"regen: {err}", file=sys.stderr)
-        if not store.interrupted():
-            print(f"regen: the goldens in {store.directory} are as they were before this run.", file=sys.stderr)
-        return 3
+    golden = Path(args.golden_dir) if args.golden_dir else epoch.directory()
+    if not (args.check or args.dry_run):
+        return _regenerate(args.ids, args.all, golden, args.prune, epoch.reference.lifecycle)[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "golden"
+        if golden.is_dir():
+            shutil.copytree(golden, copy, ignore=shutil.ignore_patterns(LOCK, "cost"))
+        everything = args.all or args.check
+        code, lines = _regenerate(args.ids, everything, copy, args.prune, epoch.reference.lifecycle, scratch=True)
+        if code != 0:
+            return code
+        moved = _moved(golden, copy, lines)
+    if args.check:
+        for case_id, state in moved:
+            print(f"{case_id}: does not reproduce bit for bit here ({state})")
+        total = len([line for line in lines if not line.endswith(": kept")])
+        print(f"{total - len(moved)} of {total} golden(s) reproduce bit for bit on this machine ({env['cpu_isa']})")
+        return 1 if moved else 0
+    for case_id, state in moved:
+        print(f"{case_id}: would write ({state})")
+    print(f"{len(moved)} golden(s) would be written to {golden}; nothing was written (--dry-run)")
     return 0
 
 
 def _regenerate(
-    args: argparse.Namespace, store: GoldenStore, cases: Sequence[Case], env: dict[str, Any], txn: Transaction
-) -> int:
-    """Compute every case and stage what changes in ``txn``; print one line per case. With
-    --check, stage nothing and return how many goldens do not reproduce bit for bit."""
-    rewrite_all = args.all or bool(args.ids) or args.check
-    differ = 0
-    counts = {"new": 0, "rewritten": 0, "unchanged": 0, "kept": 0}
-    numerics = Numerics(str(env["backend"]), precision_name(env["jax_default_matmul_precision"]))
-    for case in cases:
-        golden: GoldenRecord | None = None
-        state = "new"
-        try:
-            golden = store.load(case)
-        except GoldenMissingError:
-            pass
-        except GoldenFormatError:
-            raise  # a newer tool's file: never overwritten
-        except GoldenError as err:
-            state = f"replacing damaged file ({str(err).splitlines()[0]})"
-        inputs = golden.inputs if golden is not None else make_inputs(case)
-        computed = compute(case, inputs)
-        assert computed.params is not None
-        record = GoldenRecord(case, inputs, computed.output, computed.params)
-        if golden is not None:
-            verdict = check_case(case, golden, computed, numerics)
-            if verdict.ok and not rewrite_all:
-                counts["kept"] += 1
-                continue
-            state = ("failing, rewritten: " if not verdict.ok else "") + _summary(verdict.reports)
-        moved, changed = _stage(args, store, txn, env, record, state, golden is None)
-        differ += moved
-        if changed is not None:
-            counts["new" if golden is None else ("rewritten" if changed else "unchanged")] += 1
-
-    if args.check:
-        return differ
-    print(
-        f"{len(cases)} case(s): {counts['new']} new, {counts['rewritten']} rewritten, "
-        f"{counts['unchanged']} rewritten unchanged, {counts['kept']} kept (within tolerance)"
+    ids: Sequence[str], everything: bool, golden: Path, prune: bool, lifecycle: bool, scratch: bool = False
+) -> tuple[int, list[str]]:
+    """One run of the suite with --regen; returns its exit code (0, or 3 when nothing could
+    be written) and a line per case it staged. A ``scratch`` directory's run is silent
+    unless it fails: what it wrote is only compared."""
+    outcome = _Outcome()
+    args = pytest_args(ids, everything, golden, prune, lifecycle)
+    if scratch:
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            code = pytest.main([*args, "--capture=sys"], plugins=[outcome])
+    else:
+        code = pytest.main(args, plugins=[outcome])
+    regen = outcome.regen
+    if code == 0 and regen is not None:
+        if not scratch:
+            for line in regen.recovered:
+                print(f"{golden}: {line}")
+            for line in regen.lines:
+                print(line)
+            unchanged = len(regen.lines) - len(regen.written)
+            kept = "" if regen.staged else " (every selected case within tolerance: kept)"
+            print(f"{len(regen.written)} golden(s) written, {unchanged} unchanged{kept}")
+        return 0, list(regen.lines)
+    if scratch:
+        print(said.getvalue())
+    why = (
+        regen.error
+        if regen is not None and regen.error
+        else f"the regeneration run ended with pytest exit code {int(code)}"
     )
-    return differ
+    print(f"regen: {why}", file=sys.stderr)
+    if not GoldenStore(golden).interrupted() and "as they were" not in why:
+        print(f"regen: the goldens in {golden} are as they were before this run.", file=sys.stderr)
+    return 3, []
 
 
-def _stage(
-    args: argparse.Namespace,
-    store: GoldenStore,
-    txn: Transaction,
-    env: dict[str, Any],
-    record: Any,
-    state: str,
-    new: bool,
-) -> tuple[int, bool | None]:
-    """One case's regeneration, a core case's or a scenario's: with --check, (1 when its
-    stored bytes are not the ones computed now, None); with --dry-run, say what would be
-    written; else stage it in ``txn`` and say what the write did ((0, whether it changed))."""
-    case_id = record.case.id
-    if args.check:
-        return _check(store, case_id, record, state), None
-    if args.dry_run:
-        print(f"{case_id}: would write ({state})")
-        return 0, None
-    changed = txn.write(record, env)
-    print(f"{case_id}: {_written(txn, case_id, state, changed, new)}")
-    return 0, changed
-
-
-def _check(store: GoldenStore, case_id: str, record: Any, state: str) -> int:
-    """1 (and a line) when the stored golden is not the bytes this machine computes now."""
-    path = store.path_for(case_id)
-    if path.exists() and sha256_of(path) == hashlib.sha256(encode_npz(record)).hexdigest():
-        return 0
-    print(f"{case_id}: does not reproduce bit for bit here ({state})")
-    return 1
-
-
-def _written(txn: Transaction, case_id: str, state: str, changed: bool, new: bool) -> str:
-    """What a write did: new, other bytes (and how far they moved), or the same bytes under
-    an updated manifest entry (another environment), never 'within tolerance' for equal bytes."""
-    if new:
-        return state
-    if not changed:
-        return "unchanged"
-    if txn.same_bytes(case_id):
-        return "bit-identical; its manifest entry is updated (recorded in another environment)"
-    return state
-
-
-def _prune(args: argparse.Namespace, store: GoldenStore, known: list[str], txn: Transaction) -> None:
-    for case_id in store.unused(known):
-        if args.prune and not args.dry_run:
-            txn.remove(case_id)
-            print(f"{case_id}: removed (no case uses it)")
-        else:
-            print(f"{case_id}: no case uses this golden (pass --prune to delete it)")
-
-
-def _scenario_cases(epoch: Epoch) -> Sequence[Any]:
-    """The lifecycle scenarios, on an epoch whose pins include optax and orbax-checkpoint."""
-    if not epoch.reference.lifecycle:
-        return ()
-    from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
-
-    return SCENARIO_CASES
-
-
-def _regenerate_scenarios(
-    args: argparse.Namespace, store: GoldenStore, scenarios: Sequence[Any], env: dict[str, Any], txn: Transaction
-) -> int:
-    """Run every lifecycle scenario and stage its outcome (values, or the error it raises);
-    with --check, return how many goldens do not reproduce bit for bit."""
-    if not scenarios:
-        return 0
-    from ensemble_conformance.scenarios.lifecycle import PROGRAMS, ScenarioRecord, golden_outcome, regeneration_state
-    from ensemble_conformance.scenarios.program import run_program
-
-    rewrite_all = args.all or bool(args.ids) or args.check
-    numerics = Numerics(str(env["backend"]), precision_name(env["jax_default_matmul_precision"]))
-    kept = differ = 0
-    for case in scenarios:
-        now = run_program(PROGRAMS[case.program], case.p)
-        golden, damaged = None, None
-        try:
-            arrays, meta = store.load_arrays(case)
-            golden = golden_outcome(arrays, meta, str(store.path_for(case.id)))
-        except GoldenMissingError:
-            pass
-        except GoldenFormatError:
-            raise  # a newer tool's file: never overwritten
-        except (GoldenError, ValueError) as err:
-            damaged = err
-        state = regeneration_state(golden, damaged, now, numerics, rewrite_all)
-        if state is None:
-            kept += 1
-            continue
-        differ += _stage(args, store, txn, env, ScenarioRecord(case, now), state, golden is None)[0]
-    if not args.check:
-        print(f"{len(scenarios)} scenario(s): {kept} kept (within tolerance)")
-    return differ
+def _moved(golden: Path, copy: Path, lines: Sequence[str]) -> list[tuple[str, str]]:
+    """(case id, why) for every golden the scratch regeneration left other than the original."""
+    states = dict(line.split(": ", 1) for line in lines)
+    moved = []
+    names = {p.name for p in copy.glob("*.npz")} | (
+        {p.name for p in golden.glob("*.npz")} if golden.is_dir() else set()
+    )
+    for name in sorted(names):
+        before, after = golden / name, copy / name
+        digest = [hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None for p in (before, after)]
+        if digest[0] != digest[1]:
+            case_id = name.removesuffix(".npz")
+            moved.append((case_id, states.get(case_id, "removed" if digest[1] is None else "written")))
+    return moved
 
 
 if __name__ == "__main__":

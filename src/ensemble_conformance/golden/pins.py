@@ -1,6 +1,6 @@
 """The reference pins: the one place that says which releases make the goldens.
 
-The noxfile, the regeneration session (tools/regen.py) and the golden manifest all read this module.
+The noxfile, the reference suite's regeneration (``--regen``) and the golden manifest all read this module.
 It imports nothing outside the standard library, so the noxfile can load it by path
 before jax or flax are installed.
 """
@@ -137,3 +137,22 @@ def pin_mismatches(wanted: Mapping[str, object], have: Mapping[str, object]) -> 
     differs, as ``name: <here>, the reference is <wanted>`` (the suite's regeneration and a
     project's --regen both refuse with it)."""
     return [f"{k}: {have.get(k)}, the reference is {v}" for k, v in wanted.items() if have.get(k) != v]
+
+
+def reference_mismatches(env: Mapping[str, object], epoch: Epoch = EPOCHS["partitionable"]) -> list[str]:
+    """Why this environment (a fingerprint, golden/environment.py) is not the epoch's
+    reference one; empty when it is. The reference suite's ``--regen`` refuses with it."""
+    pins = epoch.reference
+    wanted: dict[str, object] = {"jax": pins.jax, "jaxlib": pins.jaxlib, "flax": pins.flax}
+    if pins.lifecycle:
+        wanted.update({"optax": pins.optax, "orbax-checkpoint": pins.orbax})
+    wanted.update(epoch.settings)
+    wanted["python"] = pins.python  # its minor version
+    python = ".".join(str(env.get("python", "")).split(".")[:2])
+    return pin_mismatches(wanted, {**env, "python": python})
+
+
+def epoch_of(directory: Path) -> Epoch | None:
+    """The epoch whose reference goldens ``directory`` is; None for any other directory."""
+    where = directory.resolve()
+    return next((e for e in EPOCHS.values() if e.directory().resolve() == where), None)

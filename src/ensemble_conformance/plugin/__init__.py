@@ -13,7 +13,7 @@ run, the report header, the summaries) only in an ensemble-conformance session
 
 Where things are: options.py (the option table), session.py (the state of one run and what
 the hooks do), preflight.py (the checks before the first case), results.py (what the run
-found, the summaries and --report-json), regen.py (a project's --regen), judge.py (every
+found, the summaries and --report-json), regen.py (--regen), judge.py (every
 check of a case: the suite's test modules and ``ensemble_tests`` call it), project.py
 (``ensemble_tests`` and the ``ensemble_golden`` fixture), scheduling.py (a case's checks
 on one xdist worker), suite_options.py (the reference suite's own options, --impl,

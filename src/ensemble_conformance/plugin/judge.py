@@ -90,7 +90,7 @@ def _judge_against_golden(
     regen = session.regen
     if regen is not None:
         if golden is None and isinstance(problem, GoldenFormatError):
-            _fail([f"ensemble-conformance: not regenerated: {problem}"])  # a newer tool's file stays
+            regen.refuse(case.id, str(problem))  # a newer tool's file stays
         damaged = None if isinstance(problem, GoldenMissingError) else problem
         state = regeneration_state(golden, damaged, now, numerics, rewrite_all=regen.mode == "all")
         if state is None:
@@ -264,6 +264,9 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
 
     session = ConformanceSession.of(config)
     store, impl, env, numerics = session.store, session.impl, session.env, session.numerics
+    if session.regen is not None:
+        _regenerate_core_case(session, case, record_property)
+        return
     problem: str | None = None
     try:
         golden = store.load(case)
@@ -308,6 +311,35 @@ def judge_core_case(config: pytest.Config, case: Case, record_property: RecordPr
         explanation=why.describe(),
     )
     fail_drift([message])
+
+
+def _regenerate_core_case(session: ConformanceSession, case: Case, record_property: RecordProperty) -> None:
+    """--regen: run the package's function on the golden's inputs (fresh ones, made from the
+    case's id, where there is no readable golden) and stage the record when it is new,
+    damaged or failing (--regen-all: always); a golden of a newer format is never replaced."""
+    from ensemble_conformance.golden.store import GoldenRecord
+    from ensemble_conformance.scenarios.check import check_case, regeneration_state
+    from ensemble_conformance.scenarios.runner import compute, make_inputs
+
+    regen, store = session.regen, session.store
+    assert regen is not None
+    golden, damaged = None, None
+    try:
+        golden = store.load(case)
+    except GoldenFormatError as err:
+        regen.refuse(case.id, str(err))  # a newer tool's file: never overwritten
+    except GoldenMissingError:
+        pass
+    except GoldenError as err:
+        damaged = err
+    inputs = golden.inputs if golden is not None else make_inputs(case)
+    computed = compute(case, inputs)
+    assert computed.params is not None  # the package's own function: its parameters are observed
+    verdict = check_case(case, golden, computed, session.numerics) if golden is not None else None
+    state = regeneration_state(verdict, damaged, rewrite_all=regen.mode == "all")
+    record_property("regenerated", state or "kept")
+    if state is not None:
+        regen.stage(GoldenRecord(case, inputs, computed.output, computed.params), state)
 
 
 def judge_core_oracles(config: pytest.Config, case: Case, record_property: RecordProperty) -> None:

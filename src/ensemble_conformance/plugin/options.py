@@ -121,14 +121,15 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--regen",
         action="store_true",
-        help="(a project's scenarios) write the goldens of cases that are missing, damaged or fail, in one "
-        "transaction at the end of the run, instead of failing them",
+        help="write the goldens of cases that are missing, damaged or fail, in one transaction at the end of "
+        "the run, instead of failing them (the reference suite's: on its epoch's reference pins)",
     )
     group.addoption("--regen-all", action="store_true", help="like --regen, but rewrite every selected case")
     group.addoption(
         "--regen-force",
         action="store_true",
-        help="regenerate even where the environment is not the one ensemble_reference_pins names",
+        help="regenerate even where the environment is not the reference pins (ensemble_reference_pins, or "
+        "the reference suite's)",
     )
     parser.addini(
         "ensemble_golden_dir",

@@ -21,6 +21,11 @@ CHECK_OF_TEST = {
 }
 
 
+def check_of(nodeid: str) -> str | None:
+    """The check a test is (CHECK_OF_TEST), from its node id; None for any other test."""
+    return CHECK_OF_TEST.get(nodeid.rsplit("::", 1)[-1].split("[", 1)[0])
+
+
 def case_id(report: pytest.TestReport) -> str:
     return report.nodeid.rsplit("[", 1)[-1].rstrip("]")
 

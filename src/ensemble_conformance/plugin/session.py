@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,15 @@ import pytest
 
 from ensemble_conformance import __version__
 from ensemble_conformance.golden import environment, known_drift
-from ensemble_conformance.golden.pins import EPOCHS
+from ensemble_conformance.golden.pins import EPOCHS, epoch_of, reference_mismatches
 from ensemble_conformance.golden.project_file import ProjectFile, ProjectFileError
 from ensemble_conformance.golden.project_file import load as load_project_file
 from ensemble_conformance.golden.store import GoldenError, GoldenStore, atomic_writer
 from ensemble_conformance.golden.tolerances import Numerics
 from ensemble_conformance.plugin import preflight
 from ensemble_conformance.plugin.options import ACTIVATING
-from ensemble_conformance.plugin.regen import Regeneration, regen_mode
-from ensemble_conformance.plugin.results import Results
+from ensemble_conformance.plugin.regen import Regeneration, project_pin_mismatches, regen_mode
+from ensemble_conformance.plugin.results import Results, check_of
 
 REFERENCE_GOLDEN = EPOCHS["partitionable"].directory()
 SUITE_FLAG = "ENSEMBLE_CONFORMANCE_SUITE"  # set in the reference suite's conftest.py
@@ -164,14 +164,9 @@ class ConformanceSession:
         mode = regen_mode(config)
         misread = preflight.misread_configuration(config) if self.controller else None
         if mode is not None:
-            if self.suite:
-                raise pytest.UsageError(
-                    "--regen and --regen-all rewrite a project's goldens; the reference goldens are rewritten by "
-                    "`nox -s regen` on the reference pins"
-                )
             if misread:  # the project's ensemble_reference_pins went unread: no regeneration on a guess
                 raise pytest.UsageError(f"refusing to regenerate: {misread}")
-            self.regen = Regeneration.start(config, mode)
+            self.regen = Regeneration.start(config, mode, self._store, self.reference_mismatches())
         elif misread:
             config.issue_config_time_warning(
                 pytest.PytestConfigWarning(f"ensemble-conformance: {misread}"), stacklevel=2
@@ -188,6 +183,21 @@ class ConformanceSession:
                 self.known = known_drift.parse(Path(drift_file))
             except (OSError, ValueError) as err:
                 raise pytest.UsageError(f"--known-drift: {err}") from err
+
+    def reference_mismatches(self) -> list[str]:
+        """How this environment differs from the pins the goldens are made on: the reference
+        suite's PRNG epoch's (the one whose directory --golden-dir is, else the current one),
+        a project's ini ``ensemble_reference_pins``. A regeneration refuses where any differs.
+        The reference suite regenerates the package's own values: not under --impl or --emulate."""
+        if not self.suite:
+            return project_pin_mismatches(self.config)
+        for option in ("--impl", "--emulate"):
+            if self.config.getoption(option, None):
+                raise pytest.UsageError(
+                    f"--regen writes the reference goldens from the package's own computation: drop {option}"
+                )
+        epoch = epoch_of(self.golden_directory()) or EPOCHS["partitionable"]
+        return reference_mismatches(self.env, epoch)
 
     def header(self) -> list[str]:
         env = self.env
@@ -250,7 +260,15 @@ class ConformanceSession:
 
     def select(self, items: list[pytest.Item]) -> None:
         """Under emulated numerics, only the golden comparisons of the core cases; a --known-drift
-        entry's golden comparisons become strict expected failures (of drift only)."""
+        entry's golden comparisons become strict expected failures (of drift only). A
+        regeneration of an epoch whose pins run no lifecycle scenario (golden/pins.py) leaves
+        them out: that epoch has no scenario goldens."""
+        epoch = epoch_of(self.golden_directory()) if self.suite and self.regen is not None else None
+        if epoch is not None and not epoch.reference.lifecycle:
+            dropped = [item for item in items if item.get_closest_marker("lifecycle") is not None]
+            if dropped:
+                self.config.hook.pytest_deselected(items=dropped)
+                items[:] = [item for item in items if item.get_closest_marker("lifecycle") is None]
         if self.numerics.emulated:
             # Oracles judge the real computation of the machine they run on, not an emulation;
             # the lifecycle scenarios run whole programs, which the emulation does not rewrite.
@@ -304,8 +322,15 @@ class ConformanceSession:
 
     def finish(self, session: pytest.Session, exitstatus: int) -> None:
         """Commit a regeneration; write the --report-json file."""
-        if self.regen is not None and not self.regen.commit(self.store, self.env):
-            session.exitstatus = 3
+        if self.regen is not None:
+            if self.suite and self.config.getoption("--regen-prune", False):
+                with suppress(GoldenError):  # an unreadable manifest: the commit says so
+                    self.regen.prune = self.store.unused(self.case_ids())
+            crashed = [node for node in self.results.failed if check_of(node) == "golden"]
+            if crashed and not self.regen.refused:  # a golden test that failed to run: its case is not staged
+                self.regen.refused += [f"{node}: {self.results.failed[node]['error']}" for node in crashed]
+            if not self.regen.commit(self.store, self.env):
+                session.exitstatus = 3
         path = self.config.getoption("--report-json")
         if not path:
             return
@@ -354,10 +379,7 @@ class ConformanceSession:
         if not self.suite:
             self.results.skipped_checks(terminalreporter)
             return
-        from ensemble_conformance.scenarios.cases import CASES
-        from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
-
-        ids = [*(case.id for case in CASES), *(case.id for case in SCENARIO_CASES)]
+        ids = self.case_ids()
         try:
             unused = store.unused(ids)
         except GoldenError as err:
@@ -377,6 +399,13 @@ class ConformanceSession:
             for case_id in unused:
                 terminalreporter.write_line(f"{store.path_for(case_id)}: no case uses it")
             terminalreporter.write_line(f"delete them with: {store.regen_hint} --prune")
+
+    def case_ids(self) -> list[str]:
+        """Every case id of the reference suite: the core cases and the lifecycle scenarios."""
+        from ensemble_conformance.scenarios.cases import CASES
+        from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+
+        return [*(case.id for case in CASES), *(case.id for case in SCENARIO_CASES)]
 
     def close(self) -> None:
         """Release the --report-json lock (the empty lock file stays: removing it would race)."""

@@ -1,4 +1,4 @@
-"""The reference suite's own options: ``--impl``, ``--emulate`` and ``--sharded``.
+"""The reference suite's own options: ``--impl``, ``--emulate``, ``--sharded`` and ``--regen-prune``.
 
 They exist only in a run of the reference suite: its ``conftest.py`` (``conformance/`` in
 this repository, the packaged ``ensemble_conformance.suite``) lists this module in
@@ -38,4 +38,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DEVICES",
         help="also run the sharded-ensemble tests (test_sharded.py) on exactly this many devices; "
         "on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=DEVICES",
+    )
+    group.addoption(
+        "--regen-prune",
+        action="store_true",
+        help="with --regen or --regen-all: also delete the golden files no case of the suite uses, in the same "
+        "transaction",
     )

@@ -54,6 +54,26 @@ def check_case(case: Case, golden: GoldenRecord, computed: Computed, numerics: N
     return judge_outcomes(before, core_outcome(computed.output, computed.params), compare_array, notes)
 
 
+def regeneration_state(verdict: Verdict | None, damaged: Exception | None, rewrite_all: bool) -> str | None:
+    """Why a core case's golden is written now, or None where it is kept (``verdict`` ok and
+    not ``rewrite_all``): new (no golden, no verdict), replacing a ``damaged`` file, failing
+    (what moved, in figures), or rewritten as asked. The core cases' side of
+    ``lifecycle.regeneration_state``."""
+    if verdict is None:
+        return "new" if damaged is None else f"replacing damaged file ({str(damaged).splitlines()[0]})"
+    if verdict.ok and not rewrite_all:
+        return None
+    parts = []
+    for r in verdict.reports:
+        if r.problem:
+            parts.append(f"{r.name} {r.problem}")
+        elif r.max_ulp > 0:
+            parts.append(
+                f"{r.name} {r.n_bad}/{r.size} out of tolerance, max abs {r.max_abs:.3g}, max {r.max_ulp:.0f} ULP"
+            )
+    return ("failing, rewritten: " if not verdict.ok else "") + ("; ".join(parts) if parts else "bit-identical")
+
+
 def failure_message(
     verdict: Verdict,
     case: Case,

@@ -222,8 +222,8 @@ def regeneration_state(
 ) -> str | None:
     """Why a scenario's golden is written now, or None where it is kept (within tolerance
     and not ``rewrite_all``): new, replacing a ``damaged`` file, what the judge says moved,
-    or rewritten as asked. The one rule of a project's ``--regen`` (plugin/judge.py) and the
-    reference regeneration (tools/regen.py). A golden of an error says so: its oracles will
+    or rewritten as asked. The one rule of ``--regen`` (plugin/judge.py), a project's and the
+    reference suite's (``nox -s regen``). A golden of an error says so: its oracles will
     never judge a value."""
     if golden is None:
         state = "new" if damaged is None else f"replacing damaged file ({str(damaged).splitlines()[0]})"
