@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         for case_id, state in moved:
             print(f"{case_id}: does not reproduce bit for bit here ({state})")
-        total = len([line for line in lines if not line.endswith(": kept")])
+        total = len(lines)  # under --regen-all every selected case is staged
         print(f"{total - len(moved)} of {total} golden(s) reproduce bit for bit on this machine ({env['cpu_isa']})")
         return 1 if moved else 0
     for case_id, state in moved:
@@ -184,6 +184,8 @@ def _regenerate(
         return 0, list(regen.lines)
     if scratch:
         print(said.getvalue())
+        print("regen: the regeneration into a scratch copy failed; nothing was written", file=sys.stderr)
+        return 3, []
     why = (
         regen.error
         if regen is not None and regen.error
