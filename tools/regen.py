@@ -61,22 +61,20 @@ def pytest_args(ids: Sequence[str], everything: bool, golden_dir: Path, prune: b
     from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
 
     scenarios = {case.id for case in SCENARIO_CASES}
-    args = [str(SUITE), "-p", "no:xdist", "-p", "no:cacheprovider", "-q", f"--rootdir={SUITE}"]
+    args = ["-p", "no:xdist", "-p", "no:cacheprovider", "-q", f"--rootdir={SUITE}"]
     args += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]  # this process imported the package first
     args += ["--regen-all" if everything else "--regen", "--regen-force", f"--golden-dir={golden_dir}"]
     if prune:
         args.append("--regen-prune")
-    if ids:
-        args = [a for a in args if a != str(SUITE)]
-        args += [
-            str(SUITE / "test_lifecycle.py") + f"::test_scenario_matches_golden[{i}]"
-            if i in scenarios
-            else str(SUITE / "test_golden.py") + f"::test_matches_golden[{i}]"
-            for i in ids
-        ]
-    else:
-        args += ["-m", "golden" if lifecycle else "golden and not lifecycle"]
-    return args
+    if not ids:
+        return [str(SUITE), *args, "-m", "golden" if lifecycle else "golden and not lifecycle"]
+    nodes = [
+        f"{SUITE / 'test_lifecycle.py'}::test_scenario_matches_golden[{i}]"
+        if i in scenarios
+        else f"{SUITE / 'test_golden.py'}::test_matches_golden[{i}]"
+        for i in ids
+    ]
+    return [*nodes, *args]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,9 +176,8 @@ def _regenerate(
                 print(f"{golden}: {line}")
             for line in regen.lines:
                 print(line)
-            unchanged = len(regen.lines) - len(regen.written)
             kept = "" if regen.staged else " (every selected case within tolerance: kept)"
-            print(f"{len(regen.written)} golden(s) written, {unchanged} unchanged{kept}")
+            print(f"{len(regen.written)} golden(s) written, {regen.unchanged} unchanged{kept}")
         return 0, list(regen.lines)
     if scratch:
         print(said.getvalue())

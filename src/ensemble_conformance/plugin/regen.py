@@ -59,6 +59,11 @@ class Regeneration:
     censuses_written: list[str] = field(default_factory=list)
     error: str = ""  # why the commit wrote nothing
 
+    @property
+    def unchanged(self) -> int:
+        """How many staged cases the commit found already stored byte for byte."""
+        return len(self.lines) - len(self.written)
+
     @classmethod
     def start(cls, config: pytest.Config, mode: str, store: GoldenStore, mismatches: list[str]) -> Regeneration:
         """Refuse a regeneration that could not be one transaction, or is off the reference pins
@@ -156,10 +161,9 @@ class Regeneration:
             return
         for line in self.written:
             terminalreporter.write_line(line)
-        kept = len(self.staged) - len(self.written) + len(self.prune)
         terminalreporter.write_line(
             f"{len(self.written)} golden(s) written to {store.directory}"
-            + (f", {kept} rewritten unchanged" if kept else "")
+            + (f", {self.unchanged} rewritten unchanged" if self.unchanged else "")
         )
         for line in self.censuses_written:
             terminalreporter.write_line(line)

@@ -106,11 +106,8 @@ class ConformanceSession:
         if not self.suite:
             extra = f" --golden-dir={shlex.quote(str(golden))}" if self.config.getoption("--golden-dir") else ""
             return f"ensemble-conformance regen{extra}"
-        golden = golden.resolve()
-        for epoch in EPOCHS.values():
-            if golden == epoch.directory().resolve():
-                return epoch.regen_hint()
-        return EPOCHS["partitionable"].regen_hint(str(golden))
+        epoch = epoch_of(golden)
+        return epoch.regen_hint() if epoch is not None else EPOCHS["partitionable"].regen_hint(str(golden.resolve()))
 
     @property
     def store(self) -> GoldenStore:
