@@ -10,7 +10,16 @@ import sys
 
 import pytest
 
-from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID, D_IN, FEATURES, NUM_MODELS, SEEDS, select
+from ensemble_conformance.scenarios.cases import (
+    CASES,
+    CASES_BY_ID,
+    D_IN,
+    FEATURES,
+    NUM_MODELS,
+    SEEDS,
+    output_dtype,
+    select,
+)
 from ensemble_conformance.scenarios.variants import VARIANTS
 
 LIST_IDS = "from ensemble_conformance.scenarios.cases import CASES; print('\\n'.join(c.id for c in CASES))"
@@ -37,7 +46,7 @@ def test_id_names_every_field_of_the_case() -> None:
             r"(?P<v>[a-z0-9_]+)-s(?P<s>[0-9pm]+)-n(?P<n>\d+)-d(?P<d>\d+)(-h(?P<h>\d+))?-f(?P<f>\d+)", case.id
         )
         assert m is not None, case.id
-        assert m["v"] == case.variant
+        assert m["v"] == case.program
         assert float(m["s"].replace("p", ".").replace("m", "-")) == case.seed
         assert (int(m["n"]), int(m["d"]), int(m["f"]), int(m["h"] or 0)) == (
             case.num_models,
@@ -53,7 +62,7 @@ def test_cases_are_frozen() -> None:
 
 
 def test_the_core_grid_is_complete() -> None:
-    core = {(c.seed, c.num_models, c.d_in, c.features) for c in CASES if c.variant == "ensemble"}
+    core = {(c.seed, c.num_models, c.d_in, c.features) for c in CASES if c.program == "ensemble"}
     assert core == {(s, n, d, f) for s in SEEDS for n in NUM_MODELS for d in D_IN for f in FEATURES}
     assert {0.0, 2**31 - 1} <= set(SEEDS)
     assert any(s != int(s) for s in SEEDS)  # a fractional seed, cast by int()
@@ -61,8 +70,8 @@ def test_the_core_grid_is_complete() -> None:
 
 
 def test_every_variant_has_cases_and_some_use_bfloat16() -> None:
-    assert {c.variant for c in CASES} == set(VARIANTS)
-    assert any(c.dtype == "bfloat16" for c in CASES)
+    assert {c.program for c in CASES} == set(VARIANTS)
+    assert any(output_dtype(c) == "bfloat16" for c in CASES)
 
 
 def test_select_keeps_grid_order_and_explains_unknown_ids() -> None:

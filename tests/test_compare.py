@@ -13,10 +13,10 @@ from ensemble_conformance.golden.compare import compare, ulp_distance
 from ensemble_conformance.golden.store import GoldenStore
 from ensemble_conformance.golden.tolerances import CPU
 from ensemble_conformance.scenarios import oracles, runner
-from ensemble_conformance.scenarios.cases import CASES_BY_ID, Case
+from ensemble_conformance.scenarios.cases import CASES_BY_ID
 from ensemble_conformance.scenarios.check import check_case, failure_message
 from ensemble_conformance.scenarios.explain import jax_settings
-from ensemble_conformance.scenarios.program import oracle_message
+from ensemble_conformance.scenarios.program import Case, oracle_message
 from ensemble_conformance.scenarios.runner import computed_of, core_run
 from ensemble_conformance.scenarios.variants import Computed
 from tests import mutants

@@ -19,8 +19,9 @@ from jax import lax
 from ensemble_conformance.backends import emulation
 from ensemble_conformance.golden.store import GoldenRecord, GoldenStore
 from ensemble_conformance.golden.tolerances import BACKENDS, DTYPES, PRECISIONS, TOLERANCES, Numerics
-from ensemble_conformance.scenarios.cases import CASES, Case
+from ensemble_conformance.scenarios.cases import CASES
 from ensemble_conformance.scenarios.check import check_case, forward_allowance
+from ensemble_conformance.scenarios.program import Case
 from ensemble_conformance.scenarios.runner import compute, compute_with, emulated_core
 from ensemble_conformance.scenarios.variants import Computed, run_ensemble_with
 from ensemble_conformance.tooling.mutation import SuiteRun
@@ -31,10 +32,10 @@ Suite = Callable[..., SuiteRun]
 STORE = GoldenStore(GOLDEN)
 # One wide case per variant (D_in = 128 where the grid has it): where rounding shows most.
 SAMPLE = [
-    next(c for c in CASES if c.variant == v and c.d_in == 128 and c.num_models == 8)
+    next(c for c in CASES if c.program == v and c.d_in == 128 and c.num_models == 8)
     for v in ("ensemble", "ensemble_bf16", "shared_model", "per_input", "mlp_ensemble")
 ]
-CORE = [c for c in CASES if c.variant == "ensemble"]
+CORE = [c for c in CASES if c.program == "ensemble"]
 HARMLESS_CASES = [c for c in CORE if c.seed == 2.5]
 
 

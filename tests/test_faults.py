@@ -17,7 +17,8 @@ import pytest
 
 from ensemble_conformance.golden import store as store_module
 from ensemble_conformance.golden.store import GoldenError, GoldenLockError, GoldenRecord, GoldenStore, sha256_of
-from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID, Case
+from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID
+from ensemble_conformance.scenarios.program import Case
 
 REPO = Path(__file__).resolve().parent.parent  # not tests.conftest: the killed children skip jax
 ENV = {"jax": "test", "backend": "cpu"}
@@ -195,7 +196,7 @@ sys.exit(regen.main(["--golden-dir", sys.argv[1], *sys.argv[2:]]))
 
 @pytest.mark.integration
 def test_two_regenerations_at_once_keep_every_entry(tmp_path: Path) -> None:
-    small = [c.id for c in CASES if c.variant == "ensemble" and c.d_in < 128 and c.features < 64 and c.num_models < 64]
+    small = [c.id for c in CASES if c.program == "ensemble" and c.d_in < 128 and c.features < 64 and c.num_models < 64]
     first, second = small[:10], small[10:20]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = [

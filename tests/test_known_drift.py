@@ -22,7 +22,7 @@ def test_parse_and_match(tmp_path: Path) -> None:
         ("ensemble_bf16-*", "bf16 draws moved", 3),
         ("per_input-s0-n?-d7-f5", "one digit", 4),
     ]
-    bf16 = [c.id for c in CASES if c.variant == "ensemble_bf16"]
+    bf16 = [c.id for c in CASES if c.program == "ensemble_bf16"]
     assert all(known_drift.match(entries, i) is entries[0] for i in bf16)
     assert known_drift.match(entries, "per_input-s0-n8-d7-f5") is entries[1]
     assert known_drift.match(entries, "per_input-s0-n64-d7-f5") is None

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from ensemble_conformance import vmap_over_ensemble
 from ensemble_conformance.golden.tolerances import CPU
-from ensemble_conformance.scenarios.cases import MLP_HIDDEN, Case
+from ensemble_conformance.scenarios.cases import MLP_HIDDEN, core_case
 from ensemble_conformance.scenarios.oracles import run_oracles
-from ensemble_conformance.scenarios.program import oracle_message
+from ensemble_conformance.scenarios.program import Case, oracle_message
 from ensemble_conformance.scenarios.runner import make_inputs
 from ensemble_conformance.scenarios.variants import VARIANTS
 
@@ -35,7 +35,7 @@ sizes = st.tuples(st.integers(1, 16), st.integers(1, 64), st.integers(1, 16))
 
 def _case(variant: str, seed: float, size: tuple[int, int, int]) -> Case:
     n, d, f = size
-    return Case(variant, seed, n, d, f, MLP_HIDDEN if variant == "mlp_ensemble" else 0)
+    return core_case(variant, seed, n, d, f, MLP_HIDDEN if variant == "mlp_ensemble" else 0)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True)

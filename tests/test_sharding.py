@@ -23,8 +23,8 @@ EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 def test_sharded_cases_are_those_whose_members_split_evenly() -> None:
     chosen = shardable(8)
     assert chosen and all(c.num_models % 8 == 0 for c in chosen)
-    assert {c.variant for c in chosen} == {"ensemble", "ensemble_bf16", "per_input", "mlp_ensemble"}
-    assert len(chosen) == sum(1 for c in CASES if c.num_models in (8, 64) and c.variant != "shared_model")
+    assert {c.program for c in chosen} == {"ensemble", "ensemble_bf16", "per_input", "mlp_ensemble"}
+    assert len(chosen) == sum(1 for c in CASES if c.num_models in (8, 64) and c.program != "shared_model")
 
 
 def test_the_layout_check_catches_a_replicated_parameter() -> None:

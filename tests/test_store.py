@@ -20,19 +20,20 @@ from ensemble_conformance.golden.store import (
     encode_npz,
     sha256_of,
 )
-from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID, Case
+from ensemble_conformance.scenarios.cases import CASES, CASES_BY_ID, output_dtype
 from ensemble_conformance.scenarios.lifecycle import SCENARIO_CASES
+from ensemble_conformance.scenarios.program import Case
 from ensemble_conformance.scenarios.variants import layout
 
 ENV = {"jax": "test", "backend": "cpu"}
 F32_CASE = CASES_BY_ID["ensemble-s0-n2-d7-f5"]
-BF16_CASE = next(c for c in CASES if c.dtype == "bfloat16")
+BF16_CASE = next(c for c in CASES if output_dtype(c) == "bfloat16")
 
 
 def _record(case: Case, seed: int = 0) -> GoldenRecord:
     rng = np.random.default_rng(seed)
     n, d, f = case.num_models, case.d_in, case.features
-    dtype = ml_dtypes.bfloat16 if case.dtype == "bfloat16" else np.float32
+    dtype = ml_dtypes.bfloat16 if output_dtype(case) == "bfloat16" else np.float32
     return GoldenRecord(
         case=case,
         inputs={"x": rng.standard_normal(d).astype(dtype)},
@@ -53,7 +54,7 @@ def _assert_same(a: GoldenRecord, b: GoldenRecord) -> None:
         np.testing.assert_array_equal(other.view(np.uint8), value.view(np.uint8), err_msg=key)
 
 
-@pytest.mark.parametrize("case", [F32_CASE, BF16_CASE], ids=lambda c: c.dtype)
+@pytest.mark.parametrize("case", [F32_CASE, BF16_CASE], ids=output_dtype)
 def test_round_trip_keeps_values_dtypes_and_shapes(tmp_path: Path, case: Case) -> None:
     record = _record(case)
     store = GoldenStore(tmp_path)
@@ -62,7 +63,7 @@ def test_round_trip_keeps_values_dtypes_and_shapes(tmp_path: Path, case: Case) -
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     entry = manifest["cases"][case.id]
     assert entry["sha256"] == sha256_of(tmp_path / f"{case.id}.npz")
-    assert (entry["variant"], entry["tolerance_class"]) == (case.variant, case.dtype)
+    assert (entry["variant"], entry["tolerance_class"]) == (case.program, output_dtype(case))
     assert manifest["environments"][entry["environment"]] == ENV
 
 
@@ -178,7 +179,7 @@ def test_committed_goldens_match_their_manifest_and_the_case_grid() -> None:
     assert sorted(store.manifest()["cases"]) == sorted(ids)
     for case in CASES:
         record = store.load(case)  # verifies the hash, the case metadata and the layout
-        assert record.output.dtype.name == case.dtype
+        assert record.output.dtype.name == output_dtype(case)
     for scenario in SCENARIO_CASES:
         store.load_arrays(scenario)
 
@@ -190,4 +191,4 @@ def test_committed_legacy_epoch_goldens_are_complete_and_were_made_before_the_fl
     for env in store.manifest()["environments"].values():
         assert env["jax_threefry_partitionable"] is False
     record = store.load(CASES[0])
-    assert record.output.dtype.name == CASES[0].dtype
+    assert record.output.dtype.name == output_dtype(CASES[0])

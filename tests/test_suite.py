@@ -17,7 +17,7 @@ from tests.conftest import GOLDEN, REPO
 from tests.mutants import SEED_PITFALLS
 
 Suite = Callable[..., SuiteRun]
-SEED0_CORE = [c for c in CASES if c.variant == "ensemble" and c.seed == 0.0]
+SEED0_CORE = [c for c in CASES if c.program == "ensemble" and c.seed == 0.0]
 SEED0_FILTER = "ensemble-s0- and not mlp_"
 
 

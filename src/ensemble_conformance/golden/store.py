@@ -14,9 +14,9 @@
   manifest, and every member is checked against what the case implies (names, shapes,
   dtypes) and for NaN or infinity. bfloat16 arrays are stored as their uint16 bits.
 - This module knows nothing of pytest, flax or the cases: a case is anything with an
-  ``id`` and dataclass fields, its record (``Storable``) says what made it and which
-  tolerance class judges it; the caller's ``layout`` says what a case's arrays must look
-  like (None: not checked).
+  ``id`` and a ``spec`` (what its golden's metadata records of it), its record
+  (``Storable``) says what made it and which tolerance class judges it; the caller's
+  ``layout`` says what a case's arrays must look like (None: not checked).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -117,7 +117,7 @@ def _format_problem(found: Any, what: Path) -> GoldenError | None:
 class GoldenRecord:
     """Everything stored for one case: its inputs, its output and every member's params."""
 
-    case: Any  # a core case (cases.Case): id, variant, dtype, its sizes
+    case: Any  # a core case (program.Case, form "core"): id, program (the variant), its sizes
     inputs: dict[str, np.ndarray]
     output: np.ndarray
     params: dict[str, np.ndarray]
@@ -140,8 +140,9 @@ class GoldenRecord:
         return out
 
     def made_by(self) -> tuple[str, str]:
-        """The manifest's ``variant`` and ``tolerance_class``: the core case's variant and dtype."""
-        return self.case.variant, self.case.dtype
+        """The manifest's ``variant`` and ``tolerance_class``: the core case's variant and its
+        output's dtype."""
+        return self.case.program, self.output.dtype.name
 
 
 def sha256_of(path: Path) -> str:
@@ -210,9 +211,9 @@ def _decode(path: Path, key: str, a: np.ndarray, dtype: str) -> np.ndarray:
 
 
 class Storable(Protocol):
-    """What the store writes: a case (``id``, a dataclass), its named arrays, and what the
-    manifest says made it and judges it; a scenario's record adds its outcome (values,
-    raises, unavailable)."""
+    """What the store writes: a case (``id``, and ``spec``: what its metadata records of
+    it), its named arrays, and what the manifest says made it and judges it; a scenario's
+    record adds its outcome (values, raises, unavailable)."""
 
     @property
     def case(self) -> Any: ...
@@ -225,8 +226,8 @@ class Storable(Protocol):
 
 
 def _spec(case: Any) -> Any:
-    """A case's fields as its JSON metadata holds them (tuples become lists)."""
-    return json.loads(json.dumps(asdict(case)))
+    """A case's ``spec`` as its JSON metadata holds it (tuples become lists)."""
+    return json.loads(json.dumps(case.spec))
 
 
 def encode_npz(record: Storable) -> bytes:
@@ -235,7 +236,7 @@ def encode_npz(record: Storable) -> bytes:
     dtypes: dict[str, str] = {}
     for key, value in record.arrays().items():
         members[key], dtypes[key] = _encode(np.asarray(value, order="C"))  # ascontiguousarray makes 0-d 1-d
-    meta = {"format_version": FORMAT_VERSION, "case_id": record.case.id, "case": asdict(record.case), "dtypes": dtypes}
+    meta = {"format_version": FORMAT_VERSION, "case_id": record.case.id, "case": _spec(record.case), "dtypes": dtypes}
     outcome = getattr(record, "outcome_meta", None)
     if outcome is not None:  # only scenarios: the core cases' files keep their bytes
         meta["outcome"] = outcome

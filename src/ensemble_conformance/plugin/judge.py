@@ -28,9 +28,7 @@ from ensemble_conformance.golden.tolerances import overriding
 from ensemble_conformance.plugin.session import ConformanceSession, fail_drift
 
 if TYPE_CHECKING:
-    from ensemble_conformance.scenarios.cases import Case
-    from ensemble_conformance.scenarios.lifecycle import ScenarioCase
-    from ensemble_conformance.scenarios.program import OracleResult, Outcome, Program
+    from ensemble_conformance.scenarios.program import Case, OracleResult, Outcome, Program
 
 RecordProperty = Callable[[str, object], None]
 
@@ -39,7 +37,7 @@ def _fail(lines: list[str]) -> None:
     pytest.fail("\n".join(lines), pytrace=False)
 
 
-def _load(store: GoldenStore, case: ScenarioCase) -> tuple[Outcome | None, GoldenError | ValueError | None]:
+def _load(store: GoldenStore, case: Case) -> tuple[Outcome | None, GoldenError | ValueError | None]:
     """The case's golden outcome, or None and why it cannot be had."""
     from ensemble_conformance.scenarios.lifecycle import golden_outcome
 
@@ -52,7 +50,7 @@ def _load(store: GoldenStore, case: ScenarioCase) -> tuple[Outcome | None, Golde
 
 def judge_against_golden(
     config: pytest.Config,
-    case: ScenarioCase,
+    case: Case,
     program: Program | None,
     now: Outcome,
     record_property: RecordProperty,
@@ -70,7 +68,7 @@ def judge_against_golden(
 
 def _judge_against_golden(
     config: pytest.Config,
-    case: ScenarioCase,
+    case: Case,
     program: Program | None,
     now: Outcome,
     record_property: RecordProperty,
@@ -162,7 +160,7 @@ def _judge_against_golden(
     fail_drift(lines)
 
 
-def case_run(program: Program, case: ScenarioCase, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
+def case_run(program: Program, case: Case, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
     """The case's one run in this process (runs.py), with the deprecation warnings it emitted:
     the golden test, the expected-outcome test and the oracles judge the same run."""
     from ensemble_conformance.scenarios.runs import run_once as shared_run

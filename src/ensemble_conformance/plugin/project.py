@@ -40,8 +40,7 @@ from ensemble_conformance.plugin.judge import (
 from ensemble_conformance.plugin.session import ConformanceSession
 
 if TYPE_CHECKING:
-    from ensemble_conformance.scenarios.lifecycle import ScenarioCase
-    from ensemble_conformance.scenarios.program import Outcome, Program
+    from ensemble_conformance.scenarios.program import Case, Outcome, Program
     from ensemble_conformance.scenarios.user import Ensemble
 
 # --- a project's scenarios as tests ------------------------------------------------------------
@@ -66,7 +65,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
     params = [pytest.param(case, id=case.id) for ensemble in ensembles for case in ensemble.cases()]
     census_params = [pytest.param(case, id=case.id) for ensemble in ensembles for case in ensemble.census_cases]
 
-    def run(case: ScenarioCase, config: pytest.Config) -> tuple[Outcome, tuple[str, ...]]:
+    def run(case: Case, config: pytest.Config) -> tuple[Outcome, tuple[str, ...]]:
         """The case's one run in this process, which the golden test and the oracles share."""
         return case_run(programs[case.program], case, bool(config.getoption("--future-warnings")))
 
@@ -77,7 +76,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
         @pytest.mark.golden
         @pytest.mark.parametrize("case", params)
         def test_scenario_matches_golden(
-            self, case: ScenarioCase, record_property: Callable[[str, object], None], pytestconfig: pytest.Config
+            self, case: Case, record_property: Callable[[str, object], None], pytestconfig: pytest.Config
         ) -> None:
             program = programs[case.program]
             now, emitted = run(case, pytestconfig)
@@ -90,7 +89,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
         @pytest.mark.cost
         @pytest.mark.parametrize("case", census_params)
         def test_scenario_cost(
-            self, case: ScenarioCase, record_property: Callable[[str, object], None], pytestconfig: pytest.Config
+            self, case: Case, record_property: Callable[[str, object], None], pytestconfig: pytest.Config
         ) -> None:
             from ensemble_conformance.scenarios.user import CENSUS_KINDS
 
@@ -103,7 +102,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
         @pytest.mark.parametrize("case", params)
         def test_scenario_oracles(
             self,
-            case: ScenarioCase,
+            case: Case,
             pytestconfig: pytest.Config,
             record_property: Callable[[str, object], None],
         ) -> None:
@@ -146,8 +145,7 @@ class EnsembleGolden:
         """Compare the named arrays (nested dicts allowed) with this test's golden. A key whose
         first component is a tolerance class (params, out, grads, stats, train, restored, rng,
         shapes) is judged by it; any other key by ``tolerance``."""
-        from ensemble_conformance.scenarios.lifecycle import ScenarioCase
-        from ensemble_conformance.scenarios.program import Outcome, flatten
+        from ensemble_conformance.scenarios.program import Case, Outcome, flatten
 
         if tolerance not in LIFECYCLE_CLASSES:
             raise ValueError(
@@ -164,7 +162,7 @@ class EnsembleGolden:
         for key, value in flatten(data).items():
             head = key.split("/", 1)[0]
             arrays[key if head in LIFECYCLE_CLASSES else f"{tolerance}/{key}"] = np.asarray(value)
-        case = ScenarioCase(basename, ())
+        case = Case(basename, ())
         self._request.node.user_properties.append(("ensemble_golden", basename))
         judge_against_golden(
             self._request.config,

@@ -335,7 +335,7 @@ class ConformanceSession:
         if self.suite:
             from ensemble_conformance.scenarios.cases import CASES
 
-            core = {case.id: case.variant for case in CASES}
+            core = {case.id: case.program for case in CASES}
         found = self.results.report(core)
         try:
             manifest = self.store.manifest_path.exists()

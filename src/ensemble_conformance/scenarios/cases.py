@@ -1,4 +1,4 @@
-"""The case grid: ordered, frozen records with stable ids.
+"""The core function's case grid: ordered ``program.Case`` records (form "core") with stable ids.
 
 Never build this from a set or a dict whose order can vary: pytest-xdist needs every
 worker to collect the same cases in the same order, and golden files are named by id.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
-from typing import Any
+
+from ensemble_conformance.scenarios.program import Case
 
 SEEDS: tuple[float, ...] = (0.0, 2.5, float(2**31 - 1))  # 2.5 is cast to 2, as the spec says
 NUM_MODELS: tuple[int, ...] = (1, 2, 8, 64)
@@ -19,53 +19,22 @@ FEATURES: tuple[int, ...] = (1, 5, 64)
 MLP_HIDDEN = 16
 
 
-@dataclass(frozen=True)
-class Case:
-    """One run of one variant. ``seed`` is the float handed to the function under test.
+def core_case(variant: str, seed: float, num_models: int, d_in: int, features: int, hidden: int = 0) -> Case:
+    """A core case: one run of one variant (``program``). ``seed`` is the float handed to
+    the function under test; ``hidden`` is mlp_ensemble's width (0 for the others)."""
+    p = {"seed": seed, "num_models": num_models, "d_in": d_in, "features": features, "hidden": hidden}
+    return Case.of(variant, p, form="core")
 
-    It reads as a scenario case does (``lifecycle.ScenarioCase``): ``program`` (the variant)
-    with the parameter set ``p``; its fields are what its golden file's metadata records."""
 
-    variant: str
-    seed: float
-    num_models: int
-    d_in: int
-    features: int
-    hidden: int = 0  # mlp_ensemble only
-
-    @property
-    def program(self) -> str:
-        return self.variant
-
-    @property
-    def params(self) -> tuple[tuple[str, Any], ...]:
-        """The parameter set as sorted (key, value) pairs, as a scenario case holds it."""
-        return tuple(sorted((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "variant"))
-
-    @property
-    def p(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    @property
-    def seed_int(self) -> int:
-        return int(self.seed)
-
-    @property
-    def dtype(self) -> str:
-        """The dtype of the output, which picks the tolerance entry."""
-        return "bfloat16" if self.variant == "ensemble_bf16" else "float32"
-
-    @property
-    def id(self) -> str:
-        seed = f"{self.seed:.10g}".replace(".", "p").replace("-", "m")
-        hidden = f"-h{self.hidden}" if self.hidden else ""
-        return f"{self.variant}-s{seed}-n{self.num_models}-d{self.d_in}{hidden}-f{self.features}"
+def output_dtype(case: Case) -> str:
+    """The dtype of a core case's output, which picks the tolerance entry."""
+    return "bfloat16" if case.program == "ensemble_bf16" else "float32"
 
 
 def _grid(
     variant: str, seeds: Iterable[float], ns: Iterable[int], ds: Iterable[int], fs: Iterable[int], hidden: int = 0
 ) -> list[Case]:
-    return [Case(variant, s, n, d, f, hidden) for s, n, d, f in itertools.product(seeds, ns, ds, fs)]
+    return [core_case(variant, s, n, d, f, hidden) for s, n, d, f in itertools.product(seeds, ns, ds, fs)]
 
 
 CASES: tuple[Case, ...] = tuple(

@@ -12,15 +12,15 @@ from ensemble_conformance.golden import environment
 from ensemble_conformance.golden.compare import ArrayReport, compare
 from ensemble_conformance.golden.store import GoldenRecord
 from ensemble_conformance.golden.tolerances import Numerics
-from ensemble_conformance.scenarios.cases import Case
-from ensemble_conformance.scenarios.program import Outcome, Verdict, flatten, judge_outcomes
+from ensemble_conformance.scenarios.cases import output_dtype
+from ensemble_conformance.scenarios.program import Case, Outcome, Verdict, flatten, judge_outcomes
 from ensemble_conformance.scenarios.variants import VARIANTS, Computed, magnitude
 
 
 def forward_allowance(case: Case, golden: GoldenRecord, numerics: Numerics) -> np.ndarray:
     """Per output element, the largest |actual - golden| the tolerance table allows."""
     scale = magnitude(case, golden.inputs, golden.params)
-    return numerics.tolerance(case.dtype).allowance_scale() * scale.reshape(golden.output.shape)
+    return numerics.tolerance(output_dtype(case)).allowance_scale() * scale.reshape(golden.output.shape)
 
 
 UNOBSERVED_PARAMS = "parameters: not observable for an external implementation; only the output was compared"
@@ -37,13 +37,13 @@ def check_case(case: Case, golden: GoldenRecord, computed: Computed, numerics: N
     within the forward tolerance, per element (``forward_allowance``), every parameter
     within the table's ULPs. An external implementation's parameters are not observable:
     only the output is compared, and the verdict says so."""
-    tol = numerics.tolerance(case.dtype)
+    tol = numerics.tolerance(output_dtype(case))
     allowance = forward_allowance(case, golden, numerics)
     view = (case.num_models, case.features)
 
     def compare_array(key: str, expected: np.ndarray, actual: np.ndarray) -> ArrayReport:
         if key == "output":
-            axes = VARIANTS[case.variant].output_axes
+            axes = VARIANTS[case.program].output_axes
             rule = tol.forward_rule()
             return compare(key, expected, actual, rule=rule, allowed_abs=allowance, view_shape=view, axes=axes)
         return compare(key, expected, actual, rule=tol.param_rule(), max_ulps=tol.param_ulps)
@@ -88,7 +88,7 @@ def failure_message(
     """Several lines: what differs, by how much, in which environment, and what to run."""
     lines = [
         f"ensemble-conformance: case {case.id} does not match its golden {golden_path}",
-        f"  variant: {case.variant} ({VARIANTS[case.variant].doc})",
+        f"  variant: {case.program} ({VARIANTS[case.program].doc})",
         f"  backend: {env_now.get('backend')} ({env_now.get('device_kind')}) now; golden made on "
         f"{env_golden.get('backend', '?')} ({env_golden.get('device_kind', '?')})",
         f"  judged as: {numerics.describe()}",

@@ -34,10 +34,9 @@ import numpy as np
 from ensemble_conformance.golden.compare import non_finite, ulp_distance
 from ensemble_conformance.golden.store import GoldenRecord
 from ensemble_conformance.golden.tolerances import CPU, ROUNDING_PARAM_ULPS, Numerics
-from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.check import check_case, core_outcome
 from ensemble_conformance.scenarios.oracles import forward_bound, run_oracles
-from ensemble_conformance.scenarios.program import OracleResult, Outcome, Params, Program, run_program
+from ensemble_conformance.scenarios.program import Case, OracleResult, Outcome, Params, Program, run_program
 from ensemble_conformance.scenarios.runner import compute
 from ensemble_conformance.scenarios.variants import Computed, CoreFunction
 

@@ -21,7 +21,7 @@ from ensemble_conformance.golden.compare import WORST_SHOWN, ArrayReport, Worst,
 from ensemble_conformance.golden.environment import MODES
 from ensemble_conformance.golden.tolerances import UNIT_ROUNDOFF, ArrayClass, Numerics, lifecycle_class
 from ensemble_conformance.scenarios import checkpoint, construction, dropout, layers, training
-from ensemble_conformance.scenarios.program import Outcome, Program, Verdict, judge_outcomes
+from ensemble_conformance.scenarios.program import Case, Outcome, Program, Verdict, judge_outcomes
 
 PROGRAMS: Mapping[str, Program] = {
     program.name: program
@@ -30,29 +30,8 @@ PROGRAMS: Mapping[str, Program] = {
 }
 
 
-def _fmt(value: Any) -> str:
-    text = f"{value:.10g}" if isinstance(value, float) else str(value)
-    return text.replace(".", "p").replace("-", "m")
-
-
-@dataclass(frozen=True)
-class ScenarioCase:
-    """One program with one parameter set. ``params`` is sorted (key, value) pairs."""
-
-    program: str
-    params: tuple[tuple[str, Any], ...]
-
-    @property
-    def id(self) -> str:
-        return "-".join([self.program, *(f"{k}{_fmt(v)}" for k, v in self.params)])
-
-    @property
-    def p(self) -> dict[str, Any]:
-        return dict(self.params)
-
-
-SCENARIO_CASES: tuple[ScenarioCase, ...] = tuple(
-    ScenarioCase(name, tuple(sorted(params.items()))) for name, program in PROGRAMS.items() for params in program.grid
+SCENARIO_CASES: tuple[Case, ...] = tuple(
+    Case.of(name, params) for name, program in PROGRAMS.items() for params in program.grid
 )
 
 if len({c.id for c in SCENARIO_CASES}) != len(SCENARIO_CASES):  # pragma: no cover - a broken grid must not import
@@ -123,7 +102,7 @@ def expected(program: str, mode: str) -> Expectation:
 class ScenarioRecord:
     """A scenario's golden: its outcome (values, raises or unavailable) and its arrays."""
 
-    case: ScenarioCase
+    case: Case
     outcome: Outcome
 
     def arrays(self) -> dict[str, np.ndarray]:

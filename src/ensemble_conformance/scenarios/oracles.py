@@ -55,9 +55,9 @@ from ensemble_conformance.golden.compare import compare
 from ensemble_conformance.golden.tolerances import CPU, UNIT_ROUNDOFF, Numerics
 from ensemble_conformance.scenarios import derivation
 from ensemble_conformance.scenarios.asserts import equal_rows
-from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.cases import output_dtype
 from ensemble_conformance.scenarios.core import forward_broadcast_input
-from ensemble_conformance.scenarios.program import OracleResult
+from ensemble_conformance.scenarios.program import Case, OracleResult
 from ensemble_conformance.scenarios.runner import compute, computed_of, core_run
 from ensemble_conformance.scenarios.variants import (
     VARIANTS,
@@ -81,9 +81,9 @@ def forward_bound(case: Case, inputs: Arrays, params: Arrays, numerics: Numerics
     """Per output element: the most a correctly rounded-at-each-step float computation
     can differ from the exact value (gamma_n * M, n from the variant's depth), plus the
     rounding of matmul operands where ``numerics`` does that."""
-    variant = VARIANTS[case.variant]
-    relative = gamma(variant.terms(case), UNIT_ROUNDOFF[case.dtype])
-    operand = numerics.tolerance(case.dtype).operand_unit
+    variant = VARIANTS[case.program]
+    relative = gamma(variant.terms(case), UNIT_ROUNDOFF[output_dtype(case)])
+    operand = numerics.tolerance(output_dtype(case)).operand_unit
     if operand is not None:
         layers = 2 if case.hidden else 1
         relative += 4 * (2 * layers - 1) * UNIT_ROUNDOFF[operand]
@@ -114,8 +114,8 @@ def within_bound(name: str, actual: np.ndarray, expected: np.ndarray, bound: np.
 def _shapes(case: Case, variant: Variant, output: np.ndarray, params: Arrays | None, derived: Arrays) -> OracleResult:
     problems = []
     want = variant.output_shape(case)
-    if output.shape != want or output.dtype.name != case.dtype:
-        problems.append(f"output {output.dtype.name}{list(output.shape)}, expected {case.dtype}{list(want)}")
+    if output.shape != want or output.dtype.name != output_dtype(case):
+        problems.append(f"output {output.dtype.name}{list(output.shape)}, expected {output_dtype(case)}{list(want)}")
     if params is not None:
         for name in sorted(set(params) | set(derived)):
             got, ref = params.get(name), derived.get(name)
@@ -145,7 +145,7 @@ def _distinct(name: str, members: np.ndarray) -> OracleResult:
 def _derived(params: Arrays, derived: Arrays, numerics: Numerics, case: Case) -> OracleResult:
     # Random bits are exact everywhere; on CPU the init's float ops are the same ones jax
     # runs for the derivation, so the match is exact. Elsewhere allow the table's ULPs.
-    ulps = 0 if numerics.backend == "cpu" else numerics.tolerance(case.dtype).param_ulps
+    ulps = 0 if numerics.backend == "cpu" else numerics.tolerance(output_dtype(case)).param_ulps
     bad = []
     for name in sorted(derived):
         if name not in params:
@@ -157,9 +157,9 @@ def _derived(params: Arrays, derived: Arrays, numerics: Numerics, case: Case) ->
 
 
 def _split_is_fold_in(case: Case) -> list[OracleResult]:
-    if not bool(jax.config.jax_threefry_partitionable) or VARIANTS[case.variant].member_input is None:
+    if not bool(jax.config.jax_threefry_partitionable) or VARIANTS[case.program].member_input is None:
         return []
-    ok = derivation.split_equals_fold_in(case.seed_int, case.num_models)
+    ok = derivation.split_equals_fold_in(int(case.seed), case.num_models)
     return [OracleResult("split_is_fold_in", ok, "" if ok else "split(k, n)[i] != fold_in(k, i) with the flag on")]
 
 
@@ -175,7 +175,7 @@ def _member_loop(variant: Variant, model: nnx.Module, inputs: Arrays, n: int) ->
 
 def package_oracles(case: Case, inputs: Arrays, numerics: Numerics = CPU) -> list[OracleResult]:
     """Every oracle for the package's own implementation of a case."""
-    variant = VARIANTS[case.variant]
+    variant = VARIANTS[case.program]
     computed = computed_of(core_run(case, inputs))  # the golden test's run, where it ran in this process
     assert computed.params is not None
     params, output = computed.params, computed.output
@@ -199,7 +199,7 @@ def package_oracles(case: Case, inputs: Arrays, numerics: Numerics = CPU) -> lis
                 "float64_reference", output, variant.reference(inputs, params, False).reshape(output.shape), bound
             )
         )
-        rngs = nnx.Rngs(case.seed_int)
+        rngs = nnx.Rngs(int(case.seed))
         model = variant.build(case, rngs)
         draws = int(rngs.default.count[...])
         results.append(
@@ -217,8 +217,8 @@ def package_oracles(case: Case, inputs: Arrays, numerics: Numerics = CPU) -> lis
         if variant.member_input is not None and variant.shared_input:
             results.append(_broadcast_input(case, model, inputs, output, bound, numerics))
         forms = {
-            "jax.random.key": jax.random.key(case.seed_int),
-            "jax.random.PRNGKey": jax.random.PRNGKey(case.seed_int),
+            "jax.random.key": jax.random.key(int(case.seed)),
+            "jax.random.PRNGKey": jax.random.PRNGKey(int(case.seed)),
         }
         differing = [
             label
@@ -289,7 +289,7 @@ def _guarded(name: str, check: Callable[[], OracleResult]) -> OracleResult:
 
 def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, numerics: Numerics = CPU) -> list[OracleResult]:
     """The oracles that an external implementation's outputs allow (core function cases)."""
-    variant = VARIANTS[case.variant]
+    variant = VARIANTS[case.program]
     x = inputs["x"]
     try:
         output = computed_of(core_run(case, inputs, impl)).output  # the golden test's run, where it ran
@@ -323,6 +323,6 @@ def impl_oracles(case: Case, inputs: Arrays, impl: CoreFunction, numerics: Numer
 
 
 def run_oracles(case: Case, inputs: Arrays, impl: CoreFunction | None, numerics: Numerics = CPU) -> list[OracleResult]:
-    if impl is not None and VARIANTS[case.variant].accepts_core_impl:
+    if impl is not None and VARIANTS[case.program].accepts_core_impl:
         return impl_oracles(case, inputs, impl, numerics)
     return package_oracles(case, inputs, numerics)

@@ -64,6 +64,73 @@ def require(owner: Any, attr: str, api: str | None = None) -> Any:
     return value
 
 
+def _fmt(value: Any) -> str:
+    text = f"{value:.10g}" if isinstance(value, float) else str(value)
+    return text.replace(".", "p").replace("-", "m")
+
+
+CaseForm = Literal["scenario", "core"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One program with one parameter set: the one case record, for the suite's lifecycle
+    recipes, a project's ensemble steps and the core function's 146 cases alike.
+
+    ``params`` is sorted (key, value) pairs; a parameter reads as an attribute
+    (``case.num_models``). ``form`` says how the case and its golden are named, by the
+    ``FORMS`` table below: a scenario's id is its program and its parameters
+    (``dropout_own_keys-d3-f4-n4-rate0p5-seed0``) and its golden's metadata records both; a
+    core case keeps the names its goldens were made under (``ensemble-s0-n8-d7-f5``, and the
+    variant and sizes as metadata), since only a regeneration may change a golden."""
+
+    program: str
+    params: tuple[tuple[str, Any], ...]
+    form: CaseForm = "scenario"
+
+    @classmethod
+    def of(cls, program: str, p: Params, form: CaseForm = "scenario") -> Case:
+        return cls(program, tuple(sorted(p.items())), form)
+
+    @property
+    def p(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def id(self) -> str:
+        return FORMS[self.form][0](self)
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What the case's golden file records of it (its metadata's ``case``)."""
+        return FORMS[self.form][1](self)
+
+    def __getattr__(self, name: str) -> Any:
+        # only parameters; never the dataclass's own machinery (copy, pickle)
+        if name.startswith("_") or name in ("program", "params", "form"):
+            raise AttributeError(name)
+        for key, value in self.params:
+            if key == name:
+                return value
+        raise AttributeError(f"case {self.program!r} has no parameter {name!r} (it has {', '.join(self.p) or 'none'})")
+
+
+def _scenario_id(case: Case) -> str:
+    return "-".join([case.program, *(f"{k}{_fmt(v)}" for k, v in case.params)])
+
+
+def _core_id(case: Case) -> str:
+    hidden = f"-h{case.hidden}" if case.hidden else ""
+    return f"{case.program}-s{_fmt(case.seed)}-n{case.num_models}-d{case.d_in}{hidden}-f{case.features}"
+
+
+# How a case is named (its id: test id and golden file name) and what its golden records of it.
+FORMS: Mapping[CaseForm, tuple[Callable[[Case], str], Callable[[Case], dict[str, Any]]]] = {
+    "scenario": (_scenario_id, lambda c: {"program": c.program, "params": [list(kv) for kv in c.params]}),
+    "core": (_core_id, lambda c: {"variant": c.program, **c.p}),
+}
+
+
 @dataclass(frozen=True)
 class Program:
     """One lifecycle recipe, as a user would write it.

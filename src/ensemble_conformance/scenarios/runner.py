@@ -27,8 +27,9 @@ from flax import nnx
 
 from ensemble_conformance.backends import emulation
 from ensemble_conformance.golden.tolerances import CPU, Numerics
-from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.cases import core_case
 from ensemble_conformance.scenarios.core import vmap_over_ensemble
+from ensemble_conformance.scenarios.program import Case
 from ensemble_conformance.scenarios.runs import Run, run_once
 from ensemble_conformance.scenarios.variants import (
     VARIANTS,
@@ -44,7 +45,7 @@ def make_inputs(case: Case) -> Arrays:
     """Fresh inputs for a case, seeded from its id (used only when making a golden;
     checks always use the inputs stored in the golden file)."""
     seed = int.from_bytes(hashlib.sha256(case.id.encode()).digest()[:8], "little")
-    return VARIANTS[case.variant].make_inputs(case, np.random.default_rng(seed))
+    return VARIANTS[case.program].make_inputs(case, np.random.default_rng(seed))
 
 
 # The jax settings a core run depends on beyond its parameters: a run under others is another run.
@@ -81,7 +82,7 @@ class CoreRun:
     settings: tuple[Any, ...] = ()
 
     def __call__(self, p: Mapping[str, Any]) -> dict[str, Any]:
-        case = Case(self.variant, **{k: v for k, v in p.items() if k != "inputs"})
+        case = core_case(self.variant, **{k: v for k, v in p.items() if k != "inputs"})
         computed = compute(case, p["inputs"].arrays, self.impl, self.emulated or CPU)
         return {"output": computed.output, **({"params": computed.params} if computed.params is not None else {})}
 
@@ -89,7 +90,7 @@ class CoreRun:
 def core_run(case: Case, inputs: Arrays, impl: CoreFunction | None = None, numerics: Numerics = CPU) -> Run:
     """This process's one run of a core case on ``inputs`` (the run cache, runs.py)."""
     settings = tuple(getattr(jax.config, name) for name in KEYED_SETTINGS)
-    run = CoreRun(case.variant, impl, numerics if numerics.emulated else None, settings)
+    run = CoreRun(case.program, impl, numerics if numerics.emulated else None, settings)
     return run_once(run, {**case.p, "inputs": StoredInputs.of(inputs)})
 
 
@@ -116,7 +117,7 @@ def compute_with(
     case: Case, inputs: Arrays, impl: CoreFunction | None, emulated: emulation.Emulation | None
 ) -> Computed:
     """``compute`` with an explicit emulation of the dots (None: the machine's own)."""
-    variant = VARIANTS[case.variant]
+    variant = VARIANTS[case.program]
     if not variant.accepts_core_impl:
         return variant.run(case, inputs, emulated)
     function = impl or vmap_over_ensemble
@@ -125,7 +126,7 @@ def compute_with(
     output = run_ensemble_with(function, case, inputs)
     if impl is not None:
         return Computed(output=output, params=None)
-    model = variant.build(case, nnx.Rngs(case.seed_int))
+    model = variant.build(case, nnx.Rngs(int(case.seed)))
     return Computed(output=output, params=variant.params_of(model))
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ensemble_conformance.scenarios.cases import CASES, Case
+from ensemble_conformance.scenarios.cases import CASES
+from ensemble_conformance.scenarios.program import Case
 from ensemble_conformance.scenarios.variants import VARIANTS, Arrays, Computed, host
 
 AXIS = "ensemble"
@@ -42,7 +43,7 @@ def shardable(devices: int) -> list[Case]:
     return [
         c
         for c in CASES
-        if VARIANTS[c.variant].member_input is not None and c.num_models % devices == 0 and c.num_models >= devices
+        if VARIANTS[c.program].member_input is not None and c.num_models % devices == 0 and c.num_models >= devices
     ]
 
 
@@ -77,13 +78,13 @@ def _gather(array: jax.Array) -> np.ndarray:
 def run_sharded(case: Case, inputs: Arrays, mesh: Mesh) -> ShardedRun:
     """Build the case's ensemble sharded over ``mesh`` under nnx.jit, run its forward
     under nnx.jit, and read back the output and every member's parameters."""
-    variant = VARIANTS[case.variant]
+    variant = VARIANTS[case.program]
     members = NamedSharding(mesh, PartitionSpec(AXIS))  # type: ignore[no-untyped-call]
     replicated = NamedSharding(mesh, PartitionSpec())  # type: ignore[no-untyped-call]
 
     @nnx.jit
     def create() -> nnx.Module:
-        model = variant.build(case, nnx.Rngs(case.seed_int))
+        model = variant.build(case, nnx.Rngs(int(case.seed)))
         state = nnx.state(model)
         nnx.update(model, jax.lax.with_sharding_constraint(state, members))  # type: ignore[no-untyped-call]
         return model

@@ -132,8 +132,8 @@ from ensemble_conformance.scenarios.asserts import equal_rows
 from ensemble_conformance.scenarios.checkpoint import round_trip
 from ensemble_conformance.scenarios.construction import eval_mode, member_slice
 from ensemble_conformance.scenarios.dropout import state_arrays
-from ensemble_conformance.scenarios.lifecycle import ScenarioCase, compare_arrays
-from ensemble_conformance.scenarios.program import NotApplicable, Outcome, Params, Program, flatten
+from ensemble_conformance.scenarios.lifecycle import compare_arrays
+from ensemble_conformance.scenarios.program import Case, NotApplicable, Outcome, Params, Program, flatten
 from ensemble_conformance.scenarios.runs import run_once
 from ensemble_conformance.scenarios.training import Optimizer, _adam, apply_update, make_optimizer
 
@@ -558,9 +558,9 @@ class Ensemble:
         """One Program per step and custom program, ``{"<name>.<part>": Program}``."""
         return {f"{self.name}.{part}": self._program(part) for part in self.parts}
 
-    def cases(self) -> tuple[ScenarioCase, ...]:
+    def cases(self) -> tuple[Case, ...]:
         """Every step x members x seeds; ids like ``mlp.forward-n4-seed0``."""
-        return tuple(ScenarioCase(name, tuple(sorted(p.items()))) for name in self.programs() for p in self.grid)
+        return tuple(Case.of(name, p) for name in self.programs() for p in self.grid)
 
     def describe(self, part: str) -> str:
         """What ``part`` runs: the project's own pieces by name, then the suite's."""
@@ -647,13 +647,11 @@ class Ensemble:
     # --- the compiled programs' cost (scenarios/cost.py) ----------------------------------
 
     @property
-    def census_cases(self) -> tuple[ScenarioCase, ...]:
+    def census_cases(self) -> tuple[Case, ...]:
         """The cases whose compiled program has a census: the steps of ``CENSUS_KINDS`` at the
         largest n and the first seed (the census is a property of the program, not of n)."""
         p = {"n": max(self.members), "seed": self.seeds[0]}
-        return tuple(
-            ScenarioCase(f"{self.name}.{step}", tuple(sorted(p.items()))) for step in self.steps if step in CENSUS_KINDS
-        )
+        return tuple(Case.of(f"{self.name}.{step}", p) for step in self.steps if step in CENSUS_KINDS)
 
     def lowered(self, step: str, p: Params) -> Any:
         """``step``'s one compiled program, lowered (``jax.stages.Lowered``): ``build`` under

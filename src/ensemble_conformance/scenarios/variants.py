@@ -33,8 +33,9 @@ from flax import nnx
 
 from ensemble_conformance.backends import emulation
 from ensemble_conformance.scenarios import derivation
-from ensemble_conformance.scenarios.cases import Case
+from ensemble_conformance.scenarios.cases import output_dtype
 from ensemble_conformance.scenarios.core import forward_shared_input
+from ensemble_conformance.scenarios.program import Case
 
 Arrays = dict[str, np.ndarray]
 CoreFunction = Callable[[Any, Any, Any, Any], Any]
@@ -82,7 +83,7 @@ class Variant:
 
     def run(self, case: Case, inputs: Arrays, emulated: emulation.Emulation | None = None) -> Computed:
         """Build and run the case; with ``emulated``, the forward's dots are that hardware's."""
-        model = self.build(case, nnx.Rngs(case.seed_int))
+        model = self.build(case, nnx.Rngs(int(case.seed)))
         if emulated is None:
             return Computed(output=host(self.forward(model, inputs)), params=self.params_of(model))
         graphdef, state = nnx.split(model)
@@ -241,7 +242,9 @@ VARIANTS: Mapping[str, Variant] = {
             build=lambda c, rngs: _stacked_linear(c, rngs),
             forward=_ensemble_forward,
             params_of=_linear_of,
-            derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.float32, False),
+            derive=lambda c: derivation.stacked_dense(
+                int(c.seed), c.num_models, c.d_in, c.features, jnp.float32, False
+            ),
             reference=_ensemble_reference,
             member_input=_shared_x,
             shared_input=True,
@@ -257,7 +260,9 @@ VARIANTS: Mapping[str, Variant] = {
             ),
             forward=_ensemble_forward,
             params_of=_linear_of,
-            derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.bfloat16, True),
+            derive=lambda c: derivation.stacked_dense(
+                int(c.seed), c.num_models, c.d_in, c.features, jnp.bfloat16, True
+            ),
             reference=_ensemble_reference,
             member_input=_shared_x,
             shared_input=True,
@@ -273,7 +278,7 @@ VARIANTS: Mapping[str, Variant] = {
             derive=lambda c: dict(
                 zip(
                     ("kernel", "bias"),
-                    derivation.dense(derivation.root_key(c.seed_int), 0, c.d_in, c.features, jnp.float32, True),
+                    derivation.dense(derivation.root_key(int(c.seed)), 0, c.d_in, c.features, jnp.float32, True),
                     strict=True,
                 )
             ),
@@ -288,7 +293,7 @@ VARIANTS: Mapping[str, Variant] = {
             build=lambda c, rngs: _stacked_linear(c, rngs, bias_init=BIAS_INIT),
             forward=lambda m, inputs: _forward_per_input(m, jnp.asarray(inputs["xs"])),
             params_of=_linear_of,
-            derive=lambda c: derivation.stacked_dense(c.seed_int, c.num_models, c.d_in, c.features, jnp.float32, True),
+            derive=lambda c: derivation.stacked_dense(int(c.seed), c.num_models, c.d_in, c.features, jnp.float32, True),
             reference=_per_input_reference,
             member_input=_own_x,
         ),
@@ -299,7 +304,7 @@ VARIANTS: Mapping[str, Variant] = {
             build=_build_mlp,
             forward=lambda m, inputs: forward_shared_input(m, jnp.asarray(inputs["x"])),
             params_of=_mlp_params,
-            derive=lambda c: derivation.stacked_mlp(c.seed_int, c.num_models, c.d_in, c.hidden, c.features),
+            derive=lambda c: derivation.stacked_mlp(int(c.seed), c.num_models, c.d_in, c.hidden, c.features),
             reference=_mlp_reference,
             member_input=_shared_x,
             shared_input=True,
@@ -310,9 +315,9 @@ VARIANTS: Mapping[str, Variant] = {
 
 def _param_shapes(case: Case) -> dict[str, tuple[int, ...]]:
     n, d, h, f = case.num_models, case.d_in, case.hidden, case.features
-    if case.variant == "shared_model":
+    if case.program == "shared_model":
         return {"kernel": (d, f), "bias": (f,)}
-    if case.variant == "mlp_ensemble":
+    if case.program == "mlp_ensemble":
         return {"layer1.kernel": (n, d, h), "layer1.bias": (n, h), "layer2.kernel": (n, h, f), "layer2.bias": (n, f)}
     return {"kernel": (n, d, f), "bias": (n, f)}
 
@@ -321,9 +326,9 @@ def layout(case: object) -> dict[str, tuple[tuple[int, ...], str]] | None:
     """What a core case's golden file must hold: member name -> (shape, dtype name), written
     out from the case's sizes (independently of any model), to check stored arrays at load.
     None for anything else (a lifecycle scenario's arrays are judged against the run)."""
-    if not isinstance(case, Case):
+    if not isinstance(case, Case) or case.form != "core":
         return None
-    variant = VARIANTS[case.variant]
+    variant = VARIANTS[case.program]
     n, d = case.num_models, case.d_in
     inputs: dict[str, tuple[int, ...]] = (
         {"x": (d,)} if variant.member_input is _shared_x else {"xs": (n, d)}
@@ -331,12 +336,12 @@ def layout(case: object) -> dict[str, tuple[tuple[int, ...], str]] | None:
     shapes: dict[str, tuple[int, ...]] = {f"input:{k}": v for k, v in inputs.items()}
     shapes.update({f"param:{k}": v for k, v in _param_shapes(case).items()})
     shapes["output"] = variant.output_shape(case)
-    return {key: (shape, case.dtype) for key, shape in shapes.items()}
+    return {key: (shape, output_dtype(case)) for key, shape in shapes.items()}
 
 
 def magnitude(case: Case, inputs: Arrays, params: Arrays) -> np.ndarray:
     """M per output element, shaped like the output: the scale of its rounding error."""
-    variant = VARIANTS[case.variant]
+    variant = VARIANTS[case.program]
     return variant.reference(inputs, params, True).reshape(variant.output_shape(case))
 
 

@@ -24,15 +24,15 @@ import pytest
 
 from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracle_results
 from ensemble_conformance.scenarios import compat
-from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, ScenarioCase, expected
-from ensemble_conformance.scenarios.program import Outcome, check_oracles
+from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, expected
+from ensemble_conformance.scenarios.program import Case, Outcome, check_oracles
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
 
 
 @pytest.fixture
-def outcome_of(pytestconfig: pytest.Config) -> Callable[[ScenarioCase], tuple[Outcome, tuple[str, ...]]]:
+def outcome_of(pytestconfig: pytest.Config) -> Callable[[Case], tuple[Outcome, tuple[str, ...]]]:
     """The case's one run in this process with the warnings it emitted (``--future-warnings``:
     deprecations as errors)."""
     future = bool(pytestconfig.getoption("--future-warnings"))
@@ -42,8 +42,8 @@ def outcome_of(pytestconfig: pytest.Config) -> Callable[[ScenarioCase], tuple[Ou
 @pytest.mark.golden
 @pytest.mark.parametrize("case", PARAMS)
 def test_scenario_matches_golden(
-    case: ScenarioCase,
-    outcome_of: Callable[[ScenarioCase], tuple[Outcome, tuple[str, ...]]],
+    case: Case,
+    outcome_of: Callable[[Case], tuple[Outcome, tuple[str, ...]]],
     record_property: Callable[[str, object], None],
     pytestconfig: pytest.Config,
 ) -> None:
@@ -56,9 +56,9 @@ def test_scenario_matches_golden(
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", PARAMS)
 def test_scenario_expected_outcome(
-    case: ScenarioCase,
+    case: Case,
     ensemble_env: dict[str, Any],
-    outcome_of: Callable[[ScenarioCase], tuple[Outcome, tuple[str, ...]]],
+    outcome_of: Callable[[Case], tuple[Outcome, tuple[str, ...]]],
 ) -> None:
     mode = str(ensemble_env.get("nnx_mode"))
     now = outcome_of(case)[0]
@@ -83,9 +83,9 @@ def test_scenario_expected_outcome(
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", PARAMS)
 def test_scenario_oracles(
-    case: ScenarioCase,
+    case: Case,
     ensemble_env: dict[str, Any],
-    outcome_of: Callable[[ScenarioCase], tuple[Outcome, tuple[str, ...]]],
+    outcome_of: Callable[[Case], tuple[Outcome, tuple[str, ...]]],
     record_property: Callable[[str, object], None],
 ) -> None:
     now = outcome_of(case)[0]

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from ensemble_conformance.plugin.judge import judge_core_oracles
-from ensemble_conformance.scenarios.cases import CASES, Case
+from ensemble_conformance.scenarios.cases import CASES
+from ensemble_conformance.scenarios.program import Case
 
 
 @pytest.mark.oracle

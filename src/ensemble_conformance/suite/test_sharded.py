@@ -10,8 +10,8 @@ import pytest
 
 from ensemble_conformance.golden.store import GoldenStore
 from ensemble_conformance.golden.tolerances import Numerics
-from ensemble_conformance.scenarios.cases import Case
 from ensemble_conformance.scenarios.check import check_case, failure_message
+from ensemble_conformance.scenarios.program import Case
 from ensemble_conformance.scenarios.sharding import ensemble_mesh, run_sharded, shardable
 
 
