@@ -107,7 +107,7 @@ def test_failure_message_has_every_figure_a_person_needs() -> None:
     env_now = {**store.environment_of(case.id), "jax": "9.9.9", "jax_threefry_partitionable": False}
     text = failure_message(
         verdict,
-        case,
+        case.id,
         CPU,
         golden_path=str(store.path_for(case.id)),
         env_now=env_now,
@@ -152,7 +152,8 @@ def test_a_core_case_runs_once_per_process_and_its_oracles_judge_that_run(monkey
     case = CASES_BY_ID["mlp_ensemble-s0-n8-d7-h16-f5"]
     inputs = GoldenStore(GOLDEN).load(case).inputs
     first = core_run(case, inputs)
-    assert first.error is None and sorted(first.outcome.arrays)[:2] == ["output", "params/layer1.bias"]
+    assert first.error is None and sorted(first.outcome.arrays)[:3] == ["inputs/x", "output", "params/layer1.bias"]
+    assert np.array_equal(first.outcome.arrays["inputs/x"], inputs["x"])  # the outcome holds what it ran on
     assert core_run(case, {k: v.copy() for k, v in inputs.items()}) is first  # equal inputs: the same run
     assert core_run(case, {k: v + np.float32(1) for k, v in inputs.items()}) is not first
     with jax_settings({"jax_threefry_partitionable": not jax.config.jax_threefry_partitionable}):

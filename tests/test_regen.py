@@ -108,29 +108,50 @@ def test_legacy_epoch_refuses_the_partitionable_reference(tmp_path: Path, capsys
     assert not any(tmp_path.iterdir())
 
 
-def test_one_rule_says_why_a_scenario_golden_is_written() -> None:
-    """``lifecycle.regeneration_state``, the rule of a scenario's --regen (a project's and the suite's):
-    kept within tolerance, else new, damaged, moved (the judge's lines) or rewritten as asked."""
+def test_one_rule_says_why_a_golden_is_written() -> None:
+    """``program.regeneration_state``, the rule of every case's --regen (a project's and the
+    suite's, a scenario's and a core case's): kept when the judge's verdict holds, else new,
+    damaged, moved (the judge's lines) or rewritten as asked."""
     from ensemble_conformance.golden.store import GoldenIntegrityError
     from ensemble_conformance.golden.tolerances import Numerics
-    from ensemble_conformance.scenarios.lifecycle import regeneration_state
-    from ensemble_conformance.scenarios.program import Outcome
+    from ensemble_conformance.scenarios.check import judge_core, outcome_of
+    from ensemble_conformance.scenarios.lifecycle import judge
+    from ensemble_conformance.scenarios.program import Outcome, regeneration_state
 
     numerics = Numerics("cpu", "default")
     golden = Outcome("values", arrays={"params/w": np.arange(4, dtype=np.float32)})
     moved = Outcome("values", arrays={"params/w": np.arange(4, dtype=np.float32) + 1})
     raises = Outcome("raises", error="ValueError: broken")
-    assert regeneration_state(golden, None, golden, numerics, rewrite_all=False) is None
-    rewritten = regeneration_state(golden, None, golden, numerics, rewrite_all=True)
-    assert rewritten == "within tolerance, rewritten as asked"
-    assert regeneration_state(None, None, golden, numerics, rewrite_all=False) == "new"
+
+    def state(
+        golden: Outcome | None, now: Outcome, rewrite_all: bool = False, damaged: Exception | None = None
+    ) -> str | None:
+        verdict = judge(golden, now, numerics) if golden is not None else None
+        return regeneration_state(golden, damaged, now, verdict, rewrite_all)
+
+    assert state(golden, golden) is None
+    assert state(golden, golden, rewrite_all=True) == "bit-identical, rewritten as asked"
+    one_ulp = Outcome("values", arrays={"params/w": np.nextafter(golden.arrays["params/w"], np.float32(9))})
+    within = state(golden, one_ulp, rewrite_all=True)
+    largest = float(np.spacing(np.float32(3)))  # the one-ULP step of the largest element, 3
+    assert (
+        within
+        == f"params/w 0/4 out of tolerance, max abs {largest:.3g}, max 1 ULP (within tolerance, rewritten as asked)"
+    )
+    assert state(None, golden) == "new"
     damaged = GoldenIntegrityError("x.npz: checksum differs\nmore")
-    replacing = regeneration_state(None, damaged, golden, numerics, rewrite_all=False)
-    assert replacing == "replacing damaged file (x.npz: checksum differs)"
-    state = regeneration_state(golden, None, moved, numerics, rewrite_all=False)
-    assert state is not None and "params/w" in state
-    state = regeneration_state(golden, None, raises, numerics, rewrite_all=False)
-    assert state is not None and state.endswith("RECORDS AN ERROR: raises ValueError: broken")
+    assert state(None, golden, damaged=damaged) == "replacing damaged file (x.npz: checksum differs)"
+    moved_state = state(golden, moved)
+    assert moved_state is not None and "params/w" in moved_state
+    raised = state(golden, raises)
+    assert raised is not None and raised.endswith("RECORDS AN ERROR: raises ValueError: broken")
+    # a core case by its own judge: its per-element allowance says what moved, in figures
+    case = CASES_BY_ID["ensemble-s0-n8-d7-f5"]
+    core = outcome_of(GoldenStore(REPO_GOLDEN).load(case))
+    nudged = Outcome("values", {**core.arrays, "output": core.arrays["output"] + np.float32(0.5)})
+    assert regeneration_state(core, None, core, judge_core(case, core, core, numerics), False) is None
+    core_state = regeneration_state(core, None, nudged, judge_core(case, core, nudged, numerics), False)
+    assert core_state is not None and core_state.startswith("output: ") and "max ULP distance" in core_state
 
 
 # The suite's own --regen: the path the command above runs ----------------------------------------

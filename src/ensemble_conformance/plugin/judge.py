@@ -3,24 +3,30 @@ the failure a person reads. The suite's test modules and a project's ``ensemble_
 class are thin calls into it; what a run uses (store, numerics, environment, --impl, the
 project file, a regeneration) comes from the run's session (session.py).
 
-- scenario cases (the suite's lifecycle recipes, a project's ensemble steps, an
-  ``ensemble_golden`` check): ``judge_against_golden`` (per-key tolerance classes, eras of
-  other releases, accepted outcomes, --regen staging) and ``judge_census``; their oracles
-  are ``program.check_oracles``;
-  each case runs once per process (``case_run``, scenarios/runs.py);
-- core cases (``vmap_over_ensemble``, or ``--impl``): ``judge_core_case`` (inputs from the
-  golden, the per-element k·u·M allowance, scenarios/check.py) and ``judge_core_oracles``.
-  docs/layout.md says what they share with scenario cases and what not yet;
-- every case's golden-free checks end in ``judge_oracle_results``: one failure message.
+Every case is judged the same way, whatever its program: the suite's lifecycle recipes, a
+project's ensemble steps, an ``ensemble_golden`` check (no program: its arrays are given)
+and the core function's 146 cases (``core_programs.program``, whose properties say what is
+theirs: the run on its golden's inputs, the per-element k·u·M allowance, the rounding step
+of the explanation, ``--impl``).
+
+- ``judge_case``: the run against its golden (or staged for --regen), eras of other releases,
+  outcomes a project accepts, the drift explanation and the exact command to regenerate;
+- ``judge_oracles``: the golden-free checks of its one run (``program.check_oracles``), which
+  end, as every case's do, in ``judge_oracle_results``: one failure message;
+- ``judge_census``: a compiled step's cost against its stored census.
+
+Each case runs once per process (``case_run``, scenarios/runs.py): its golden test, its
+expected-outcome test and its oracles judge that run.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 
 from ensemble_conformance.golden.store import GoldenError, GoldenFormatError, GoldenMissingError, GoldenStore
@@ -28,7 +34,7 @@ from ensemble_conformance.golden.tolerances import overriding
 from ensemble_conformance.plugin.session import ConformanceSession, fail_drift
 
 if TYPE_CHECKING:
-    from ensemble_conformance.scenarios.program import Case, OracleResult, Outcome, Program
+    from ensemble_conformance.scenarios.program import Case, OracleResult, Outcome, Program, Verdict
 
 RecordProperty = Callable[[str, object], None]
 
@@ -37,74 +43,180 @@ def _fail(lines: list[str]) -> None:
     pytest.fail("\n".join(lines), pytrace=False)
 
 
-def _load(store: GoldenStore, case: Case) -> tuple[Outcome | None, GoldenError | ValueError | None]:
-    """The case's golden outcome, or None and why it cannot be had."""
+def suite_program(config: pytest.Config, case: Case) -> Program:
+    """The reference suite's program of a case: a core variant's under this run's --impl and
+    numerics, or a lifecycle recipe."""
+    if case.form == "core":
+        from ensemble_conformance.scenarios.core_programs import program
+
+        session = ConformanceSession.of(config)
+        return program(case.program, session.impl, session.numerics)
+    from ensemble_conformance.scenarios.lifecycle import PROGRAMS
+
+    return PROGRAMS[case.program]
+
+
+def _load(
+    store: GoldenStore, program: Program | None, case: Case
+) -> tuple[Outcome | None, GoldenError | ValueError | None]:
+    """The case's golden as an outcome, or None and why it cannot be had."""
+    from ensemble_conformance.scenarios.check import outcome_of
     from ensemble_conformance.scenarios.lifecycle import golden_outcome
 
     try:
+        if program is not None and program.make_inputs is not None:
+            return outcome_of(store.load(case)), None
         arrays, meta = store.load_arrays(case)
         return golden_outcome(arrays, meta, str(store.path_for(case.id))), None
     except (GoldenError, ValueError) as err:
         return None, err
 
 
-def judge_against_golden(
+def _stored_inputs(program: Program, golden: Outcome | None) -> Mapping[str, np.ndarray] | None:
+    if program.make_inputs is None or golden is None:
+        return None
+    return {k.removeprefix("inputs/"): v for k, v in golden.arrays.items() if k.startswith("inputs/")}
+
+
+def _verdict(program: Program | None, case: Case, golden: Outcome, now: Outcome, config: pytest.Config) -> Verdict:
+    from ensemble_conformance.scenarios.lifecycle import judge
+
+    numerics = ConformanceSession.of(config).numerics
+    if program is not None and program.judge is not None:
+        return program.judge(case, golden, now, numerics)
+    return judge(golden, now, numerics)
+
+
+def case_run(program: Program, case: Case, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
+    """The case's one run in this process (runs.py), with the deprecation warnings it emitted:
+    the golden test, the expected-outcome test and the oracles judge the same run."""
+    from ensemble_conformance.scenarios.runs import run_once
+
+    run = run_once(program.run, case.p, future)
+    return run.outcome, run.warnings
+
+
+def _run(config: pytest.Config, program: Program, case: Case, golden: Outcome | None) -> Outcome:
+    """The case's run, on its golden's inputs for a program that reads them: this process's
+    one run, or under --regen a fresh one (a regeneration recomputes). An error raised by a
+    program that runs the function under test is reported where it was raised, the package's
+    own by its traceback, --impl's in one line."""
+    from ensemble_conformance.scenarios.program import execute, run_params
+    from ensemble_conformance.scenarios.runner import impl_failure
+    from ensemble_conformance.scenarios.runs import run_once
+
+    session = ConformanceSession.of(config)
+    p = run_params(program, case, _stored_inputs(program, golden))
+    if session.regen is None:
+        run = run_once(program.run, p)
+        outcome, error = run.outcome, run.error
+    else:
+        _, outcome, error = execute(program, p)
+    if error is None or not program.under_test:
+        return outcome
+    if session.impl is None:
+        raise error  # the package's own implementation: its traceback is the report
+    problem = f"ensemble-conformance: case {case.id}: {impl_failure(error)}"
+    _fail([problem])  # outside the except: one line, no chained traceback
+    raise AssertionError(problem)  # pragma: no cover - pytest.fail raises
+
+
+def judge_case(
     config: pytest.Config,
     case: Case,
-    program: Program | None,
-    now: Outcome,
     record_property: RecordProperty,
+    *,
+    program: Program | None,
+    now: Outcome | None = None,
     doc: str = "",
 ) -> None:
-    """The one judge of a scenario case (the suite's lifecycle recipes, a project's ensemble
-    steps, an ``ensemble_golden.check``): its run now against its golden, or staged for
-    --regen. Fails with the figures, the drift cause, the remedy and the command that
-    regenerates it. A project's tolerance overrides are in force, and an outcome its project
-    file accepts on this release passes; another flax release judged by the reference
-    release's goldens is held to what its era foresees (compat.ERAS)."""
+    """The one judge of a case against its golden: its run ``now`` (run here where not given,
+    on the golden's inputs for a program that reads them), or staged for --regen. Fails with
+    the figures, the drift cause, the remedy and the command that regenerates it. A project's
+    tolerance overrides are in force, and an outcome its project file accepts on this release
+    passes; another flax release judged by the reference release's goldens is held to what its
+    era foresees (compat.ERAS). ``program`` None: an ``ensemble_golden`` check's arrays."""
     with overriding(ConformanceSession.of(config).project_file.overrides):
-        _judge_against_golden(config, case, program, now, record_property, doc)
+        _judge_case(config, case, program, now, record_property, doc)
 
 
-def _judge_against_golden(
+def _regenerate(
     config: pytest.Config,
     case: Case,
     program: Program | None,
+    golden: Outcome | None,
+    problem: Exception | None,
     now: Outcome,
+    record_property: RecordProperty,
+) -> None:
+    """--regen: stage the case's golden when it is new, damaged or failing (--regen-all:
+    always); a golden of a newer format is never replaced."""
+    from ensemble_conformance.scenarios.check import record_of
+    from ensemble_conformance.scenarios.lifecycle import ScenarioRecord
+    from ensemble_conformance.scenarios.program import regeneration_state
+
+    regen = ConformanceSession.of(config).regen
+    assert regen is not None
+    if golden is None and isinstance(problem, GoldenFormatError):
+        regen.refuse(case.id, str(problem))  # a newer tool's file stays
+    damaged = None if isinstance(problem, GoldenMissingError) else problem
+    verdict = _verdict(program, case, golden, now, config) if golden is not None else None
+    state = regeneration_state(golden, damaged, now, verdict, rewrite_all=regen.mode == "all")
+    record_property("regenerated", state or "kept")
+    if state is not None:
+        stores_inputs = program is not None and program.make_inputs is not None
+        regen.stage(record_of(case, now) if stores_inputs else ScenarioRecord(case, now), state)
+
+
+def _record_figures(verdict: Verdict, now: Outcome, record_property: RecordProperty) -> None:
+    """Figures for --report-json, also when the case passes: the largest ULP distance per
+    tolerance class, and of the ``output`` and ``params`` a core case gives, the largest
+    ULP and relative errors and the output's sha256."""
+    record_property("max_ulp_by_class", verdict.worst_ulps())
+    measured = [r for r in verdict.reports if r.problem is None]
+    for head in ("output", "params"):
+        group = [r for r in measured if r.name.split("/", 1)[0] == head]
+        if group:
+            record_property(f"{head}_max_ulp", max(r.max_ulp for r in group))
+            record_property(f"{head}_max_rel", max(r.max_rel for r in group))
+    if "output" in now.arrays:
+        record_property(
+            "output_sha256", hashlib.sha256(np.ascontiguousarray(now.arrays["output"]).tobytes()).hexdigest()
+        )
+
+
+def _judge_case(
+    config: pytest.Config,
+    case: Case,
+    program: Program | None,
+    now: Outcome | None,
     record_property: RecordProperty,
     doc: str,
 ) -> None:
-    from ensemble_conformance.golden import environment
     from ensemble_conformance.golden.pins import REFERENCE
     from ensemble_conformance.scenarios import compat
-    from ensemble_conformance.scenarios.explain import explain_scenario
-    from ensemble_conformance.scenarios.lifecycle import ScenarioRecord, judge, regeneration_state
-    from ensemble_conformance.scenarios.program import check_oracles
+    from ensemble_conformance.scenarios.check import failure_message
+    from ensemble_conformance.scenarios.explain import explain_run
+    from ensemble_conformance.scenarios.program import check_oracles, run_params
 
     session = ConformanceSession.of(config)
     store, numerics, env = session.store, session.numerics, session.env
-    golden, problem = _load(store, case)
+    golden, problem = _load(store, program, case)
+    if now is None:
+        assert program is not None, "judge_case: give the program or its outcome"
+        now = _run(config, program, case, golden)
     record_property("outcome", now.describe())
-    regen = session.regen
-    if regen is not None:
-        if golden is None and isinstance(problem, GoldenFormatError):
-            regen.refuse(case.id, str(problem))  # a newer tool's file stays
-        damaged = None if isinstance(problem, GoldenMissingError) else problem
-        state = regeneration_state(golden, damaged, now, numerics, rewrite_all=regen.mode == "all")
-        if state is None:
-            record_property("regenerated", "kept")
-            return
-        record_property("regenerated", state)
-        regen.stage(ScenarioRecord(case, now), state)
+    if session.regen is not None:
+        _regenerate(config, case, program, golden, problem, now, record_property)
         return
     if golden is None:
         record_property("golden_problem", str(problem).splitlines()[0])
         _fail([f"ensemble-conformance: {problem}"])
         return
-    verdict = judge(golden, now, numerics)
+    verdict = _verdict(program, case, golden, now, config)
+    _record_figures(verdict, now, record_property)
     cls = compat.classify(golden, now, verdict)
     record_property("compat", cls)
-    record_property("max_ulp_by_class", verdict.worst_ulps())
     fix = compat.remedy(case.program, cls, now.error)
     if fix:
         record_property("remedy", fix)
@@ -129,44 +241,75 @@ def _judge_against_golden(
         record_property("accepted", accepted.describe())
         return  # the project accepted this outcome on this release (its project file)
     record_property("outcome_change", verdict.change or "values moved")
-    lines = [f"ensemble-conformance: {case.id} does not match its golden {store.path_for(case.id)}"]
-    if doc:
-        lines.append(f"  {doc}")
+    before: list[str] = []
     if accepted is not None:
         where = session.project_file.path
-        lines.append(f"  {where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
-    ran = check_oracles(program, case.p) if program is not None and now.kind == "values" else []
+        before.append(f"{where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
+    p = run_params(program, case, _stored_inputs(program, golden)) if program is not None else case.p
+    ran = check_oracles(program, p) if program is not None and now.kind == "values" else []
     failing = [r for r in ran if not r.ok]
     if failing:
         # the program is wrong by its own oracles: that, not rounding, is the first guess
-        lines.append("  its golden-free checks fail too, so the program itself is the first suspect:")
-        lines += ["    " + r.line().splitlines()[0] for r in failing]
-    lines += ["  " + line.replace("\n", "\n  ") for line in verdict.lines()]
+        before.append("its golden-free checks fail too, so the program itself is the first suspect:")
+        before += ["  " + r.line().splitlines()[0] for r in failing]
+    explanation = None
     if program is not None:
-        why = explain_scenario(
-            program, case.p, golden, now, env_now=env, env_golden=golden_env, numerics=numerics, oracle_failures=failing
+        why = explain_run(
+            program,
+            case,
+            p,
+            golden,
+            now,
+            env_now=env,
+            env_golden=golden_env,
+            numerics=numerics,
+            oracle_failures=failing,
         )
         record_property("drift_cause", why.cause.value)
         if why.restore:
             record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
-        lines += ["  " + line for line in why.describe().splitlines()]
-    lines += [f"  differs from the golden's environment: {d}" for d in environment.differences(env, golden_env)]
-    if fix:
-        lines.append(f"  remedy: {fix}")
-    if failing:
-        lines.append("  Do not regenerate before the golden-free checks pass: a golden made now records the bug.")
-    else:
-        lines += ["  If this change is intended, regenerate the golden:", f"    {store.regen_command([case.id])}"]
-    fail_drift(lines)
+        explanation = why.describe()
+    after = [f"remedy: {fix}"] if fix else []
+    regen_command: str | None = store.regen_command([case.id])
+    if program is not None and program.under_test and session.impl is not None:
+        regen_command = None  # the package's golden against the implementation under test
+    elif failing:
+        after.append("Do not regenerate before the golden-free checks pass: a golden made now records the bug.")
+        regen_command = ""
+    message = failure_message(
+        verdict,
+        case.id,
+        numerics,
+        golden_path=str(store.path_for(case.id)),
+        env_now=env,
+        env_golden=golden_env,
+        regen_command=regen_command,
+        doc=doc,
+        before=before,
+        explanation=explanation,
+        after=after,
+    )
+    fail_drift([message])
 
 
-def case_run(program: Program, case: Case, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
-    """The case's one run in this process (runs.py), with the deprecation warnings it emitted:
-    the golden test, the expected-outcome test and the oracles judge the same run."""
-    from ensemble_conformance.scenarios.runs import run_once as shared_run
+def judge_oracles(
+    config: pytest.Config,
+    case: Case,
+    program: Program,
+    record_property: RecordProperty,
+    skip: Sequence[str] = (),
+) -> list[str]:
+    """The golden-free checks of a case's run (``program.check_oracles``; those named in
+    ``skip`` left out), judged by ``judge_oracle_results``. A program that reads stored inputs
+    runs on its golden's when it loads (its golden test reports a bad one), otherwise on fresh
+    ones made the same way. Returns the lines of the oracles that do not apply."""
+    from ensemble_conformance.scenarios.program import check_oracles, run_params
 
-    run = shared_run(program.run, case.p, future)
-    return run.outcome, run.warnings
+    session = ConformanceSession.of(config)
+    golden = _load(session.store, program, case)[0] if program.make_inputs is not None else None
+    with overriding(session.project_file.overrides):
+        results = check_oracles(program, run_params(program, case, _stored_inputs(program, golden)), skip)
+    return judge_oracle_results(case.id, results, record_property)
 
 
 def judge_oracle_results(case_id: str, results: Sequence[OracleResult], record_property: RecordProperty) -> list[str]:
@@ -247,108 +390,3 @@ def judge_census(
                 f"    {store.regen_command([case_id])}",
             ]
         )
-
-
-# --- the core function's cases -----------------------------------------------------------------
-
-
-def judge_core_case(config: pytest.Config, case: Case, record_property: RecordProperty) -> None:
-    """A core case run now on its golden's inputs against its golden: parameters tightly,
-    the output within the tolerance entry's per-element bound. A failure says why the values
-    moved (explain.py): a PRNG setting, float rounding, or broken semantics."""
-    from ensemble_conformance.scenarios.check import check_case, failure_message
-    from ensemble_conformance.scenarios.explain import explain
-    from ensemble_conformance.scenarios.runner import computed_of, core_run, impl_failure
-
-    session = ConformanceSession.of(config)
-    store, impl, env, numerics = session.store, session.impl, session.env, session.numerics
-    if session.regen is not None:
-        _regenerate_core_case(session, case, record_property)
-        return
-    problem: str | None = None
-    try:
-        golden = store.load(case)
-    except GoldenError as err:
-        problem = f"ensemble-conformance: {err}"
-    if problem is not None:
-        record_property("golden_problem", problem.splitlines()[0])
-        pytest.fail(problem, pytrace=False)
-    try:
-        computed = computed_of(core_run(case, golden.inputs, impl, numerics))
-    except Exception as err:
-        if impl is None:
-            raise  # the package's own implementation: its traceback is the report
-        problem = f"ensemble-conformance: case {case.id}: {impl_failure(err)}"
-    if problem is not None:  # outside the except: one line, no chained traceback
-        pytest.fail(problem, pytrace=False)
-    verdict = check_case(case, golden, computed, numerics)
-    # Figures for --report-json, also when the case passes.
-    measured = [r for r in verdict.reports if r.problem is None]
-    for key, group in (
-        ("output", [r for r in measured if r.name == "output"]),
-        ("params", [r for r in measured if r.name != "output"]),
-    ):
-        record_property(f"{key}_max_ulp", max((r.max_ulp for r in group), default=0.0))
-        record_property(f"{key}_max_rel", max((r.max_rel for r in group), default=0.0))
-    record_property("output_sha256", hashlib.sha256(computed.output.tobytes()).hexdigest())
-    if verdict.ok:
-        return
-    env_golden = store.environment_of(case.id)
-    why = explain(case, golden, computed, env_now=env, env_golden=env_golden, impl=impl, numerics=numerics)
-    record_property("drift_cause", why.cause.value)
-    if why.restore:
-        record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
-    message = failure_message(
-        verdict,
-        case,
-        numerics,
-        golden_path=str(store.path_for(case.id)),
-        env_now=env,
-        env_golden=env_golden,
-        regen_command=None if impl is not None else store.regen_command([case.id]),
-        explanation=why.describe(),
-    )
-    fail_drift([message])
-
-
-def _regenerate_core_case(session: ConformanceSession, case: Case, record_property: RecordProperty) -> None:
-    """--regen: run the package's function on the golden's inputs (fresh ones, made from the
-    case's id, where there is no readable golden) and stage the record when it is new,
-    damaged or failing (--regen-all: always); a golden of a newer format is never replaced."""
-    from ensemble_conformance.golden.store import GoldenRecord
-    from ensemble_conformance.scenarios.check import check_case, regeneration_state
-    from ensemble_conformance.scenarios.runner import compute, make_inputs
-
-    regen, store = session.regen, session.store
-    assert regen is not None
-    golden, damaged = None, None
-    try:
-        golden = store.load(case)
-    except GoldenFormatError as err:
-        regen.refuse(case.id, str(err))  # a newer tool's file: never overwritten
-    except GoldenMissingError:
-        pass
-    except GoldenError as err:
-        damaged = err
-    inputs = golden.inputs if golden is not None else make_inputs(case)
-    computed = compute(case, inputs)
-    assert computed.params is not None  # the package's own function: its parameters are observed
-    verdict = check_case(case, golden, computed, session.numerics) if golden is not None else None
-    state = regeneration_state(verdict, damaged, rewrite_all=regen.mode == "all")
-    record_property("regenerated", state or "kept")
-    if state is not None:
-        regen.stage(GoldenRecord(case, inputs, computed.output, computed.params), state)
-
-
-def judge_core_oracles(config: pytest.Config, case: Case, record_property: RecordProperty) -> None:
-    """The golden-free checks of a core case (oracles.py), on the golden's stored inputs when
-    it loads (the golden test reports a bad one), otherwise fresh inputs made the same way."""
-    from ensemble_conformance.scenarios.oracles import run_oracles
-    from ensemble_conformance.scenarios.runner import make_inputs
-
-    session = ConformanceSession.of(config)
-    try:
-        inputs = session.store.load(case).inputs
-    except GoldenError:
-        inputs = make_inputs(case)
-    judge_oracle_results(case.id, run_oracles(case, inputs, session.impl, session.numerics), record_property)

@@ -30,14 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES, overriding
-from ensemble_conformance.plugin.judge import (
-    case_run,
-    judge_against_golden,
-    judge_census,
-    judge_oracle_results,
-)
-from ensemble_conformance.plugin.session import ConformanceSession
+from ensemble_conformance.golden.tolerances import LIFECYCLE_CLASSES
+from ensemble_conformance.plugin.judge import case_run, judge_case, judge_census, judge_oracles
 
 if TYPE_CHECKING:
     from ensemble_conformance.scenarios.program import Case, Outcome, Program
@@ -83,7 +77,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             record_property("warnings", list(emitted))
             ensemble, step = owners[case.program]
             doc = f"{program.doc} [{ensemble.describe(step)}]"
-            judge_against_golden(pytestconfig, case, program, now, record_property, doc)
+            judge_case(pytestconfig, case, record_property, program=program, now=now, doc=doc)
 
         @pytest.mark.ensemble
         @pytest.mark.cost
@@ -110,11 +104,7 @@ def ensemble_tests(*ensembles: Ensemble) -> type:
             now, _ = run(case, pytestconfig)
             if now.kind != "values":
                 pytest.skip(f"ensemble-conformance: {case.id}: no values to judge, the step {now.describe()}")
-            from ensemble_conformance.scenarios.program import check_oracles
-
-            with overriding(ConformanceSession.of(pytestconfig).project_file.overrides):
-                results = check_oracles(program, case.p)
-            not_applicable = judge_oracle_results(case.id, results, record_property)
+            not_applicable = judge_oracles(pytestconfig, case, program, record_property)
             if len(not_applicable) == len(program.oracles):
                 pytest.skip("no oracle applies: " + "; ".join(not_applicable))
 
@@ -164,10 +154,10 @@ class EnsembleGolden:
             arrays[key if head in LIFECYCLE_CLASSES else f"{tolerance}/{key}"] = np.asarray(value)
         case = Case(basename, ())
         self._request.node.user_properties.append(("ensemble_golden", basename))
-        judge_against_golden(
+        judge_case(
             self._request.config,
             case,
-            None,
-            Outcome("values", arrays),
             lambda name, value: self._request.node.user_properties.append((name, value)),
+            program=None,
+            now=Outcome("values", arrays),
         )

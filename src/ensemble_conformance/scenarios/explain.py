@@ -14,10 +14,10 @@ Tried in this order, the first that applies is the cause:
                       tolerance: only rounding moved.
   4. unexplained      the values moved beyond rounding while every oracle holds.
 
-A scenario (a project's own ensemble, ``explain_scenario``) is explained the same way, with
-``outcome-changed`` (values where an error was recorded, or the reverse) after the PRNG
-re-run, and no rounding step: its arrays are judged by tolerance class, not by a forward
-error bound.
+Every case is explained by ``explain_run``, with ``outcome-changed`` (values where an error
+was recorded, or the reverse) after the PRNG re-run; the rounding step (3) is a property of
+the program (``Program.rounding``): the core function's variants have it, a scenario's arrays
+are judged by tolerance class, not by a forward error bound, and have not.
 """
 
 from __future__ import annotations
@@ -31,13 +31,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from ensemble_conformance.golden.compare import non_finite, ulp_distance
+from ensemble_conformance.golden.compare import non_finite
 from ensemble_conformance.golden.store import GoldenRecord
-from ensemble_conformance.golden.tolerances import CPU, ROUNDING_PARAM_ULPS, Numerics
-from ensemble_conformance.scenarios.check import check_case, core_outcome
-from ensemble_conformance.scenarios.oracles import forward_bound, run_oracles
-from ensemble_conformance.scenarios.program import Case, OracleResult, Outcome, Params, Program, run_program
-from ensemble_conformance.scenarios.runner import compute
+from ensemble_conformance.golden.tolerances import CPU, Numerics
+from ensemble_conformance.scenarios.check import core_outcome, outcome_of
+from ensemble_conformance.scenarios.program import (
+    Case,
+    OracleResult,
+    Outcome,
+    Params,
+    Program,
+    check_oracles,
+    run_params,
+    run_program,
+)
 from ensemble_conformance.scenarios.variants import Computed, CoreFunction
 
 PRNG_SETTINGS = ("jax_threefry_partitionable", "jax_default_prng_impl")
@@ -134,30 +141,54 @@ def _semantics(oracles: Sequence[OracleResult]) -> Explanation | None:
     )
 
 
-def _rounding_only(case: Case, golden: GoldenRecord, computed: Computed, numerics: Numerics) -> tuple[bool, str]:
-    if computed.output.shape != golden.output.shape or computed.output.dtype != golden.output.dtype:
-        return False, "output shape or dtype changed"
-    worst_param = 0.0
-    if computed.params is not None:
-        for name, value in golden.params.items():
-            other = computed.params.get(name)
-            if other is None or other.shape != value.shape or other.dtype != value.dtype:
-                return False, f"param {name} missing or reshaped"
-            moved = float(ulp_distance(value, other).max(initial=0.0))
-            allowed = ROUNDING_PARAM_ULPS[value.dtype.name]
-            if moved > allowed:
-                return (
-                    False,
-                    f"param {name} moved by up to {moved:.0f} ULP (rounding allows {allowed} for {value.dtype})",
-                )
-            worst_param = max(worst_param, moved)
-    bound = 2 * forward_bound(case, golden.inputs, golden.params, numerics).reshape(golden.output.shape)
-    diff = np.abs(computed.output.astype(np.float64) - golden.output.astype(np.float64))
-    ratio = float(np.max(diff / np.maximum(bound, np.finfo(np.float64).tiny), initial=0.0))
-    if ratio > 1:
-        return False, f"output moved by up to {ratio:.3g} x the forward error bound"
-    return True, (
-        f"parameters within {worst_param:.0f} ULP, output within {ratio:.2g} x the forward error bound 2 gamma_n M"
+def explain_run(
+    program: Program,
+    case: Case,
+    p: Params,
+    golden: Outcome,
+    now: Outcome,
+    *,
+    env_now: dict[str, Any],
+    env_golden: dict[str, Any],
+    oracle_failures: Sequence[OracleResult],
+    numerics: Numerics = CPU,
+) -> Explanation:
+    """Why a case's run (``now``, on the parameters ``p``) no longer matches its golden, in the
+    order of the module docstring: non-finite values, the golden's PRNG setting (the program
+    re-run under it matches), a changed outcome (values <-> an error), a failing golden-free
+    check, only float rounding (where the program has that step, ``Program.rounding``), else
+    values that moved while every check holds. ``oracle_failures``: the program's oracles
+    that fail on this run, as the judge found them (``program.check_oracles``), not judged
+    a second time here."""
+    from ensemble_conformance.scenarios.lifecycle import judge as scenario_judge
+
+    def judge(golden: Outcome, now: Outcome) -> bool:
+        return (program.judge or (lambda c, g, n, x: scenario_judge(g, n, x)))(case, golden, now, numerics).ok
+
+    found = _non_finite(now.arrays) or _prng_config(env_now, env_golden, lambda: judge(golden, run_program(program, p)))
+    if found is not None:
+        return found
+    if golden.kind != now.kind or golden.error != now.error:
+        return Explanation(Cause.OUTCOME, f"the outcome changed: golden {golden.describe()}; now {now.describe()}")
+    found = _semantics(oracle_failures)
+    if found is not None:
+        return found
+    if program.rounding is None:
+        return Explanation(
+            Cause.UNEXPLAINED,
+            "values moved beyond their tolerance class while every golden-free check holds",
+            ("a change of rounding or of an initializer's draws; if intended, regenerate the goldens",),
+        )
+    rounding, detail = program.rounding(case, golden, now, numerics)
+    if rounding:
+        return Explanation(Cause.FLOAT_ROUNDING, f"only float rounding moved: {detail}, outside the golden tolerance")
+    return Explanation(
+        Cause.UNEXPLAINED,
+        f"{detail}, yet every golden-free check holds",
+        (
+            "the golden disagrees with a run that passes every independent check: was it made by "
+            "another implementation, or were its inputs changed?",
+        ),
     )
 
 
@@ -172,61 +203,24 @@ def explain(
     oracles: list[OracleResult] | None = None,
     numerics: Numerics = CPU,
 ) -> Explanation:
-    """Classify why ``computed`` does not match ``golden`` (see the module docstring)."""
-    found = _non_finite(core_outcome(computed.output, computed.params).arrays) or _prng_config(
-        env_now, env_golden, lambda: check_case(case, golden, compute(case, golden.inputs, impl, numerics), numerics).ok
-    )
-    if found is not None:
-        return found
+    """``explain_run`` of a core case's ``computed`` output and parameters on its golden's
+    inputs, under ``impl`` (``oracles``: the results of its golden-free checks where they
+    were run; None: run them)."""
+    from ensemble_conformance.scenarios.core_programs import program as core_program
+
+    program = core_program(case.program, impl, numerics)
+    p = run_params(program, case, golden.inputs)
     if oracles is None:
-        oracles = run_oracles(case, golden.inputs, impl, numerics)
-    found = _semantics(oracles)
-    if found is not None:
-        return found
-    rounding, detail = _rounding_only(case, golden, computed, numerics)
-    if rounding:
-        return Explanation(Cause.FLOAT_ROUNDING, f"only float rounding moved: {detail}, outside the golden tolerance")
-    return Explanation(
-        Cause.UNEXPLAINED,
-        f"{detail}, yet every golden-free check holds",
-        (
-            "the golden disagrees with a run that passes every independent check: was it made by "
-            "another implementation, or were its inputs changed?",
-        ),
-    )
-
-
-def explain_scenario(
-    program: Program,
-    p: Params,
-    golden: Outcome,
-    now: Outcome,
-    *,
-    env_now: dict[str, Any],
-    env_golden: dict[str, Any],
-    oracle_failures: Sequence[OracleResult],
-    numerics: Numerics = CPU,
-) -> Explanation:
-    """Why a scenario's run no longer matches its golden, in the order of the module
-    docstring: non-finite values, the golden's PRNG setting (the scenario re-run under it
-    matches), a changed outcome (values <-> an error), a failing golden-free check, else
-    values that moved while every check holds. ``oracle_failures``: the program's oracles
-    that fail on this run, as the judge found them (``program.check_oracles``), not
-    judged a second time here."""
-    from ensemble_conformance.scenarios.lifecycle import judge
-
-    found = _non_finite(now.arrays) or _prng_config(
-        env_now, env_golden, lambda: judge(golden, run_program(program, p), numerics).ok
-    )
-    if found is not None:
-        return found
-    if golden.kind != now.kind or golden.error != now.error:
-        return Explanation(Cause.OUTCOME, f"the outcome changed: golden {golden.describe()}; now {now.describe()}")
-    found = _semantics(oracle_failures)
-    if found is not None:
-        return found
-    return Explanation(
-        Cause.UNEXPLAINED,
-        "values moved beyond their tolerance class while every golden-free check holds",
-        ("a change of rounding or of an initializer's draws; if intended, regenerate the goldens",),
+        oracles = check_oracles(program, p)
+    now = core_outcome(computed.output, computed.params, golden.inputs)
+    return explain_run(
+        program,
+        case,
+        p,
+        outcome_of(golden),
+        now,
+        env_now=env_now,
+        env_golden=env_golden,
+        oracle_failures=[r for r in oracles if not r.ok],
+        numerics=numerics,
     )

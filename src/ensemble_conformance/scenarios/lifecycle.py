@@ -194,23 +194,3 @@ def judge(golden: Outcome, now: Outcome, numerics: Numerics) -> Verdict:
     """A scenario's run against its golden: ``program.judge_outcomes`` with each array compared by
     the tolerance class its key path names."""
     return judge_outcomes(golden, now, lambda key, g, a: compare_arrays(key, g, a, numerics))
-
-
-def regeneration_state(
-    golden: Outcome | None, damaged: Exception | None, now: Outcome, numerics: Numerics, rewrite_all: bool
-) -> str | None:
-    """Why a scenario's golden is written now, or None where it is kept (within tolerance
-    and not ``rewrite_all``): new, replacing a ``damaged`` file, what the judge says moved,
-    or rewritten as asked. The one rule of ``--regen`` (plugin/judge.py), a project's and the
-    reference suite's (``nox -s regen``). A golden of an error says so: its oracles will
-    never judge a value."""
-    if golden is None:
-        state = "new" if damaged is None else f"replacing damaged file ({str(damaged).splitlines()[0]})"
-    else:
-        verdict = judge(golden, now, numerics)
-        if verdict.ok and not rewrite_all:
-            return None
-        state = "; ".join(verdict.lines()) or "within tolerance, rewritten as asked"
-    if now.kind != "values":
-        state += f" — RECORDS AN ERROR: {now.describe()}"
-    return state

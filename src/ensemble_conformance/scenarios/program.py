@@ -11,14 +11,18 @@ the suite. This module imports neither jax nor flax.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ensemble_conformance.golden.compare import ArrayReport
+
+if TYPE_CHECKING:
+    from ensemble_conformance.golden.tolerances import Numerics
 
 Params = Mapping[str, Any]
 
@@ -133,21 +137,68 @@ FORMS: Mapping[CaseForm, tuple[Callable[[Case], str], Callable[[Case], dict[str,
 
 @dataclass(frozen=True)
 class Program:
-    """One lifecycle recipe, as a user would write it.
+    """One ensemble program: a lifecycle recipe written as a user would, a step of a
+    project's ``Ensemble``, or one variant of the core function.
 
     ``grid`` lists the parameter sets it runs with (each becomes a case). ``oracles`` are
-    golden-free checks ``oracle(p) -> None`` that raise AssertionError with a message
-    saying what does not hold; they run on any release. ``uses`` names the transform
-    features the recipe relies on (``StateAxes``, ``split_rngs_context``, ...), which is
-    what tree mode is expected to refuse.
+    golden-free checks ``oracle(p)`` that raise AssertionError with a message saying what
+    does not hold, or NotApplicable; they run on any release (a battery of checks may
+    return its ``OracleResult`` list instead: the core function's). ``uses`` names the
+    transform features the recipe relies on (``StateAxes``, ``split_rngs_context``, ...),
+    which is what tree mode is expected to refuse.
+
+    How its golden is judged, where not as a scenario's (each key by its tolerance class,
+    ``lifecycle.judge``; a raised error is an outcome like any other). The core function's
+    variants (``core_programs.program``) set them:
+
+    - ``judge(case, golden, now, numerics)``: the verdict (the core's output within its
+      per-element k·u·M allowance, parameters within the table's ULPs);
+    - ``rounding(case, golden, now, numerics)``: the float-rounding step of a drift
+      explanation, ``(only rounding moved, detail)``;
+    - ``make_inputs(case)``: its run reads the inputs stored in its golden (``p["inputs"]``,
+      ``StoredInputs``); this makes them when a golden is first made;
+    - ``under_test``: it runs the function under test, which ``--impl`` replaces: an error it
+      raises is a failure reported where it was raised (``--impl``'s in one line), never a
+      recorded outcome, and under ``--impl`` a failure says that the implementation
+      disagrees with the package's golden (no regeneration is offered).
     """
 
     name: str
     doc: str
     run: Callable[[Params], Mapping[str, Any]]
     grid: tuple[Params, ...]
-    oracles: tuple[Callable[[Params], None], ...] = ()
+    oracles: tuple[Callable[[Params], Sequence[OracleResult] | None], ...] = ()
     uses: frozenset[str] = field(default_factory=frozenset)
+    judge: CaseJudge | None = None
+    rounding: RoundingCheck | None = None
+    make_inputs: Callable[[Case], Mapping[str, np.ndarray]] | None = None
+    under_test: bool = False
+
+
+@dataclass(frozen=True)
+class StoredInputs:
+    """The inputs stored in a golden, as a parameter of a run (``p["inputs"]``): equal when
+    their contents are, so that equal inputs are one run in the run cache."""
+
+    digest: str
+    arrays: Mapping[str, np.ndarray] = field(compare=False, hash=False, repr=False)
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, np.ndarray]) -> StoredInputs:
+        digest = hashlib.sha256()
+        for name in sorted(arrays):
+            a = np.ascontiguousarray(arrays[name])
+            digest.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+            digest.update(a.tobytes())
+        return cls(digest.hexdigest(), dict(arrays))
+
+
+def run_params(program: Program, case: Case, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The parameters a case's run is called with: its own, and for a program that reads
+    stored inputs those given (a golden's), else fresh ones (``make_inputs``)."""
+    if program.make_inputs is None:
+        return case.p
+    return {**case.p, "inputs": StoredInputs.of(inputs if inputs is not None else program.make_inputs(case))}
 
 
 OutcomeKind = Literal["values", "raises", "unavailable"]
@@ -204,21 +255,30 @@ class Verdict:
         return out
 
 
+CaseJudge = Callable[[Case, "Outcome", "Outcome", "Numerics"], Verdict]
+RoundingCheck = Callable[[Case, "Outcome", "Outcome", "Numerics"], tuple[bool, str]]
+
+
 def check_oracles(program: Program, p: Params, skip: Collection[str] = ()) -> list[OracleResult]:
     """Every oracle of ``program`` but those named in ``skip``, on the parameter set ``p``:
-    one result each (AssertionError: fails; NotApplicable: does not apply)."""
-    results = []
+    one result each (AssertionError: fails; NotApplicable: does not apply), or the results
+    a battery returns."""
+    results: list[OracleResult] = []
     for oracle in program.oracles:
-        if oracle.__name__ in skip:
+        name = getattr(oracle, "__name__", type(oracle).__name__)
+        if name in skip:
             continue
         try:
-            oracle(p)
+            battery = oracle(p)
         except NotApplicable as err:
-            results.append(OracleResult(oracle.__name__, True, str(err), applies=False))
+            results.append(OracleResult(name, True, str(err), applies=False))
         except AssertionError as err:
-            results.append(OracleResult(oracle.__name__, False, str(err)))
+            results.append(OracleResult(name, False, str(err)))
         else:
-            results.append(OracleResult(oracle.__name__, True))
+            if battery is None:
+                results.append(OracleResult(name, True))
+            else:
+                results.extend(r for r in battery if r.name not in skip)
     return results
 
 
@@ -248,6 +308,36 @@ def judge_outcomes(golden: Outcome, now: Outcome, compare_array: ArrayJudge, not
         where = "golden only" if key in golden.arrays else "now only"
         reports.append(ArrayReport(key, "present in both", (), problem=f"array present in {where}"))
     return Verdict("", tuple(reports), notes)
+
+
+def regeneration_state(
+    golden: Outcome | None, damaged: Exception | None, now: Outcome, verdict: Verdict | None, rewrite_all: bool
+) -> str | None:
+    """Why a case's golden is written now, or None where it is kept (``verdict``, the judge's
+    of ``now`` against ``golden``, holds, and not ``rewrite_all``): new, replacing a
+    ``damaged`` file, what the judge says moved, or rewritten as asked. The one rule of
+    ``--regen`` (plugin/judge.py), a project's and the reference suite's (``nox -s regen``).
+    A golden of an error says so: its oracles will never judge a value."""
+    if golden is None or verdict is None:
+        state = "new" if damaged is None else f"replacing damaged file ({str(damaged).splitlines()[0]})"
+    elif not verdict.ok:
+        state = "; ".join(verdict.lines())
+    elif not rewrite_all:
+        return None
+    else:  # rewritten as asked: what moved within tolerance, in figures
+        moved = [
+            f"{r.name} {r.n_bad}/{r.size} out of tolerance, max abs {r.max_abs:.3g}, max {r.max_ulp:.0f} ULP"
+            for r in verdict.reports
+            if r.max_ulp > 0
+        ]
+        state = (
+            f"{'; '.join(moved)} (within tolerance, rewritten as asked)"
+            if moved
+            else "bit-identical, rewritten as asked"
+        )
+    if now.kind != "values":
+        state += f" — RECORDS AN ERROR: {now.describe()}"
+    return state
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

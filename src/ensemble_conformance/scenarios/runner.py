@@ -16,7 +16,7 @@ import importlib.util
 import sys
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,7 +29,7 @@ from ensemble_conformance.backends import emulation
 from ensemble_conformance.golden.tolerances import CPU, Numerics
 from ensemble_conformance.scenarios.cases import core_case
 from ensemble_conformance.scenarios.core import vmap_over_ensemble
-from ensemble_conformance.scenarios.program import Case
+from ensemble_conformance.scenarios.program import Case, StoredInputs
 from ensemble_conformance.scenarios.runs import Run, run_once
 from ensemble_conformance.scenarios.variants import (
     VARIANTS,
@@ -53,23 +53,6 @@ KEYED_SETTINGS = ("jax_threefry_partitionable", "jax_default_prng_impl", "jax_de
 
 
 @dataclass(frozen=True)
-class StoredInputs:
-    """A core case's inputs as a parameter of its run: equal when their contents are."""
-
-    digest: str
-    arrays: Mapping[str, np.ndarray] = field(compare=False, hash=False, repr=False)
-
-    @classmethod
-    def of(cls, arrays: Mapping[str, np.ndarray]) -> StoredInputs:
-        digest = hashlib.sha256()
-        for name in sorted(arrays):
-            a = np.ascontiguousarray(arrays[name])
-            digest.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-            digest.update(a.tobytes())
-        return cls(digest.hexdigest(), dict(arrays))
-
-
-@dataclass(frozen=True)
 class CoreRun:
     """A core variant's program: ``run(p)`` runs the case ``p`` names on ``p["inputs"]``.
     ``impl`` (--impl) replaces the package's function, whose parameters are then not
@@ -83,15 +66,21 @@ class CoreRun:
 
     def __call__(self, p: Mapping[str, Any]) -> dict[str, Any]:
         case = core_case(self.variant, **{k: v for k, v in p.items() if k != "inputs"})
-        computed = compute(case, p["inputs"].arrays, self.impl, self.emulated or CPU)
-        return {"output": computed.output, **({"params": computed.params} if computed.params is not None else {})}
+        inputs = p["inputs"].arrays
+        computed = compute(case, inputs, self.impl, self.emulated or CPU)
+        observed = {"params": computed.params} if computed.params is not None else {}
+        return {"inputs": {k: np.array(v) for k, v in inputs.items()}, "output": computed.output, **observed}
+
+
+def core_run_of(variant: str, impl: CoreFunction | None = None, numerics: Numerics = CPU) -> CoreRun:
+    """A variant's run under ``impl`` and ``numerics``, keyed by the jax settings now."""
+    settings = tuple(getattr(jax.config, name) for name in KEYED_SETTINGS)
+    return CoreRun(variant, impl, numerics if numerics.emulated else None, settings)
 
 
 def core_run(case: Case, inputs: Arrays, impl: CoreFunction | None = None, numerics: Numerics = CPU) -> Run:
     """This process's one run of a core case on ``inputs`` (the run cache, runs.py)."""
-    settings = tuple(getattr(jax.config, name) for name in KEYED_SETTINGS)
-    run = CoreRun(case.program, impl, numerics if numerics.emulated else None, settings)
-    return run_once(run, {**case.p, "inputs": StoredInputs.of(inputs)})
+    return run_once(core_run_of(case.program, impl, numerics), {**case.p, "inputs": StoredInputs.of(inputs)})
 
 
 def computed_of(run: Run) -> Computed:

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from ensemble_conformance.plugin.judge import case_run, judge_against_golden, judge_oracle_results
+from ensemble_conformance.plugin.judge import case_run, judge_case, judge_oracles
 from ensemble_conformance.scenarios import compat
 from ensemble_conformance.scenarios.lifecycle import PROGRAMS, SCENARIO_CASES, expected
-from ensemble_conformance.scenarios.program import Case, Outcome, check_oracles
+from ensemble_conformance.scenarios.program import Case, Outcome
 
 pytestmark = pytest.mark.lifecycle
 PARAMS = [pytest.param(c, id=c.id) for c in SCENARIO_CASES]
@@ -50,7 +50,7 @@ def test_scenario_matches_golden(
     now, emitted = outcome_of(case)
     record_property("warnings", list(emitted))
     program = PROGRAMS[case.program]
-    judge_against_golden(pytestconfig, case, program, now, record_property, f"recipe: {program.doc}")
+    judge_case(pytestconfig, case, record_property, program=program, now=now, doc=f"recipe: {program.doc}")
 
 
 @pytest.mark.oracle
@@ -87,11 +87,12 @@ def test_scenario_oracles(
     ensemble_env: dict[str, Any],
     outcome_of: Callable[[Case], tuple[Outcome, tuple[str, ...]]],
     record_property: Callable[[str, object], None],
+    pytestconfig: pytest.Config,
 ) -> None:
     now = outcome_of(case)[0]
     if now.kind != "values":
         pytest.skip(f"no values to judge: {now.describe()}")
     era = compat.expectation(case.program, str(ensemble_env.get("flax")))
     # a later era's semantics (the era says why) are not judged here
-    results = check_oracles(PROGRAMS[case.program], case.p, skip=era.oracles_fail if era is not None else ())
-    judge_oracle_results(case.id, results, record_property)
+    skip = era.oracles_fail if era is not None else ()
+    judge_oracles(pytestconfig, case, PROGRAMS[case.program], record_property, skip)

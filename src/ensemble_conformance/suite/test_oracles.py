@@ -1,6 +1,6 @@
-"""Golden-free checks for every case (oracles.py): they judge semantics on any release,
-even one whose goldens moved, and with no golden file at all. The judge is
-plugin/judge.py's ``judge_core_oracles``."""
+"""Golden-free checks for every core case (oracles.py): they judge semantics on any release,
+even one whose goldens moved, and with no golden file at all. The judge is plugin/judge.py's
+``judge_oracles``, every case's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ensemble_conformance.plugin.judge import judge_core_oracles
+from ensemble_conformance.plugin.judge import judge_oracles, suite_program
 from ensemble_conformance.scenarios.cases import CASES
 from ensemble_conformance.scenarios.program import Case
 
@@ -16,4 +16,4 @@ from ensemble_conformance.scenarios.program import Case
 @pytest.mark.oracle
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_oracles(case: Case, record_property: Callable[[str, object], None], pytestconfig: pytest.Config) -> None:
-    judge_core_oracles(pytestconfig, case, record_property)
+    judge_oracles(pytestconfig, case, suite_program(pytestconfig, case), record_property)

@@ -44,7 +44,7 @@ def test_sharded_matches_unsharded_golden(
         pytest.fail(
             failure_message(
                 verdict,
-                case,
+                case.id,
                 ensemble_numerics,
                 golden_path=str(ensemble_store.path_for(case.id)),
                 env_now=dict(ensemble_env),
