@@ -3,9 +3,10 @@
 Public API (everything else is internal):
   vmap_over_ensemble  the core function under test
   build_ensemble      the stacked-ensemble constructor it uses
-  CASES, Case         the case grid
+  Case                the one case record (a program and its parameters)
+  CASES               the core function's case grid
   GoldenStore         the golden files and their manifest
-  check_case          compare one run with its golden
+  check_case          compare one core run with its golden
   REFERENCE           the reference pins
   SCENARIO_CASES      the lifecycle scenario cases; PROGRAMS, the programs they run
   Ensemble            a project's own ensemble declared as scenarios (scenarios/user.py)
@@ -15,7 +16,8 @@ Public API (everything else is internal):
 The parts, each importing only those before it:
   golden/     the golden engine: store, compare, tolerances, environment, pins, known drift
   backends/   the platforms (CPU, CUDA, TPU) and emulated GPU/TPU numerics
-  scenarios/  the core function, its case grid and oracles; the lifecycle programs; one judge
+  scenarios/  the scenario model; the core function, its case grid and oracles as its programs;
+              the lifecycle programs
   tooling/    reports, mutation kill rates, the gate's environments, the command (cli)
   plugin/     the pytest plugin (entry point): options, fixtures, a project's scenarios as tests
   suite/      the reference suite, packaged (conformance/ re-exports it)
@@ -31,7 +33,7 @@ from typing import Any
 
 _EXPORTS = {
     "CASES": "scenarios.cases",
-    "Case": "scenarios.cases",
+    "Case": "scenarios.program",
     "check_case": "scenarios.check",
     "build_ensemble": "scenarios.core",
     "vmap_over_ensemble": "scenarios.core",

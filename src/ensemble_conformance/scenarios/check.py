@@ -48,11 +48,6 @@ def record_of(case: Case, outcome: Outcome) -> GoldenRecord:
     return GoldenRecord(case, _part(outcome, "inputs/"), outcome.arrays["output"], _part(outcome, "params/"))
 
 
-def computed_of_outcome(outcome: Outcome) -> Computed:
-    params = _part(outcome, "params/")
-    return Computed(output=outcome.arrays["output"], params=params or None)
-
-
 def _allowance(case: Case, inputs: Arrays, params: Arrays, shape: tuple[int, ...], numerics: Numerics) -> np.ndarray:
     scale = magnitude(case, inputs, params)
     return numerics.tolerance(output_dtype(case)).allowance_scale() * scale.reshape(shape)

@@ -1,12 +1,13 @@
-"""Run a case: make its inputs, call the implementation, collect output and parameters.
+"""Run a core case: make its inputs, call the implementation, collect output and parameters.
 
 A core case is run as a scenario's program is (program.py): ``CoreRun`` is the variant's
 ``run(p)``, a frozen record of what the run depends on besides the parameters (the function
 under test, ``--impl`` or the package's own, and emulated numerics), and the case's
 parameters carry the inputs stored in its golden (``StoredInputs``, compared by content).
-``core_run`` gives this process's one run of it from the run cache (runs.py), which the golden
-test and the oracles share; ``compute`` recomputes (a drift explanation's rerun under other
-settings, a regeneration, the "repeatable" oracle's second run)."""
+``core_run`` gives this process's one run of it from the run cache (runs.py), which the
+golden test (the judge runs the variant's program, core_programs.py) and the oracles share;
+``compute`` recomputes (a drift explanation's rerun under other settings, a regeneration,
+the "repeatable" oracle's second run)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The one run cache: a program's run with one parameter set happens once per process, and
 everything that judges it reads that run: the golden test, the expected-outcome test and
 every oracle of the program (the suite's lifecycle scenarios, a project's ``Ensemble``
-steps, and the core cases through ``runner.core_run``, whose run is keyed by its golden's
-inputs, ``--impl`` and the jax settings it depends on).
+steps, and the core cases, whose run ``runner.CoreRun`` is keyed by its golden's inputs,
+``--impl`` and the jax settings it depends on: the judge's run of a core program and the
+oracles' ``runner.core_run`` are one).
 
 A run is keyed by the program's ``run`` callable (compared by equality, so a callable that
 is a frozen record, like an ``Ensemble`` step's, is one key however often it is made) and
