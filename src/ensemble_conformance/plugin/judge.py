@@ -202,6 +202,10 @@ def _judge_case(
     session = ConformanceSession.of(config)
     store, numerics, env = session.store, session.numerics, session.env
     golden, problem = _load(store, program, case)
+    if golden is None and session.regen is None:
+        record_property("golden_problem", str(problem).splitlines()[0])
+        _fail([f"ensemble-conformance: {problem}"])
+        return
     if now is None:
         assert program is not None, "judge_case: give the program or its outcome"
         now = _run(config, program, case, golden)
@@ -209,10 +213,7 @@ def _judge_case(
     if session.regen is not None:
         _regenerate(config, case, program, golden, problem, now, record_property)
         return
-    if golden is None:
-        record_property("golden_problem", str(problem).splitlines()[0])
-        _fail([f"ensemble-conformance: {problem}"])
-        return
+    assert golden is not None
     verdict = _verdict(program, case, golden, now, config)
     _record_figures(verdict, now, record_property)
     cls = compat.classify(golden, now, verdict)
