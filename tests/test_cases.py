@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from ensemble_conformance.scenarios.cases import (
     output_dtype,
     select,
 )
+from ensemble_conformance.scenarios.program import Case
 from ensemble_conformance.scenarios.variants import VARIANTS
 
 LIST_IDS = "from ensemble_conformance.scenarios.cases import CASES; print('\\n'.join(c.id for c in CASES))"
@@ -81,3 +84,19 @@ def test_select_keeps_grid_order_and_explains_unknown_ids() -> None:
     with pytest.raises(ValueError, match=f"did you mean {re.escape(CASES[0].id)}"):
         select([typo])
     assert CASES_BY_ID[CASES[7].id] is CASES[7]
+
+
+def test_one_record_reads_its_parameters_names_itself_by_its_form_and_round_trips() -> None:
+    case = CASES_BY_ID["mlp_ensemble-s0-n8-d7-h16-f5"]
+    assert (case.program, case.form) == ("mlp_ensemble", "core")
+    assert (case.num_models, case.d_in, case.hidden, case.features, case.seed) == (8, 7, 16, 5, 0.0)
+    assert case.spec == {"variant": "mlp_ensemble", **case.p}  # what its golden's metadata records
+    with pytest.raises(
+        AttributeError, match=r"no parameter 'dtype' \(it has d_in, features, hidden, num_models, seed\)"
+    ):
+        _ = case.dtype
+    assert pickle.loads(pickle.dumps(case)) == case and copy.deepcopy(case) == case
+    scenario = Case.of("dropout_own_keys", {"seed": 0, "rate": 0.5, "n": 4})
+    assert scenario.id == "dropout_own_keys-n4-rate0p5-seed0"  # the program, then its parameters by name
+    assert scenario.spec == {"program": "dropout_own_keys", "params": [["n", 4], ["rate", 0.5], ["seed", 0]]}
+    assert Case.of("dropout_own_keys", dict(reversed(scenario.params))) == scenario  # order-free
