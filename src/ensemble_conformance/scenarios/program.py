@@ -159,8 +159,9 @@ class Program:
       ``StoredInputs``); this makes them when a golden is first made;
     - ``under_test``: it runs the function under test, which ``--impl`` replaces: an error it
       raises is a failure reported where it was raised (``--impl``'s in one line), never a
-      recorded outcome, and under ``--impl`` a failure says that the implementation
-      disagrees with the package's golden (no regeneration is offered).
+      recorded outcome; under ``--impl`` a failure says that the implementation disagrees
+      with the package's golden (no regeneration is offered); and no era of another flax
+      release applies (``compat.ERAS`` are the recipes'): its goldens judge it everywhere.
     """
 
     name: str
