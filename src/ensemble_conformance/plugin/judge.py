@@ -79,12 +79,9 @@ def _stored_inputs(program: Program, golden: Outcome | None) -> Mapping[str, np.
 
 
 def _verdict(program: Program | None, case: Case, golden: Outcome, now: Outcome, config: pytest.Config) -> Verdict:
-    from ensemble_conformance.scenarios.lifecycle import judge
+    from ensemble_conformance.scenarios.lifecycle import verdict
 
-    numerics = ConformanceSession.of(config).numerics
-    if program is not None and program.judge is not None:
-        return program.judge(case, golden, now, numerics)
-    return judge(golden, now, numerics)
+    return verdict(program, case, golden, now, ConformanceSession.of(config).numerics)
 
 
 def case_run(program: Program, case: Case, future: bool = False) -> tuple[Outcome, tuple[str, ...]]:
@@ -196,7 +193,7 @@ def _judge_case(
     from ensemble_conformance.golden.pins import REFERENCE
     from ensemble_conformance.scenarios import compat
     from ensemble_conformance.scenarios.check import failure_message
-    from ensemble_conformance.scenarios.explain import explain_run
+    from ensemble_conformance.scenarios.explain import Cause, explain_run
     from ensemble_conformance.scenarios.program import check_oracles, run_params
 
     session = ConformanceSession.of(config)
@@ -272,7 +269,8 @@ def _judge_case(
         record_property("drift_cause", why.cause.value)
         if why.restore:
             record_property("drift_restore", ",".join(f"{k}={v}" for k, v in why.restore.items()))
-        explanation = why.describe()
+        # the failing checks are listed above as the first suspect: their cause line suffices
+        explanation = why.describe().splitlines()[0] if failing and why.cause is Cause.SEMANTICS else why.describe()
     after = [f"remedy: {fix}"] if fix else []
     regen_command: str | None = store.regen_command([case.id])
     if program is not None and program.under_test and session.impl is not None:

@@ -160,12 +160,11 @@ def explain_run(
     values that moved while every check holds. ``oracle_failures``: the program's oracles
     that fail on this run, as the judge found them (``program.check_oracles``), not judged
     a second time here."""
-    from ensemble_conformance.scenarios.lifecycle import judge as scenario_judge
+    from ensemble_conformance.scenarios.lifecycle import verdict
 
-    def judge(golden: Outcome, now: Outcome) -> bool:
-        return (program.judge or (lambda c, g, n, x: scenario_judge(g, n, x)))(case, golden, now, numerics).ok
-
-    found = _non_finite(now.arrays) or _prng_config(env_now, env_golden, lambda: judge(golden, run_program(program, p)))
+    found = _non_finite(now.arrays) or _prng_config(
+        env_now, env_golden, lambda: verdict(program, case, golden, run_program(program, p), numerics).ok
+    )
     if found is not None:
         return found
     if golden.kind != now.kind or golden.error != now.error:

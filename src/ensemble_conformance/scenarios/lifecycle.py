@@ -194,3 +194,11 @@ def judge(golden: Outcome, now: Outcome, numerics: Numerics) -> Verdict:
     """A scenario's run against its golden: ``program.judge_outcomes`` with each array compared by
     the tolerance class its key path names."""
     return judge_outcomes(golden, now, lambda key, g, a: compare_arrays(key, g, a, numerics))
+
+
+def verdict(program: Program | None, case: Case, golden: Outcome, now: Outcome, numerics: Numerics) -> Verdict:
+    """A case's run against its golden by its program's judge (``Program.judge``: the core
+    variants'), or a scenario's (``judge``) where it has none or there is no program."""
+    if program is not None and program.judge is not None:
+        return program.judge(case, golden, now, numerics)
+    return judge(golden, now, numerics)
