@@ -81,7 +81,8 @@ def judge_core(case: Case, golden: Outcome, now: Outcome, numerics: Numerics) ->
 
     observed = any(k.startswith("params/") for k in now.arrays)
     notes = () if observed else (UNOBSERVED_PARAMS,)
-    before = golden if observed else Outcome("values", {k: v for k, v in golden.arrays.items() if "params/" not in k})
+    kept = {k: v for k, v in golden.arrays.items() if not k.startswith("params/")}
+    before = golden if observed else Outcome("values", kept)
     return judge_outcomes(before, now, compare_array, notes)
 
 
