@@ -72,10 +72,15 @@ def _load(
         return None, err
 
 
-def _stored_inputs(program: Program, golden: Outcome | None) -> Mapping[str, np.ndarray] | None:
-    if program.make_inputs is None or golden is None:
-        return None
-    return {k.removeprefix("inputs/"): v for k, v in golden.arrays.items() if k.startswith("inputs/")}
+def _params(program: Program, case: Case, golden: Outcome | None) -> dict[str, Any]:
+    """The parameters the case's run is called with: for a program that reads stored inputs,
+    its golden's (fresh ones where there is no golden; ``program.run_params``)."""
+    from ensemble_conformance.scenarios.program import run_params
+
+    inputs = None
+    if program.make_inputs is not None and golden is not None:
+        inputs = {k.removeprefix("inputs/"): v for k, v in golden.arrays.items() if k.startswith("inputs/")}
+    return run_params(program, case, inputs)
 
 
 def _verdict(program: Program | None, case: Case, golden: Outcome, now: Outcome, config: pytest.Config) -> Verdict:
@@ -93,17 +98,16 @@ def case_run(program: Program, case: Case, future: bool = False) -> tuple[Outcom
     return run.outcome, run.warnings
 
 
-def _run(config: pytest.Config, program: Program, case: Case, golden: Outcome | None) -> Outcome:
-    """The case's run, on its golden's inputs for a program that reads them: this process's
+def _run(config: pytest.Config, program: Program, case: Case, p: Mapping[str, Any]) -> Outcome:
+    """The case's run with ``p`` (``_params``): this process's
     one run, or under --regen a fresh one (a regeneration recomputes). An error raised by a
     program that runs the function under test is reported where it was raised, the package's
     own by its traceback, --impl's in one line."""
-    from ensemble_conformance.scenarios.program import execute, run_params
+    from ensemble_conformance.scenarios.program import execute
     from ensemble_conformance.scenarios.runner import impl_failure
     from ensemble_conformance.scenarios.runs import run_once
 
     session = ConformanceSession.of(config)
-    p = run_params(program, case, _stored_inputs(program, golden))
     if session.regen is None:
         run = run_once(program.run, p)
         outcome, error = run.outcome, run.error
@@ -194,7 +198,7 @@ def _judge_case(
     from ensemble_conformance.scenarios import compat
     from ensemble_conformance.scenarios.check import failure_message
     from ensemble_conformance.scenarios.explain import Cause, explain_run
-    from ensemble_conformance.scenarios.program import check_oracles, run_params
+    from ensemble_conformance.scenarios.program import check_oracles
 
     session = ConformanceSession.of(config)
     store, numerics, env = session.store, session.numerics, session.env
@@ -203,9 +207,10 @@ def _judge_case(
         record_property("golden_problem", str(problem).splitlines()[0])
         _fail([f"ensemble-conformance: {problem}"])
         return
+    p = _params(program, case, golden) if program is not None else case.p
     if now is None:
         assert program is not None, "judge_case: give the program or its outcome"
-        now = _run(config, program, case, golden)
+        now = _run(config, program, case, p)
     record_property("outcome", now.describe())
     if session.regen is not None:
         _regenerate(config, case, program, golden, problem, now, record_property)
@@ -246,7 +251,6 @@ def _judge_case(
     if accepted is not None:
         where = session.project_file.path
         before.append(f"{where} accepts {accepted.outcome!r} here ({accepted.describe()}); now: {now.describe()}")
-    p = run_params(program, case, _stored_inputs(program, golden)) if program is not None else case.p
     ran = check_oracles(program, p) if program is not None and now.kind == "values" else []
     failing = [r for r in ran if not r.ok]
     if failing:
@@ -305,12 +309,12 @@ def judge_oracles(
     ``skip`` left out), judged by ``judge_oracle_results``. A program that reads stored inputs
     runs on its golden's when it loads (its golden test reports a bad one), otherwise on fresh
     ones made the same way. Returns the lines of the oracles that do not apply."""
-    from ensemble_conformance.scenarios.program import check_oracles, run_params
+    from ensemble_conformance.scenarios.program import check_oracles
 
     session = ConformanceSession.of(config)
     golden = _load(session.store, program, case)[0] if program.make_inputs is not None else None
     with overriding(session.project_file.overrides):
-        results = check_oracles(program, run_params(program, case, _stored_inputs(program, golden)), skip)
+        results = check_oracles(program, _params(program, case, golden), skip)
     return judge_oracle_results(case.id, results, record_property)
 
 
